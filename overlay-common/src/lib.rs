@@ -1,0 +1,246 @@
+//! Types shared by the eBPF datapath (`overlay-ebpf`) and the agent (`overlay-userspace`).
+//!
+//! Every map key and value is `#[repr(C)]`, `Copy`, has explicit padding and holds no `bool`,
+//! `Option` or enum, so both sides agree on the bytes. IPv4 addresses are stored in network byte
+//! order (as they sit in a packet) in a `u32` read with native endianness; [`ip_to_map`] and
+//! [`ip_from_map`] convert.
+#![no_std]
+
+pub mod reason;
+pub mod wire;
+
+pub use reason::{Direction, Reason};
+
+/// Key of the FDB: which VTEP (or local interface) owns `mac` in network `vni`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FdbKey {
+    pub vni: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl FdbKey {
+    pub const fn new(vni: u32, mac: [u8; 6]) -> Self {
+        Self { vni, mac, _pad: [0; 2] }
+    }
+}
+
+/// `FdbEntry::kind`: the MAC belongs to an endpoint on this node.
+pub const FDB_LOCAL: u32 = 1;
+/// `FdbEntry::kind`: the MAC belongs to an endpoint behind a remote VTEP.
+pub const FDB_REMOTE: u32 = 2;
+
+/// Value of the FDB.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FdbEntry {
+    /// [`FDB_LOCAL`] or [`FDB_REMOTE`].
+    pub kind: u32,
+    /// Local entries: ifindex of the endpoint's host-side veth. Remote entries: 0.
+    pub ifindex: u32,
+    /// Remote entries: the VTEP's underlay IPv4 (network order). Local entries: 0.
+    pub vtep: u32,
+    pub _pad: u32,
+}
+
+impl FdbEntry {
+    pub const fn local(ifindex: u32) -> Self {
+        Self { kind: FDB_LOCAL, ifindex, vtep: 0, _pad: 0 }
+    }
+    pub const fn remote(vtep: u32) -> Self {
+        Self { kind: FDB_REMOTE, ifindex: 0, vtep, _pad: 0 }
+    }
+}
+
+/// Value of the VNI table (key: VNI as `u32`). Presence means the network exists on this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VniInfo {
+    /// Container MTU of the network (informational for the datapath; used by the agent).
+    pub mtu: u32,
+    pub _pad: u32,
+}
+
+/// Value of the endpoint table, keyed by the ifindex of the endpoint's host-side veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    pub vni: u32,
+    /// The endpoint's IPv4 (network order): the only source address it may send from.
+    pub ip: u32,
+    /// The endpoint's MAC: the only source MAC it may send from.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Key of the neighbour table: (VNI, IPv4 network order) -> MAC, used to answer ARP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NeighKey {
+    pub vni: u32,
+    pub ip: u32,
+}
+
+/// Value of the neighbour table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NeighEntry {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Value of the member table (key: VTEP IPv4, network order). Presence means "member VTEP".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MemberInfo {
+    /// Index of the node in the cluster description; informational.
+    pub node_id: u32,
+    pub _pad: u32,
+}
+
+/// The node's own settings: single entry (index 0) of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NodeConfig {
+    /// This node's VTEP address (network order). 0 means "not configured": the programs drop
+    /// overlay traffic with [`Reason::NoConfig`] and pass everything else.
+    pub vtep: u32,
+    /// ifindex of the underlay interface encapsulated frames leave by.
+    pub underlay_ifindex: u32,
+    /// VXLAN UDP port, host order.
+    pub vxlan_port: u16,
+    pub _pad0: u16,
+    /// Lowest and number of UDP source ports used for flow entropy, host order.
+    pub src_port_min: u16,
+    pub src_port_range: u16,
+}
+
+/// One counter: packets and bytes. Per-CPU in the maps; the agent sums over CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Per-VNI traffic counters (per-CPU hash keyed by VNI).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VniCounters {
+    /// Frames received from the underlay and delivered to a local endpoint.
+    pub rx: Counter,
+    /// Frames sent by local endpoints: encapsulated to a remote VTEP or switched locally.
+    pub tx: Counter,
+}
+
+/// Number of slots in the per-CPU reason counter array: `reason + direction * REASON_SLOTS`.
+pub const REASON_SLOTS: u32 = 64;
+/// Size of the stats array.
+pub const STATS_ENTRIES: u32 = REASON_SLOTS * 2;
+
+/// Index into the stats array for a (reason, direction) pair.
+#[inline(always)]
+pub const fn stats_index(reason: Reason, dir: Direction) -> u32 {
+    reason as u32 + (dir as u32) * REASON_SLOTS
+}
+
+/// Map sizes.
+pub const MAX_FDB: u32 = 65_536;
+pub const MAX_VNIS: u32 = 4_096;
+pub const MAX_ENDPOINTS: u32 = 4_096;
+pub const MAX_NEIGH: u32 = 65_536;
+pub const MAX_MEMBERS: u32 = 4_096;
+
+/// Converts an IPv4 address to its map representation (network byte order in a native `u32`).
+#[inline(always)]
+pub const fn ip_to_map(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// Converts a map IPv4 back to octets.
+#[inline(always)]
+pub const fn ip_from_map(v: u32) -> [u8; 4] {
+    v.to_ne_bytes()
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, `Copy`, have explicit padding fields and contain
+    // only integers and byte arrays, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::FdbKey {}
+    unsafe impl aya::Pod for super::FdbEntry {}
+    unsafe impl aya::Pod for super::VniInfo {}
+    unsafe impl aya::Pod for super::EndpointInfo {}
+    unsafe impl aya::Pod for super::NeighKey {}
+    unsafe impl aya::Pod for super::NeighEntry {}
+    unsafe impl aya::Pod for super::MemberInfo {}
+    unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::VniCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<FdbKey>(), 12, "FdbKey: vni(4) + mac(6) + pad(2)");
+        assert_eq!(size_of::<FdbEntry>(), 16);
+        assert_eq!(size_of::<VniInfo>(), 8);
+        assert_eq!(size_of::<EndpointInfo>(), 16);
+        assert_eq!(size_of::<NeighKey>(), 8);
+        assert_eq!(size_of::<NeighEntry>(), 8);
+        assert_eq!(size_of::<MemberInfo>(), 8);
+        assert_eq!(size_of::<NodeConfig>(), 16);
+        assert_eq!(size_of::<Counter>(), 16);
+        assert_eq!(size_of::<VniCounters>(), 32);
+    }
+
+    #[test]
+    fn ip_conversion_round_trips_and_is_network_order() {
+        let v = ip_to_map([192, 168, 50, 1]);
+        assert_eq!(v.to_ne_bytes(), [192, 168, 50, 1]);
+        assert_eq!(ip_from_map(v), [192, 168, 50, 1]);
+    }
+
+    #[test]
+    fn stats_index_separates_directions() {
+        let e = stats_index(Reason::FwdEncap, Direction::Egress);
+        let i = stats_index(Reason::FwdEncap, Direction::Ingress);
+        assert_ne!(e, i);
+        assert!(i < STATS_ENTRIES && e < STATS_ENTRIES);
+        for r in Reason::ALL {
+            assert!((*r as u32) < REASON_SLOTS, "{:?} does not fit the stats array", r);
+        }
+    }
+
+    #[test]
+    fn reason_codes_are_stable() {
+        // These numbers are an interface: never renumber, retire in place.
+        assert_eq!(Reason::FwdLocal as u32, 1);
+        assert_eq!(Reason::FwdEncap as u32, 2);
+        assert_eq!(Reason::FwdDecap as u32, 3);
+        assert_eq!(Reason::ArpReply as u32, 4);
+        assert_eq!(Reason::PassNotOverlay as u32, 5);
+        assert_eq!(Reason::Truncated as u32, 16);
+        assert_eq!(Reason::VtepMismatch as u32, 30);
+        for (i, a) in Reason::ALL.iter().enumerate() {
+            for b in &Reason::ALL[i + 1..] {
+                assert_ne!(*a as u32, *b as u32, "duplicate code");
+                assert_ne!(a.name(), b.name(), "duplicate name");
+            }
+            assert_eq!(Reason::from_code(*a as u32), Some(*a));
+        }
+    }
+
+    #[test]
+    fn wire_constants() {
+        assert_eq!(wire::VXLAN_ENCAP_LEN, 50);
+        assert_eq!(wire::vxlan_vni_field(4097).to_be_bytes(), [0, 0x10, 0x01, 0]);
+        assert_eq!(wire::MAX_VNI, 0x00ff_ffff);
+    }
+}

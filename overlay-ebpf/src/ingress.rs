@@ -1,0 +1,130 @@
+//! Frames from the underlay: VXLAN for this node is checked, decapsulated and delivered into the
+//! endpoint's namespace; everything else passes to the kernel untouched.
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
+    helpers::bpf_redirect_peer,
+    programs::TcContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
+use overlay_common::{
+    FDB_LOCAL, FDB_REMOTE, FdbKey, Reason,
+    wire::{ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_HLEN},
+};
+
+use crate::{
+    eth, ipv4,
+    maps::{CONFIG, FDB, MEMBERS, VNIS},
+    ptr::ptr_at,
+    stats::Verdict,
+    vxlan,
+};
+
+/// `BPF_F_ADJ_ROOM_DECAP_L3_IPV4`: the L3 behind the removed headers is IPv4.
+const BPF_F_ADJ_ROOM_DECAP_L3_IPV4: u64 = 1 << 7;
+/// FIXED_GSO: a GRO/GSO train keeps its inner MSS when the outer headers go.
+const DECAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64 | BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
+
+const UDP_OFF: usize = ETH_HLEN + IPV4_HLEN;
+const VXLAN_OFF: usize = UDP_OFF + UDP_HLEN;
+const INNER_ETH_OFF: usize = VXLAN_OFF + VXLAN_HLEN;
+const INNER_IP_OFF: usize = INNER_ETH_OFF + ETH_HLEN;
+
+#[inline(always)]
+fn pass() -> Result<Verdict, Reason> {
+    Ok(Verdict { action: TC_ACT_OK as i32, reason: Reason::PassNotOverlay, vni: 0, inner_len: 0 })
+}
+
+#[inline(always)]
+pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
+    // Until the packet is known to be VXLAN for this node, anything odd is the kernel's business.
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else { return pass() };
+    // SAFETY: bounds checked by ptr_at.
+    if eth::ethertype(unsafe { &*eth }) != ETH_P_IP {
+        return pass();
+    }
+    let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return pass() };
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    if ip.proto != IPPROTO_UDP || ipv4::version(ip) != 4 || ipv4::frag_offset(ip) != 0 {
+        return pass();
+    }
+    let Some(cfg) = CONFIG.get(0) else { return pass() };
+    if cfg.vtep == 0 || u32::from_ne_bytes(ip.dst_addr) != cfg.vtep {
+        return pass();
+    }
+    let outer_src = u32::from_ne_bytes(ip.src_addr);
+    let more_fragments = ipv4::frag_bits(ip) != 0;
+    let hlen = ipv4::header_len(ip);
+    if hlen != IPV4_HLEN {
+        if hlen < IPV4_HLEN {
+            return pass();
+        }
+        // Options: find the UDP port behind them to know whether this was meant for us.
+        let Ok(dport) = ctx.load::<[u8; 2]>(ETH_HLEN + hlen + 2) else { return pass() };
+        if u16::from_be_bytes(dport) != cfg.vxlan_port {
+            return pass();
+        }
+        return Err(Reason::IpOptions);
+    }
+    let Ok(udp) = ptr_at::<UdpHdr>(ctx, UDP_OFF) else { return pass() };
+    // SAFETY: bounds checked by ptr_at.
+    if u16::from_be_bytes(unsafe { (*udp).dst }) != cfg.vxlan_port {
+        return pass();
+    }
+    // From here on the packet is addressed to this node's VTEP: every failure is a counted drop.
+    if more_fragments {
+        return Err(Reason::Fragment);
+    }
+    let vx = ptr_at::<VxlanHdr>(ctx, VXLAN_OFF)?;
+    // SAFETY: bounds checked by ptr_at.
+    let vx = unsafe { &*vx };
+    if !vxlan::has_i_flag(vx) {
+        return Err(Reason::VxlanFlags);
+    }
+    let vni = vxlan::vni(vx);
+    if unsafe { VNIS.get(vni) }.is_none() {
+        return Err(Reason::UnknownVni);
+    }
+    if unsafe { MEMBERS.get(outer_src) }.is_none() {
+        return Err(Reason::NotMember);
+    }
+    let inner = ptr_at::<EthHdr>(ctx, INNER_ETH_OFF)?;
+    // SAFETY: bounds checked by ptr_at.
+    let inner_eth: [u8; ETH_HLEN] = unsafe { *(inner as *const [u8; ETH_HLEN]) };
+    let (src, dst, ethertype) =
+        unsafe { ((*inner).src_addr, (*inner).dst_addr, eth::ethertype(&*inner)) };
+    if eth::is_vlan(ethertype) {
+        return Err(Reason::Vlan);
+    }
+    if ethertype != ETH_P_IP {
+        return Err(Reason::UnsupportedEthertype);
+    }
+    ptr_at::<Ipv4Hdr>(ctx, INNER_IP_OFF)?;
+    // A member may only speak for the MACs the FDB places behind it.
+    if let Some(owner) = unsafe { FDB.get(FdbKey::new(vni, src)) } {
+        if owner.kind != FDB_REMOTE || owner.vtep != outer_src {
+            return Err(Reason::VtepMismatch);
+        }
+    }
+    if eth::is_group(&dst) {
+        return Err(Reason::Broadcast);
+    }
+    let target = *unsafe { FDB.get(FdbKey::new(vni, dst)) }.ok_or(Reason::UnknownDestination)?;
+    if target.kind != FDB_LOCAL {
+        return Err(Reason::UnknownDestination);
+    }
+    let inner_len = ctx.len() - VXLAN_ENCAP_LEN as u32;
+    // Remove outer IPv4 + UDP + VXLAN + inner Ethernet behind the outer Ethernet header, then put
+    // the inner Ethernet header in its place.
+    ctx.adjust_room(-(VXLAN_ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
+        .map_err(|_| Reason::AdjustFailed)?;
+    ctx.store(0, &inner_eth, 0).map_err(|_| Reason::AdjustFailed)?;
+    // SAFETY: plain helper call; switches to the veth peer inside the endpoint's namespace.
+    let action = unsafe { bpf_redirect_peer(target.ifindex, 0) } as i32;
+    if action != TC_ACT_REDIRECT as i32 {
+        return Err(Reason::RedirectFailed);
+    }
+    Ok(Verdict { action, reason: Reason::FwdDecap, vni, inner_len })
+}

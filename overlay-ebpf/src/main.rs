@@ -1,0 +1,64 @@
+//! The overlay datapath: two TC programs and a pass-through floor for benchmarks.
+//!
+//! - [`overlay_egress`]: TC ingress hook of each local endpoint's host-side veth (frames the
+//!   container sends). Answers ARP, switches locally, encapsulates to remote VTEPs.
+//! - [`overlay_ingress`]: TC ingress hook of the underlay interface. Decapsulates VXLAN for
+//!   known VNIs from member VTEPs and delivers into the endpoint's namespace; passes everything
+//!   else untouched.
+//! - [`overlay_pass`]: returns `TC_ACT_OK`; the cost floor the benchmark compares against.
+#![no_std]
+#![no_main]
+
+mod arp;
+mod egress;
+mod eth;
+mod ingress;
+mod ipv4;
+mod maps;
+mod ptr;
+mod stats;
+mod vxlan;
+
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use overlay_common::Direction;
+
+/// Attached to: TC ingress of an endpoint's host-side veth.
+/// Returns `TC_ACT_REDIRECT` (switched, encapsulated or ARP answered) or `TC_ACT_SHOT` (counted
+/// drop).
+#[classifier]
+pub fn overlay_egress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    match egress::try_egress(&ctx) {
+        Ok(v) => stats::forward(v, Direction::Egress, len),
+        Err(d) => stats::drop(d, Direction::Egress, len),
+    }
+}
+
+/// Attached to: TC ingress of the underlay interface.
+/// Returns `TC_ACT_REDIRECT` (decapsulated into an endpoint), `TC_ACT_OK` (not overlay traffic,
+/// untouched) or `TC_ACT_SHOT` (counted drop).
+#[classifier]
+pub fn overlay_ingress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    match ingress::try_ingress(&ctx) {
+        Ok(v) => stats::forward(v, Direction::Ingress, len),
+        Err(d) => stats::drop(d, Direction::Ingress, len),
+    }
+}
+
+/// Attached to: nothing in production; loaded by the benchmark as the per-packet cost floor.
+/// Returns `TC_ACT_OK`.
+#[classifier]
+pub fn overlay_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,35 @@
+//! The datapath's maps. All are pinned by name under the agent's per-node bpffs directory, so a
+//! restarted agent finds them again and forwarding never stops.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+};
+use overlay_common::{
+    Counter, EndpointInfo, FdbEntry, FdbKey, MAX_ENDPOINTS, MAX_FDB, MAX_MEMBERS, MAX_NEIGH,
+    MAX_VNIS, MemberInfo, NeighEntry, NeighKey, NodeConfig, STATS_ENTRIES, VniCounters, VniInfo,
+};
+
+/// (VNI, MAC) -> local ifindex or remote VTEP.
+#[map]
+pub static FDB: HashMap<FdbKey, FdbEntry> = HashMap::pinned(MAX_FDB, 0);
+/// VNIs present on this node.
+#[map]
+pub static VNIS: HashMap<u32, VniInfo> = HashMap::pinned(MAX_VNIS, 0);
+/// Local endpoints by host-side veth ifindex.
+#[map]
+pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(MAX_ENDPOINTS, 0);
+/// (VNI, IPv4) -> MAC, for ARP answers.
+#[map]
+pub static NEIGH: HashMap<NeighKey, NeighEntry> = HashMap::pinned(MAX_NEIGH, 0);
+/// Member VTEPs by underlay IPv4.
+#[map]
+pub static MEMBERS: HashMap<u32, MemberInfo> = HashMap::pinned(MAX_MEMBERS, 0);
+/// This node's settings (index 0).
+#[map]
+pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+/// Per-CPU {packets, bytes} by (reason, direction); see `overlay_common::stats_index`.
+#[map]
+pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_ENTRIES, 0);
+/// Per-CPU per-VNI rx/tx counters; the agent creates an entry per VNI.
+#[map]
+pub static VNI_STATS: PerCpuHashMap<u32, VniCounters> = PerCpuHashMap::pinned(MAX_VNIS, 0);

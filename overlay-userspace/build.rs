@@ -1,0 +1,15 @@
+//! Builds the eBPF programs with aya-build (nightly, -Z build-std=core, bpf-linker), so a plain
+//! `cargo build` always carries fresh programs. `AYA_BUILD_SKIP=1` skips it for a quick check.
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let ebpf = Package {
+        name: "overlay-ebpf",
+        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../overlay-ebpf"),
+        ..Default::default()
+    };
+    aya_build::build_ebpf([ebpf], Toolchain::default())
+        .context("building the eBPF programs failed; `cargo xtask setup` installs what they need")
+        .map_err(|e| anyhow!("{e:#}"))
+}

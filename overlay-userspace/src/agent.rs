@@ -1,0 +1,225 @@
+//! The agent: keeps one node's datapath equal to the cluster description.
+//!
+//! Desired state in, diff out: a source (the cluster file) yields a whole validated
+//! [`Cluster`]; [`Agent::apply`] wires local endpoints, then hands the complete [`MapState`] to
+//! the dataplane, which writes only the difference. A rejected description changes nothing.
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use tracing::{info, warn};
+
+use crate::{
+    config::{self, Cluster},
+    dataplane::{Dataplane, DataplaneError, DiffSummary},
+    defaults::{CONTAINER_IFNAME, FILE_POLL, HOST_VETH_PREFIX, RETRY_INTERVAL},
+    desired::{self, LocalEndpoint, NodePlan},
+    netlink::{self, Netlink, NetlinkError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Plan(#[from] desired::PlanError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("endpoint {endpoint}: {message}")]
+    Endpoint { endpoint: String, message: String },
+}
+
+/// Result of one apply.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub diff: DiffSummary,
+    /// Endpoints that could not be wired this time (retried later), with the reason.
+    pub pending: Vec<String>,
+}
+
+pub struct Agent {
+    node: String,
+    dataplane: Dataplane,
+    nl: Netlink,
+}
+
+impl Agent {
+    pub fn new(node: &str, pin_dir: &Path) -> Result<Self, AgentError> {
+        let dataplane = Dataplane::load(pin_dir)?;
+        Ok(Agent { node: node.to_string(), dataplane, nl: Netlink::new()? })
+    }
+
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dataplane
+    }
+
+    /// Makes the node match `cluster`. Validation already happened; what can still fail here is
+    /// the host (a namespace missing, an interface gone): those endpoints are reported pending
+    /// and everything else is applied.
+    pub async fn apply(&mut self, cluster: &Cluster) -> Result<ApplyReport, AgentError> {
+        let plan = desired::plan(cluster, &self.node)?;
+        let underlay = match &plan.underlay {
+            Some(name) => self.nl.link(name).await?.ok_or_else(|| NetlinkError::NoSuchLink(name.clone()))?,
+            None => self.nl.interface_with_address(plan.vtep).await?,
+        };
+        self.dataplane.attach_ingress(&underlay.name, underlay.index)?;
+        let mut report = ApplyReport::default();
+        let mut wired: Vec<(&LocalEndpoint, u32)> = Vec::new();
+        for ep in &plan.local {
+            match self.wire(ep, underlay.mtu).await {
+                Ok(ifindex) => wired.push((ep, ifindex)),
+                Err(e) => report.pending.push(format!("{}: {e}", ep.name)),
+            }
+        }
+        let state = plan.map_state(underlay.index, &wired);
+        report.diff = self.dataplane.apply(&state)?;
+        self.sweep(&plan, &wired, (&underlay.name, underlay.index)).await?;
+        Ok(report)
+    }
+
+    /// Creates (or finds) the endpoint's veth pair, configures the namespace side as `eth0` and
+    /// attaches the egress program to the host side. Idempotent. Returns the host-side ifindex.
+    async fn wire(&mut self, ep: &LocalEndpoint, underlay_mtu: u32) -> Result<u32, AgentError> {
+        let mtu = ep.mtu_for(underlay_mtu);
+        let ns = netlink::netns_path(&ep.netns);
+        let fail = |message: String| AgentError::Endpoint { endpoint: ep.name.clone(), message };
+        if !ns.exists() {
+            return Err(fail(format!("network namespace {} does not exist", ep.netns)));
+        }
+        let host = match self.nl.link(&ep.host_ifname).await? {
+            Some(l) => l,
+            None => {
+                netlink::disable_ipv6_in(&ns).map_err(|e| fail(format!("disabling IPv6 in {}: {e}", ep.netns)))?;
+                // A leftover peer from an interrupted attempt would block the name.
+                if let Some(stale) = self.nl.link(&ep.peer_ifname).await? {
+                    self.nl.delete(stale.index).await?;
+                }
+                self.nl.create_veth(&ep.host_ifname, &ep.peer_ifname, mtu).await?;
+                let peer = self.nl.link(&ep.peer_ifname).await?.ok_or_else(|| NetlinkError::NoSuchLink(ep.peer_ifname.clone()))?;
+                self.nl.move_to_netns(peer.index, &ns).await?;
+                self.nl.link(&ep.host_ifname).await?.ok_or_else(|| NetlinkError::NoSuchLink(ep.host_ifname.clone()))?
+            }
+        };
+        // Container side: found under its temporary name (just moved) or as eth0 (wired before).
+        let inside = Netlink::in_netns(&ns)?;
+        let links = inside.links().await?;
+        let c = links
+            .iter()
+            .find(|l| l.name == ep.peer_ifname)
+            .or_else(|| links.iter().find(|l| l.name == CONTAINER_IFNAME))
+            .ok_or_else(|| fail(format!("no {CONTAINER_IFNAME} in namespace {}", ep.netns)))?;
+        if c.name != CONTAINER_IFNAME || c.mtu != mtu {
+            inside.configure(c.index, CONTAINER_IFNAME, Some(ep.mac), mtu).await?;
+        } else {
+            inside.set_up(c.index).await?;
+        }
+        inside.add_address(c.index, ep.ip, ep.prefix_len).await?;
+        if let Some(lo) = links.iter().find(|l| l.name == "lo") {
+            inside.set_up(lo.index).await?;
+        }
+        if host.mtu != mtu {
+            self.nl.set_mtu(host.index, mtu).await?;
+        }
+        self.nl.set_up(host.index).await?;
+        self.dataplane.attach_egress(&host.name, host.index)?;
+        Ok(host.index)
+    }
+
+    /// Removes what the plan no longer holds: veths of deleted endpoints and their link pins.
+    async fn sweep(&mut self, plan: &NodePlan, wired: &[(&LocalEndpoint, u32)], underlay: (&str, u32)) -> Result<(), AgentError> {
+        let pending: Vec<&str> = plan.local.iter().map(|e| e.host_ifname.as_str()).collect();
+        for l in self.nl.links().await? {
+            if l.name.starts_with(HOST_VETH_PREFIX) && !pending.contains(&l.name.as_str()) {
+                info!(ifname = %l.name, "removing veth of a deleted endpoint");
+                self.nl.delete(l.index).await?;
+            }
+        }
+        let mut keep: Vec<(&str, u32)> = wired.iter().map(|(e, i)| (e.host_ifname.as_str(), *i)).collect();
+        keep.push(underlay);
+        self.dataplane.sweep_links(&keep)?;
+        Ok(())
+    }
+}
+
+/// Runs the agent on a cluster file until `stop` resolves. The datapath stays in place when it
+/// returns: forwarding does not depend on the agent running.
+pub async fn run_with_file(node: &str, file: &Path, pin_dir: &Path, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+    let mut agent = Agent::new(node, pin_dir)?;
+    info!(node, pin_dir = %pin_dir.display(), "datapath loaded");
+    tokio::pin!(stop);
+    let mut last_seen: Option<Vec<u8>> = None;
+    let mut good: Option<Cluster> = None;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let bytes = std::fs::read(file).ok();
+        let changed = bytes.is_some() && bytes != last_seen;
+        if changed {
+            last_seen = bytes.clone();
+            match config::load(file).and_then(|c| desired::plan(&c, node).map(|_| c).map_err(|e| config::ConfigError::Invalid { entry: "nodes".into(), field: "name", message: e.to_string() })) {
+                Ok(c) => good = Some(c),
+                Err(e) => {
+                    warn!(file = %file.display(), "cluster file rejected, datapath keeps the last good state: {e}");
+                    if good.is_none() && last_seen.is_some() {
+                        // Nothing good yet: keep waiting for a valid file.
+                    }
+                }
+            }
+        }
+        let due = retry_at.is_some_and(|t| Instant::now() >= t);
+        if (changed || due) && good.is_some() {
+            let cluster = good.as_ref().expect("checked");
+            let t0 = Instant::now();
+            match agent.apply(cluster).await {
+                Ok(r) => {
+                    if !r.diff.is_empty() || changed {
+                        info!(diff = %r.diff, took_us = t0.elapsed().as_micros() as u64, "applied cluster state");
+                    }
+                    for p in &r.pending {
+                        warn!("endpoint not wired yet (retrying): {p}");
+                    }
+                    retry_at = (!r.pending.is_empty()).then(|| Instant::now() + RETRY_INTERVAL);
+                }
+                Err(e) => {
+                    warn!("apply failed (retrying): {e}");
+                    retry_at = Some(Instant::now() + RETRY_INTERVAL);
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(FILE_POLL) => {}
+        }
+    }
+    info!(node, "agent stopping; the datapath stays pinned and keeps forwarding");
+    Ok(())
+}
+
+/// Everything `overlay down` removes for a node: local endpoint veths and the pins.
+pub async fn teardown(pin_dir: &Path) -> Vec<String> {
+    let mut errors = Vec::new();
+    match Netlink::new() {
+        Ok(nl) => match nl.links().await {
+            Ok(links) => {
+                for l in links.into_iter().filter(|l| l.name.starts_with(HOST_VETH_PREFIX)) {
+                    if let Err(e) = nl.delete(l.index).await {
+                        errors.push(format!("deleting {}: {e}", l.name));
+                    }
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        },
+        Err(e) => errors.push(e.to_string()),
+    }
+    if let Err(e) = crate::dataplane::remove_pins(pin_dir) {
+        errors.extend(e);
+    }
+    errors
+}
+
+/// Default cluster-file-less helper for callers that have a path buffer.
+pub fn pin_dir_for(root: Option<&Path>, node: &str) -> Result<PathBuf, DataplaneError> {
+    crate::dataplane::node_pin_dir(root, node)
+}

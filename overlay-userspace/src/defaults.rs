@@ -1,0 +1,29 @@
+//! Every path, name, port and default of the agent in one place.
+use std::time::Duration;
+
+/// Where bpffs is normally mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// The same bpffs seen through PID 1's mount namespace: `ip netns exec` remounts `/sys`, so an
+/// agent started that way finds the host's pins here instead.
+pub const BPFFS_VIA_INIT: &str = "/proc/1/root/sys/fs/bpf";
+/// Sub-directory of bpffs holding one directory per node.
+pub const PIN_SUBDIR: &str = "overlay";
+/// Sub-directory of a node's pin directory holding its pinned TCX links.
+pub const LINKS_SUBDIR: &str = "links";
+/// Named network namespaces (as `ip netns` keeps them).
+pub const NETNS_DIR: &str = "/run/netns";
+/// Host-side veth names start with this; anything with the prefix is the agent's to sweep.
+pub const HOST_VETH_PREFIX: &str = "ovl";
+/// Temporary name of the container side before it is renamed inside the namespace.
+pub const PEER_VETH_PREFIX: &str = "ovp";
+/// Name of the endpoint's interface inside its namespace.
+pub const CONTAINER_IFNAME: &str = "eth0";
+/// Outer UDP source ports (the kernel's default local port range, as its vxlan driver uses).
+pub const SRC_PORT_MIN: u16 = 32768;
+pub const SRC_PORT_MAX: u16 = 60999;
+/// VXLAN + outer headers over IPv4: container MTU = underlay MTU - this.
+pub const OVERLAY_OVERHEAD: u32 = 50;
+/// How often the agent looks at the cluster file.
+pub const FILE_POLL: Duration = Duration::from_millis(200);
+/// How often a partly failed apply (e.g. a namespace not there yet) is retried.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);

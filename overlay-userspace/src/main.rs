@@ -1,0 +1,61 @@
+//! `overlay`: agent and CLI of the kernel-accelerated VXLAN overlay.
+use clap::{Parser, Subcommand};
+use overlay::cmd;
+use tracing_subscriber::EnvFilter;
+
+/// A VXLAN overlay for containers whose datapath is eBPF (TC programs written with aya).
+///
+/// Each node runs `overlay agent`; it fills the datapath's maps from the cluster description and
+/// never touches a packet. Maps and program links are pinned in bpffs, so forwarding goes on
+/// while the agent restarts or is stopped.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the node agent: load the datapath and keep it equal to the cluster file.
+    Agent(cmd::agent::AgentArgs),
+    /// Show per-VNI and per-verdict counters from the node's pinned maps.
+    Stats(cmd::stats::StatsArgs),
+    /// Show the node's tables: FDB, neighbours, endpoints, members, VNIs.
+    Fdb(cmd::fdb::FdbArgs),
+    /// Build a simulated 3-host cluster here, show connectivity, isolation, MTU, a VXLAN frame
+    /// and counters, then remove it all.
+    Demo(cmd::demo::DemoArgs),
+    /// Remove a node's datapath: endpoint veths, programs and pinned maps.
+    Down(cmd::down::DownArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = tracing_log::LogTracer::init();
+    // Enter the node's network namespace before any thread exists, so every runtime thread is
+    // in it; the mount namespace stays the host's.
+    let netns = match &cli.command {
+        Command::Agent(a) => a.netns.clone(),
+        Command::Down(d) => d.netns.clone(),
+        _ => None,
+    };
+    if let Some(ns) = netns {
+        let path = overlay::netlink::netns_path(&ns);
+        overlay::netlink::enter_netns(&path).map_err(|e| anyhow::anyhow!("entering network namespace {}: {e}", path.display()))?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Agent(a) => cmd::agent::run(a).await,
+            Command::Stats(a) => cmd::stats::run(a),
+            Command::Fdb(a) => cmd::fdb::run(a),
+            Command::Demo(a) => cmd::demo::run(a).await,
+            Command::Down(a) => cmd::down::run(a).await,
+        }
+    })
+}

@@ -1,0 +1,320 @@
+//! A simulated cluster on one machine, for the demo and the tests: each host is a network
+//! namespace whose `eth0` plugs into a bridge in a shared "underlay switch" namespace;
+//! containers are namespaces the agents wire. Every namespace, agent process and pin directory
+//! made here is removed on drop, even when a test panics. All traffic stays inside these
+//! namespaces.
+use std::{
+    fs,
+    io::{self, Write as _},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::{config::Mac, dataplane};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Underlay addresses of simulated hosts: 192.168.50.<n>.
+pub fn host_vtep(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 50, n as u8)
+}
+
+/// A container of the standard demo cluster.
+#[derive(Clone, Debug)]
+pub struct Container {
+    pub name: String,
+    pub network: &'static str,
+    pub node: usize,
+    pub ip: Ipv4Addr,
+    pub netns: String,
+}
+
+pub struct Sim {
+    pub prefix: String,
+    overlay_bin: PathBuf,
+    namespaces: Vec<String>,
+    agents: Vec<(String, Child)>,
+    pub pin_root: PathBuf,
+    pub workdir: PathBuf,
+}
+
+/// Runs `ip` (the simulation harness may; the agent itself uses netlink).
+pub fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
+}
+
+/// Polls `f` every 50 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if t0.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Sim {
+    /// A new empty simulation. `tag` goes into every name, with the PID and a sequence number,
+    /// so concurrent runs never collide.
+    pub fn new(tag: &str, overlay_bin: &Path) -> io::Result<Self> {
+        let prefix = format!("ov{tag}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let pin_root = dataplane::host_bpffs().map_err(io::Error::other)?.join("overlay").join(&prefix);
+        let workdir = std::env::temp_dir().join(&prefix);
+        fs::create_dir_all(&workdir)?;
+        Ok(Sim { prefix, overlay_bin: overlay_bin.to_path_buf(), namespaces: vec![], agents: vec![], pin_root, workdir })
+    }
+
+    pub fn ns_name(&self, what: &str) -> String {
+        format!("{}-{what}", self.prefix)
+    }
+
+    /// Creates a namespace (recorded for removal) with `lo` up.
+    pub fn add_ns(&mut self, what: &str) -> io::Result<String> {
+        let name = self.ns_name(what);
+        ip(&["netns", "add", &name])?;
+        self.namespaces.push(name.clone());
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    pub fn host_ns(&self, n: usize) -> String {
+        self.ns_name(&format!("h{n}"))
+    }
+
+    /// Builds the underlay: a switch namespace with a bridge, and `hosts` host namespaces with
+    /// `eth0` = 192.168.50.<n>/24 (MTU 1500).
+    pub fn build_underlay(&mut self, hosts: usize) -> io::Result<()> {
+        let sw = self.add_ns("sw")?;
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        for n in 1..=hosts {
+            self.add_host(n)?;
+        }
+        Ok(())
+    }
+
+    /// Adds host `n` to the underlay switch.
+    pub fn add_host(&mut self, n: usize) -> io::Result<String> {
+        let sw = self.ns_name("sw");
+        let h = self.add_ns(&format!("h{n}"))?;
+        let port = format!("p{n}");
+        ip(&["-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &h])?;
+        ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
+        ip(&["-n", &h, "addr", "add", &format!("{}/24", host_vtep(n)), "dev", "eth0"])?;
+        ip(&["-n", &h, "link", "set", "eth0", "up"])?;
+        Ok(h)
+    }
+
+    /// Runs a command inside a namespace.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> io::Result<Output> {
+        Command::new("ip").args(["netns", "exec", ns]).args(args).stdin(Stdio::null()).output()
+    }
+
+    /// `ping` from `ns` to `dst`: true if any of `count` echoes came back.
+    pub fn ping(&self, ns: &str, dst: Ipv4Addr, count: u32, payload: Option<(usize, bool)>) -> bool {
+        let c = count.to_string();
+        let d = dst.to_string();
+        let mut args = vec!["ping", "-n", "-q", "-c", &c, "-i", "0.2", "-W", "1"];
+        let s;
+        if let Some((size, df)) = payload {
+            s = size.to_string();
+            args.extend(["-s", &s]);
+            if df {
+                args.extend(["-M", "do"]);
+            }
+        }
+        args.push(&d);
+        self.exec(ns, &args).map(|o| o.status.success()).unwrap_or(false)
+    }
+
+    pub fn write_file(&self, name: &str, text: &str) -> io::Result<PathBuf> {
+        let p = self.workdir.join(name);
+        let tmp = self.workdir.join(format!(".{name}.tmp"));
+        fs::File::create(&tmp)?.write_all(text.as_bytes())?;
+        fs::rename(&tmp, &p)?;
+        Ok(p)
+    }
+
+    pub fn agent_log(&self, node: &str) -> PathBuf {
+        self.workdir.join(format!("agent-{node}.log"))
+    }
+
+    /// Starts `overlay agent` for `node` inside host namespace `host_ns`.
+    pub fn spawn_agent(&mut self, node: &str, host_ns: &str, cluster: &Path) -> io::Result<()> {
+        let log = fs::File::create(self.agent_log(node))?;
+        let child = Command::new(&self.overlay_bin)
+            .args(["agent", "--cluster"])
+            .arg(cluster)
+            .args(["--node", node, "--netns", host_ns, "--pin-root"])
+            .arg(&self.pin_root)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.agents.push((node.to_string(), child));
+        Ok(())
+    }
+
+    /// Stops the agent of `node` by its PID: SIGTERM, then SIGKILL after 5 s.
+    pub fn stop_agent(&mut self, node: &str) -> io::Result<()> {
+        if let Some(i) = self.agents.iter().position(|(n, _)| n == node) {
+            let (_, mut child) = self.agents.remove(i);
+            stop_child(&mut child)?;
+        }
+        Ok(())
+    }
+
+    pub fn agent_running(&mut self, node: &str) -> bool {
+        self.agents.iter_mut().any(|(n, c)| n == node && matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn pin_dir(&self, node: &str) -> PathBuf {
+        self.pin_root.join(node)
+    }
+
+    /// The address of `eth0` in a namespace, once the agent has wired it.
+    pub fn has_address(&self, ns: &str, ip: Ipv4Addr) -> bool {
+        self.exec(ns, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("inet {ip}/")))
+            .unwrap_or(false)
+    }
+
+    /// Removes everything: agents (by PID), namespaces, pins, work directory. Gathers every
+    /// error and keeps going.
+    pub fn cleanup(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (node, mut child) in self.agents.drain(..) {
+            if let Err(e) = stop_child(&mut child) {
+                errors.push(format!("agent {node}: {e}"));
+            }
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            if let Err(e) = ip(&["netns", "del", &ns]) {
+                errors.push(e.to_string());
+            }
+        }
+        if let Ok(rd) = fs::read_dir(&self.pin_root) {
+            for e in rd.flatten() {
+                if let Err(e) = dataplane::remove_pins(&e.path()) {
+                    errors.extend(e);
+                }
+            }
+        }
+        match fs::remove_dir(&self.pin_root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("{}: {e}", self.pin_root.display())),
+        }
+        let _ = fs::remove_dir_all(&self.workdir);
+        errors
+    }
+}
+
+fn stop_child(child: &mut Child) -> io::Result<()> {
+    if child.try_wait()?.is_some() {
+        return Ok(());
+    }
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let done = wait_for(Duration::from_secs(5), || matches!(child.try_wait(), Ok(Some(_))));
+    if !done {
+        child.kill()?;
+        child.wait()?;
+    }
+    Ok(())
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        for e in self.cleanup() {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// The standard simulated cluster: 3 hosts, networks `nginx-net` (VNI 4097, 10.0.1.0/24) and
+/// `test-net` (VNI 4098, 10.0.2.0/24) as in Docker's overlay tutorials, containers on every
+/// host and two on host 1 (to show same-host switching).
+pub fn standard_containers(sim: &Sim) -> Vec<Container> {
+    let c = |name: &str, network: &'static str, node: usize, ip: [u8; 4]| Container {
+        name: name.to_string(),
+        network,
+        node,
+        ip: Ipv4Addr::from(ip),
+        netns: sim.ns_name(name),
+    };
+    vec![
+        c("web1", "nginx-net", 1, [10, 0, 1, 2]),
+        c("web2", "nginx-net", 2, [10, 0, 1, 3]),
+        c("web3", "nginx-net", 3, [10, 0, 1, 4]),
+        c("web4", "nginx-net", 1, [10, 0, 1, 5]),
+        c("test1", "test-net", 1, [10, 0, 2, 2]),
+        c("test2", "test-net", 2, [10, 0, 2, 3]),
+        c("test3", "test-net", 3, [10, 0, 2, 4]),
+    ]
+}
+
+/// The cluster file for `hosts` hosts and `containers`. `extra` is appended to the endpoints
+/// (e.g. endpoints on a kernel-vxlan host).
+pub fn cluster_yaml(hosts: usize, containers: &[Container], extra_nodes: &[(String, Ipv4Addr)], extra_endpoints: &str) -> String {
+    let mut y = String::from("vxlan_port: 4789\nnodes:\n");
+    for n in 1..=hosts {
+        y += &format!("  - {{name: node{n}, vtep: {}, underlay: eth0}}\n", host_vtep(n));
+    }
+    for (name, vtep) in extra_nodes {
+        y += &format!("  - {{name: {name}, vtep: {vtep}}}\n");
+    }
+    y += "networks:\n";
+    y += "  - {name: nginx-net, vni: 4097, subnet: 10.0.1.0/24, mtu: 1450}\n";
+    y += "  - {name: test-net, vni: 4098, subnet: 10.0.2.0/24}\n";
+    y += "endpoints:\n";
+    for c in containers {
+        y += &format!("  - {{name: {}, network: {}, node: node{}, ip: {}, netns: {}}}\n", c.name, c.network, c.node, c.ip, c.netns);
+    }
+    y += extra_endpoints;
+    y
+}
+
+/// Docker's MAC for a container IP.
+pub fn docker_mac(ip: Ipv4Addr) -> String {
+    Mac::from_ip(ip).to_string()
+}
+
+/// Starts the standard cluster: underlay, container namespaces (with a route to the other
+/// network's subnet, as an attacker would add, so that isolation is the datapath's doing and not
+/// a missing route), the cluster file and one agent per host. Waits until every container has
+/// its address.
+pub fn start_standard(sim: &mut Sim, hosts: usize) -> io::Result<(Vec<Container>, PathBuf)> {
+    sim.build_underlay(hosts)?;
+    let containers = standard_containers(sim);
+    for c in &containers {
+        sim.add_ns(&c.name)?;
+    }
+    let file = sim.write_file("cluster.yaml", &cluster_yaml(hosts, &containers, &[], ""))?;
+    for n in 1..=hosts {
+        let h = sim.host_ns(n);
+        sim.spawn_agent(&format!("node{n}"), &h, &file)?;
+    }
+    let ok = wait_for(Duration::from_secs(20), || containers.iter().all(|c| sim.has_address(&c.netns, c.ip)));
+    if !ok {
+        let logs: String = (1..=hosts).map(|n| fs::read_to_string(sim.agent_log(&format!("node{n}"))).unwrap_or_default()).collect();
+        return Err(io::Error::other(format!("containers were not wired within 20 s; agent logs:\n{logs}")));
+    }
+    for c in &containers {
+        let other = if c.network == "nginx-net" { "10.0.2.0/24" } else { "10.0.1.0/24" };
+        ip(&["-n", &c.netns, "route", "add", other, "dev", "eth0"])?;
+    }
+    Ok((containers, file))
+}
