@@ -95,6 +95,15 @@ pub fn host_bpffs() -> Result<PathBuf> {
             return Ok(PathBuf::from(p));
         }
     }
+    // None mounted yet (a fresh machine): mount it where systemd would.
+    let target = std::ffi::CString::new(BPFFS).expect("no NUL");
+    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
+    // SAFETY: plain mount(2) with NUL-terminated strings and no data.
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 && is_bpffs(Path::new(BPFFS)) {
+        tracing::info!("mounted bpffs at {BPFFS}");
+        return Ok(PathBuf::from(BPFFS));
+    }
     Err(DataplaneError::NoBpffs)
 }
 
