@@ -4,7 +4,7 @@
 //! [`Cluster`]; [`Agent::apply`] wires local endpoints, then hands the complete [`MapState`] to
 //! the dataplane, which writes only the difference. A rejected description changes nothing.
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::Instant,
 };
 
@@ -155,19 +155,18 @@ pub async fn run_with_file(node: &str, file: &Path, pin_dir: &Path, stop: impl s
     let mut retry_at: Option<Instant> = None;
     loop {
         let bytes = std::fs::read(file).ok();
-        let changed = bytes.is_some() && bytes != last_seen;
-        if changed {
-            last_seen = bytes.clone();
-            match config::load(file).and_then(|c| desired::plan(&c, node).map(|_| c).map_err(|e| config::ConfigError::Invalid { entry: "nodes".into(), field: "name", message: e.to_string() })) {
-                Ok(c) => good = Some(c),
-                Err(e) => {
-                    warn!(file = %file.display(), "cluster file rejected, datapath keeps the last good state: {e}");
-                    if good.is_none() && last_seen.is_some() {
-                        // Nothing good yet: keep waiting for a valid file.
-                    }
+        let mut accepted = false;
+        if bytes.is_some() && bytes != last_seen {
+            last_seen = bytes;
+            match config::load(file).and_then(|c| check_node(&c, node).map(|()| c)) {
+                Ok(c) => {
+                    good = Some(c);
+                    accepted = true;
                 }
+                Err(e) => warn!(file = %file.display(), "cluster file rejected, datapath keeps the last good state: {e}"),
             }
         }
+        let changed = accepted;
         let due = retry_at.is_some_and(|t| Instant::now() >= t);
         if (changed || due) && good.is_some() {
             let cluster = good.as_ref().expect("checked");
@@ -197,6 +196,14 @@ pub async fn run_with_file(node: &str, file: &Path, pin_dir: &Path, stop: impl s
     Ok(())
 }
 
+/// A file that does not name this node is rejected like any other invalid file.
+fn check_node(c: &Cluster, node: &str) -> Result<(), config::ConfigError> {
+    match c.node(node) {
+        Some(_) => Ok(()),
+        None => Err(config::ConfigError::Invalid { entry: "nodes".into(), field: "name", message: format!("this node ({node}) is not listed") }),
+    }
+}
+
 /// Everything `overlay down` removes for a node: local endpoint veths and the pins.
 pub async fn teardown(pin_dir: &Path) -> Vec<String> {
     let mut errors = Vec::new();
@@ -217,9 +224,4 @@ pub async fn teardown(pin_dir: &Path) -> Vec<String> {
         errors.extend(e);
     }
     errors
-}
-
-/// Default cluster-file-less helper for callers that have a path buffer.
-pub fn pin_dir_for(root: Option<&Path>, node: &str) -> Result<PathBuf, DataplaneError> {
-    crate::dataplane::node_pin_dir(root, node)
 }

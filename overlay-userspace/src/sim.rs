@@ -298,7 +298,7 @@ pub fn docker_mac(ip: Ipv4Addr) -> String {
 /// its address.
 pub fn start_standard(sim: &mut Sim, hosts: usize) -> io::Result<(Vec<Container>, PathBuf)> {
     sim.build_underlay(hosts)?;
-    let containers = standard_containers(sim);
+    let containers: Vec<Container> = standard_containers(sim).into_iter().filter(|c| c.node <= hosts).collect();
     for c in &containers {
         sim.add_ns(&c.name)?;
     }
