@@ -168,8 +168,7 @@ pub async fn run_with_file(node: &str, file: &Path, pin_dir: &Path, stop: impl s
         }
         let changed = accepted;
         let due = retry_at.is_some_and(|t| Instant::now() >= t);
-        if (changed || due) && good.is_some() {
-            let cluster = good.as_ref().expect("checked");
+        if let (true, Some(cluster)) = (changed || due, good.as_ref()) {
             let t0 = Instant::now();
             match agent.apply(cluster).await {
                 Ok(r) => {

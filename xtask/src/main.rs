@@ -121,10 +121,10 @@ fn main() -> anyhow::Result<()> {
             if !is_root {
                 bail!("the tests load eBPF programs and create network namespaces: run as root");
             }
-            run(Command::new("cargo").current_dir(root()).args(["build", "--workspace"]))?;
+            run(Command::new("cargo").current_dir(root()).args(["build"]))?;
             run(Command::new("cargo")
                 .current_dir(root())
-                .args(["test", "--workspace", "--no-fail-fast", "--", "--test-threads=1"])
+                .args(["test", "--no-fail-fast", "--", "--test-threads=1"])
                 .args(&args))
         }
         Task::Demo => {
