@@ -268,3 +268,34 @@ fn agent_restart_keeps_forwarding_from_the_pins() {
     assert_eq!(state(&sim, "node2"), before, "the restarted agent adopts the pinned maps unchanged");
     assert!(sim.ping(&web1.netns, web2.ip, 3, None), "forwarding after restart");
 }
+
+#[test]
+fn cli_finds_the_pins_from_inside_ip_netns_exec_and_down_removes_everything() {
+    let mut sim = new_sim("p");
+    let (cs, _) = sim::start_standard(&mut sim, 2).expect("cluster up");
+    let web1 = cs[0].clone();
+    // `ip netns exec` remounts /sys: the pins must still be found (through /proc/1/root).
+    let dir = sim.pin_dir("node1");
+    let h1 = sim.host_ns(1);
+    let out = sim.exec(&h1, &[OVERLAY_BIN, "fdb", "--node", "node1", "--pin-root", &sim.pin_root.display().to_string()]).expect("fdb");
+    let direct = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && direct.contains("02:42:0a:00:01:03"), "overlay fdb under ip netns exec:\n{direct}\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = sim.exec(&h1, &[OVERLAY_BIN, "stats", "--json", "--node", "node1", "--pin-root", &sim.pin_root.display().to_string()]).expect("stats");
+    assert!(out.status.success(), "overlay stats under ip netns exec: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats --json is JSON");
+    assert!(v["vnis"].as_array().is_some_and(|a| a.len() == 2), "two VNIs in {v}");
+    // The default pin root resolves to the host's bpffs even inside `ip netns exec`.
+    let rel = dir.strip_prefix(overlay::dataplane::host_bpffs().expect("bpffs").join("overlay")).expect("pin dir under the default root");
+    let out = sim.exec(&h1, &[OVERLAY_BIN, "fdb", "--node", &rel.display().to_string()]).expect("fdb");
+    assert!(out.status.success(), "default pin root under ip netns exec: {}", String::from_utf8_lossy(&out.stderr));
+
+    sim.stop_agent("node1").expect("stop");
+    let out = std::process::Command::new(OVERLAY_BIN)
+        .args(["down", "--node", "node1", "--netns", &h1, "--pin-root"])
+        .arg(&sim.pin_root)
+        .output()
+        .expect("down");
+    assert!(out.status.success(), "overlay down: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.exists(), "pins of node1 removed");
+    assert!(!sim.has_address(&web1.netns, web1.ip), "web1's veth removed");
+}

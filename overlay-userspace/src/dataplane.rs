@@ -22,7 +22,7 @@ use overlay_common::{
 };
 
 use crate::{
-    defaults::{BPFFS, BPFFS_VIA_INIT, LINKS_SUBDIR, PIN_SUBDIR},
+    defaults::{BPFFS, LINKS_SUBDIR, PIN_SUBDIR},
     desired::MapState,
 };
 
@@ -49,7 +49,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("no bpffs found at {BPFFS} or {BPFFS_VIA_INIT}; mount one with `mount -t bpf bpf {BPFFS}`")]
+    #[error("no bpffs at {BPFFS} and mounting one failed; mount it with `mount -t bpf bpf {BPFFS}`")]
     NoBpffs,
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: String, source: io::Error },
@@ -87,13 +87,53 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-/// The bpffs the host's other processes see: `/sys/fs/bpf`, or the same seen through PID 1 when
-/// this process runs in a mount namespace that remounted `/sys` (`ip netns exec`).
-pub fn host_bpffs() -> Result<PathBuf> {
-    for p in [BPFFS, BPFFS_VIA_INIT] {
-        if is_bpffs(Path::new(p)) {
-            return Ok(PathBuf::from(p));
+/// Parent PID of `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// When this process sees no bpffs at `/sys/fs/bpf` because it runs in a mount namespace that
+/// remounted `/sys` (`ip netns exec` does), joins the mount namespace of the nearest ancestor
+/// (or PID 1) that sees one, so pins are where every other process looks. The network
+/// namespace is left alone. Must run while the process is single-threaded. Returns whether it
+/// switched.
+pub fn join_host_mount_ns() -> io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    if is_bpffs(Path::new(BPFFS)) {
+        return Ok(false);
+    }
+    let own = fs::read_link("/proc/self/ns/mnt")?;
+    let mut candidates = Vec::new();
+    let mut pid = std::os::unix::process::parent_id();
+    while pid > 1 && candidates.len() < 32 {
+        candidates.push(pid);
+        pid = parent_of(pid).unwrap_or(0);
+    }
+    candidates.push(1);
+    for pid in candidates {
+        let ns = format!("/proc/{pid}/ns/mnt");
+        if fs::read_link(&ns).ok().is_none_or(|n| n == own) {
+            continue;
         }
+        if !is_bpffs(&Path::new(&format!("/proc/{pid}/root")).join(BPFFS.trim_start_matches('/'))) {
+            continue;
+        }
+        let f = fs::File::open(&ns)?;
+        // SAFETY: setns on a valid mount-namespace fd; the caller guarantees a single thread.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// The bpffs at `/sys/fs/bpf`, mounted there if none is (call [`join_host_mount_ns`] first).
+pub fn host_bpffs() -> Result<PathBuf> {
+    if is_bpffs(Path::new(BPFFS)) {
+        return Ok(PathBuf::from(BPFFS));
     }
     // None mounted yet (a fresh machine): mount it where systemd would.
     let target = std::ffi::CString::new(BPFFS).expect("no NUL");

@@ -3,9 +3,6 @@ use std::time::Duration;
 
 /// Where bpffs is normally mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
-/// The same bpffs seen through PID 1's mount namespace: `ip netns exec` remounts `/sys`, so an
-/// agent started that way finds the host's pins here instead.
-pub const BPFFS_VIA_INIT: &str = "/proc/1/root/sys/fs/bpf";
 /// Sub-directory of bpffs holding one directory per node.
 pub const PIN_SUBDIR: &str = "overlay";
 /// Sub-directory of a node's pin directory holding its pinned TCX links.

@@ -48,6 +48,13 @@ fn main() -> anyhow::Result<()> {
         let path = overlay::netlink::netns_path(&ns);
         overlay::netlink::enter_netns(&path).map_err(|e| anyhow::anyhow!("entering network namespace {}: {e}", path.display()))?;
     }
+    // `ip netns exec` remounts /sys: find the host's bpffs (and pins) again while still
+    // single-threaded.
+    match overlay::dataplane::join_host_mount_ns() {
+        Ok(true) => tracing::debug!("joined the host's mount namespace to reach its bpffs"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("could not join the host's mount namespace: {e}"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
