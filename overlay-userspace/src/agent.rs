@@ -52,10 +52,6 @@ impl Agent {
         Ok(Agent { node: node.to_string(), dataplane, nl: Netlink::new()? })
     }
 
-    pub fn dataplane(&self) -> &Dataplane {
-        &self.dataplane
-    }
-
     /// Makes the node match `cluster`. Validation already happened; what can still fail here is
     /// the host (a namespace missing, an interface gone): those endpoints are reported pending
     /// and everything else is applied.

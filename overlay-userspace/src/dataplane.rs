@@ -305,10 +305,6 @@ impl Dataplane {
         Ok(Dataplane { ebpf: None, maps, dir: dir.to_path_buf() })
     }
 
-    pub fn pin_dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Reads everything the maps hold.
     pub fn read_state(&self) -> Result<MapState> {
         fn collect<K: aya::Pod + Ord, V: aya::Pod>(name: &'static str, m: &HashMap<MapData, K, V>) -> Result<BTreeMap<K, V>> {

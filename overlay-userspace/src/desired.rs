@@ -82,6 +82,11 @@ pub fn host_ifname(endpoint: &str) -> String {
     format!("{HOST_VETH_PREFIX}{}", ifname_suffix(endpoint))
 }
 
+/// Temporary name of the endpoint's container side, before it becomes `eth0` in its namespace.
+pub fn peer_ifname(endpoint: &str) -> String {
+    format!("{PEER_VETH_PREFIX}{}", ifname_suffix(endpoint))
+}
+
 /// Computes the plan of `node` in `cluster`.
 pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
     let me = cluster.node(node).ok_or_else(|| PlanError::UnknownNode(node.to_string()))?;
@@ -118,7 +123,6 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
             let vtep = vtep_of[ep.node.as_str()];
             base.fdb.insert(FdbKey::new(net.vni, ep.mac.0), FdbEntry::remote(ip_to_map(vtep.octets())));
         } else if let Some(ns) = &ep.netns {
-            let suffix = ifname_suffix(&ep.name);
             local.push(LocalEndpoint {
                 name: ep.name.clone(),
                 vni: net.vni,
@@ -127,8 +131,8 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
                 mac: ep.mac,
                 mtu: net.mtu,
                 netns: ns.clone(),
-                host_ifname: format!("{HOST_VETH_PREFIX}{suffix}"),
-                peer_ifname: format!("{PEER_VETH_PREFIX}{suffix}"),
+                host_ifname: host_ifname(&ep.name),
+                peer_ifname: peer_ifname(&ep.name),
             });
         } else {
             unwired.push(ep.name.clone());

@@ -12,7 +12,7 @@ use rtnetlink::{
     Handle, LinkUnspec, LinkVeth,
     packet_route::{
         address::AddressAttribute,
-        link::{LinkAttribute, LinkFlags, LinkMessage},
+        link::{LinkAttribute, LinkMessage},
     },
 };
 
@@ -189,16 +189,6 @@ impl Netlink {
 
     pub async fn delete(&self, index: u32) -> Result<()> {
         self.handle.link().del(index).execute().await.map_err(req(format!("deleting link {index}")))
-    }
-
-    pub async fn is_up(&self, name: &str) -> Result<bool> {
-        let mut s = self.handle.link().get().execute();
-        while let Some(m) = s.try_next().await.map_err(req("listing links"))? {
-            if link_of(&m).name == name {
-                return Ok(m.header.flags.contains(LinkFlags::Up));
-            }
-        }
-        Err(NetlinkError::NoSuchLink(name.to_string()))
     }
 }
 

@@ -176,10 +176,6 @@ impl Sim {
         Ok(())
     }
 
-    pub fn agent_running(&mut self, node: &str) -> bool {
-        self.agents.iter_mut().any(|(n, c)| n == node && matches!(c.try_wait(), Ok(None)))
-    }
-
     pub fn pin_dir(&self, node: &str) -> PathBuf {
         self.pin_root.join(node)
     }

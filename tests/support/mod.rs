@@ -4,7 +4,7 @@
 
 use std::{
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -32,9 +32,6 @@ impl TestDataplane {
         let dir = root.join("overlay").join(format!("test-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
         let dp = Dataplane::load(&dir).unwrap_or_else(|e| panic!("loading the datapath into {}: {e}", dir.display()));
         TestDataplane { dp, dir }
-    }
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
