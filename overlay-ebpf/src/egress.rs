@@ -5,14 +5,14 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
         BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT,
     },
-    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{
     EndpointInfo, FDB_LOCAL, FdbKey, NeighKey, NodeConfig, Reason,
     wire::{
-        ARP_OP_REPLY, ARP_OP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_UDP, IPV4_HLEN,
+        ARP_OP_REPLY, ARP_OP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN,
         OUTER_TTL, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_I, VXLAN_HLEN, vxlan_vni_field,
     },
 };
@@ -21,7 +21,7 @@ use crate::{
     arp::EthArp,
     eth, ipv4,
     maps::{CONFIG, ENDPOINTS, FDB, NEIGH},
-    ptr::{ptr_at, ptr_at_mut},
+    ptr::{ptr_at, ptr_at_mut, put},
     stats::Verdict,
 };
 
@@ -61,7 +61,8 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
     }
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
     // SAFETY: bounds checked by ptr_at.
-    if u32::from_ne_bytes(unsafe { (*ip).src_addr }) != ep.ip {
+    let ip = unsafe { &*ip };
+    if u32::from_ne_bytes(ip.src_addr) != ep.ip {
         return Err(Reason::SpoofedIp);
     }
     if eth::is_group(&dst) {
@@ -81,7 +82,8 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
     if cfg.vtep == 0 {
         return Err(Reason::NoConfig);
     }
-    encapsulate(ctx, &cfg, ep.vni, entry.vtep, len)?;
+    let hash = flow_hash(ctx, ip);
+    encapsulate(ctx, &cfg, ep.vni, entry.vtep, len, hash)?;
     // Outer L2 comes from the kernel's neighbour table after a FIB lookup of the remote VTEP.
     // SAFETY: plain helper call; a null nexthop asks the kernel to look the route up.
     let action =
@@ -92,52 +94,91 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
     Ok(Verdict { action, reason: Reason::FwdEncap, vni: ep.vni, inner_len: len })
 }
 
-/// Wraps the frame in outer Ethernet/IPv4/UDP/VXLAN. The outer MACs are left zero for
-/// `bpf_redirect_neigh` to fill.
+/// Flow entropy for the outer UDP source port: the skb's hash when the stack already set one (a
+/// TCP socket's `sk_txhash`, as the kernel driver's `skb_get_hash` would use), otherwise a cheap
+/// mix of the inner addresses, protocol and ports. Recomputing the hash with the flow dissector
+/// (`bpf_get_hash_recalc`) cost more than the rest of encapsulation together.
 #[inline(always)]
-fn encapsulate(ctx: &TcContext, cfg: &NodeConfig, vni: u32, vtep: u32, len: u32) -> Result<(), Reason> {
-    // Entropy for ECMP: the kernel driver's formula over the inner flow hash.
-    // SAFETY: plain helper call.
-    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) } as u64;
-    let sport = cfg.src_port_min.wrapping_add(((hash * cfg.src_port_range as u64) >> 32) as u16);
+fn flow_hash(ctx: &TcContext, ip: &Ipv4Hdr) -> u32 {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let h = unsafe { (*ctx.skb.skb).hash };
+    if h != 0 {
+        return h;
+    }
+    let mut x = u32::from_ne_bytes(ip.src_addr) ^ u32::from_ne_bytes(ip.dst_addr).rotate_left(16) ^ ((ip.proto as u32) << 8);
+    // Ports for TCP and UDP only (ICMP's checksum would split one flow over many ports).
+    let has_ports = ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP;
+    if has_ports && ipv4::header_len(ip) == IPV4_HLEN && ipv4::frag_offset(ip) == 0 {
+        if let Ok(ports) = ptr_at::<u32>(ctx, ETH_HLEN + IPV4_HLEN) {
+            // SAFETY: bounds checked by ptr_at.
+            x ^= unsafe { core::ptr::read_unaligned(ports) };
+        }
+    }
+    // murmur3's finaliser: every input bit reaches every output bit.
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x85eb_ca6b);
+    x ^= x >> 13;
+    x = x.wrapping_mul(0xc2b2_ae35);
+    x ^ (x >> 16)
+}
 
-    let inner_eth = ptr_at::<[u8; ETH_HLEN]>(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at.
-    let inner_eth = unsafe { *inner_eth };
+/// One's-complement sum of the outer IPv4 header's 16-bit words (checksum field zero).
+#[inline(always)]
+fn outer_ip_checksum(total_len: u16, src: u32, dst: u32) -> u16 {
+    let (s, d) = (src.to_ne_bytes(), dst.to_ne_bytes());
+    let mut sum: u32 = 0x4500
+        + total_len as u32
+        + (((OUTER_TTL as u32) << 8) | IPPROTO_UDP as u32)
+        + u16::from_be_bytes([s[0], s[1]]) as u32
+        + u16::from_be_bytes([s[2], s[3]]) as u32
+        + u16::from_be_bytes([d[0], d[1]]) as u32
+        + u16::from_be_bytes([d[2], d[3]]) as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
 
+/// Wraps the frame in outer Ethernet/IPv4/UDP/VXLAN, writing the headers straight into the
+/// packet. The outer MACs are left zero for `bpf_redirect_neigh` to fill.
+#[inline(always)]
+fn encapsulate(ctx: &TcContext, cfg: &NodeConfig, vni: u32, vtep: u32, len: u32, hash: u32) -> Result<(), Reason> {
+    let sport = cfg.src_port_min.wrapping_add(((hash as u64 * cfg.src_port_range as u64) >> 32) as u16);
     ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
         .map_err(|_| Reason::AdjustFailed)?;
-
+    // The room was opened behind the original Ethernet header: [eth][50 new bytes][IPv4 ...].
     const HDR: usize = ETH_HLEN + VXLAN_ENCAP_LEN;
-    let mut h = [0u8; HDR];
-    // Outer Ethernet: MACs zero (filled by the neighbour subsystem), type IPv4.
-    h[12] = (ETH_P_IP >> 8) as u8;
-    h[13] = ETH_P_IP as u8;
-    // Outer IPv4: no options, DF clear (as the kernel driver sends), id 0.
+    let p = ptr_at_mut::<[u8; HDR]>(ctx, 0).map_err(|_| Reason::AdjustFailed)? as *mut u8;
     let ip_total = (len as usize + IPV4_HLEN + UDP_HLEN + VXLAN_HLEN) as u16;
-    let mut ip = [0u8; IPV4_HLEN];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&ip_total.to_be_bytes());
-    ip[8] = OUTER_TTL;
-    ip[9] = IPPROTO_UDP;
-    ip[12..16].copy_from_slice(&cfg.vtep.to_ne_bytes());
-    ip[16..20].copy_from_slice(&vtep.to_ne_bytes());
-    let csum = ipv4::header_checksum(&ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    h[ETH_HLEN..ETH_HLEN + IPV4_HLEN].copy_from_slice(&ip);
-    // UDP: checksum 0, allowed for VXLAN over IPv4 (RFC 7348 section 5).
-    let u = ETH_HLEN + IPV4_HLEN;
-    h[u..u + 2].copy_from_slice(&sport.to_be_bytes());
-    h[u + 2..u + 4].copy_from_slice(&cfg.vxlan_port.to_be_bytes());
-    h[u + 4..u + 6].copy_from_slice(&(ip_total - IPV4_HLEN as u16).to_be_bytes());
-    // VXLAN: I flag and the VNI.
-    let v = u + UDP_HLEN;
-    h[v] = VXLAN_FLAG_I;
-    h[v + 4..v + 8].copy_from_slice(&vxlan_vni_field(vni).to_be_bytes());
-    // Inner Ethernet: the frame's own header, moved behind the tunnel headers.
-    h[v + VXLAN_HLEN..].copy_from_slice(&inner_eth);
-
-    ctx.store(0, &h, 0).map_err(|_| Reason::AdjustFailed)
+    const IP: usize = ETH_HLEN;
+    const UDP: usize = IP + IPV4_HLEN;
+    const VX: usize = UDP + UDP_HLEN;
+    // SAFETY: all offsets are below HDR, which ptr_at_mut checked.
+    unsafe {
+        // Inner Ethernet: the frame's own header, moved behind the tunnel headers.
+        put::eth_header(p.add(VX + VXLAN_HLEN), p);
+        // Outer Ethernet: MACs zero (filled by the neighbour subsystem), type IPv4.
+        put::raw32(p, 0, 0);
+        put::raw32(p, 4, 0);
+        put::raw32(p, 8, 0);
+        put::be16(p, 12, ETH_P_IP);
+        // Outer IPv4: no options, DF clear (as the kernel driver sends), id 0.
+        put::be16(p, IP, 0x4500);
+        put::be16(p, IP + 2, ip_total);
+        put::raw32(p, IP + 4, 0);
+        put::be16(p, IP + 8, ((OUTER_TTL as u16) << 8) | IPPROTO_UDP as u16);
+        put::be16(p, IP + 10, outer_ip_checksum(ip_total, cfg.vtep, vtep));
+        put::raw32(p, IP + 12, cfg.vtep);
+        put::raw32(p, IP + 16, vtep);
+        // UDP: checksum 0, allowed for VXLAN over IPv4 (RFC 7348 section 5).
+        put::be16(p, UDP, sport);
+        put::be16(p, UDP + 2, cfg.vxlan_port);
+        put::be16(p, UDP + 4, ip_total - IPV4_HLEN as u16);
+        put::be16(p, UDP + 6, 0);
+        // VXLAN: I flag and the VNI.
+        put::raw32(p, VX, (VXLAN_FLAG_I as u32).to_le());
+        put::raw32(p, VX + 4, vxlan_vni_field(vni).to_be());
+    }
+    Ok(())
 }
 
 /// Answers an ARP request for an address of the endpoint's network from the neighbour table, by

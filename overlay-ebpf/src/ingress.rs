@@ -16,7 +16,7 @@ use overlay_common::{
 use crate::{
     eth, ipv4,
     maps::{CONFIG, FDB, MEMBERS, VNIS},
-    ptr::ptr_at,
+    ptr::{ptr_at, ptr_at_mut, put},
     stats::Verdict,
     vxlan,
 };
@@ -84,17 +84,31 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         return Err(Reason::VxlanFlags);
     }
     let vni = vxlan::vni(vx);
-    if unsafe { VNIS.get(vni) }.is_none() {
-        return Err(Reason::UnknownVni);
-    }
-    if unsafe { MEMBERS.get(outer_src) }.is_none() {
-        return Err(Reason::NotMember);
-    }
     let inner = ptr_at::<EthHdr>(ctx, INNER_ETH_OFF)?;
     // SAFETY: bounds checked by ptr_at.
     let inner_eth: [u8; ETH_HLEN] = unsafe { *(inner as *const [u8; ETH_HLEN]) };
     let (src, dst, ethertype) =
         unsafe { ((*inner).src_addr, (*inner).dst_addr, eth::ethertype(&*inner)) };
+    // A member may only speak for the MACs the FDB places behind it. The FDB holds entries only
+    // for known VNIs and remote entries only for members, so a matching owner proves both and
+    // the common case costs one lookup; the VNI and member tables are read only otherwise.
+    match unsafe { FDB.get(FdbKey::new(vni, src)) } {
+        Some(owner) if owner.kind == FDB_REMOTE && owner.vtep == outer_src => {}
+        Some(_) => {
+            if unsafe { MEMBERS.get(outer_src) }.is_none() {
+                return Err(Reason::NotMember);
+            }
+            return Err(Reason::VtepMismatch);
+        }
+        None => {
+            if unsafe { VNIS.get(vni) }.is_none() {
+                return Err(Reason::UnknownVni);
+            }
+            if unsafe { MEMBERS.get(outer_src) }.is_none() {
+                return Err(Reason::NotMember);
+            }
+        }
+    }
     if eth::is_vlan(ethertype) {
         return Err(Reason::Vlan);
     }
@@ -102,12 +116,6 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         return Err(Reason::UnsupportedEthertype);
     }
     ptr_at::<Ipv4Hdr>(ctx, INNER_IP_OFF)?;
-    // A member may only speak for the MACs the FDB places behind it.
-    if let Some(owner) = unsafe { FDB.get(FdbKey::new(vni, src)) } {
-        if owner.kind != FDB_REMOTE || owner.vtep != outer_src {
-            return Err(Reason::VtepMismatch);
-        }
-    }
     if eth::is_group(&dst) {
         return Err(Reason::Broadcast);
     }
@@ -120,7 +128,9 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     // the inner Ethernet header in its place.
     ctx.adjust_room(-(VXLAN_ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
         .map_err(|_| Reason::AdjustFailed)?;
-    ctx.store(0, &inner_eth, 0).map_err(|_| Reason::AdjustFailed)?;
+    let p = ptr_at_mut::<[u8; ETH_HLEN]>(ctx, 0).map_err(|_| Reason::AdjustFailed)? as *mut u8;
+    // SAFETY: 14 bytes checked by ptr_at_mut; the source is on the stack.
+    unsafe { put::eth_header(p, inner_eth.as_ptr()) };
     // SAFETY: plain helper call; switches to the veth peer inside the endpoint's namespace.
     let action = unsafe { bpf_redirect_peer(target.ifindex, 0) } as i32;
     if action != TC_ACT_REDIRECT as i32 {

@@ -1,10 +1,12 @@
 //! The overlay agent and CLI as a library, so that integration tests and the demo use the same
 //! code as the `overlay` binary.
 pub mod agent;
+pub mod bench;
 pub mod cmd;
 pub mod config;
 pub mod dataplane;
 pub mod defaults;
 pub mod desired;
+pub mod frames;
 pub mod netlink;
 pub mod sim;

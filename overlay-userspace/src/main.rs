@@ -26,6 +26,8 @@ enum Command {
     /// Build a simulated 3-host cluster here, show connectivity, isolation, MTU, a VXLAN frame
     /// and counters, then remove it all.
     Demo(cmd::demo::DemoArgs),
+    /// Measure native routing, Docker's kernel-vxlan overlay and this datapath side by side.
+    Bench(cmd::bench::BenchArgs),
     /// Remove a node's datapath: endpoint veths, programs and pinned maps.
     Down(cmd::down::DownArgs),
 }
@@ -63,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             Command::Fdb(a) => cmd::fdb::run(a),
             Command::Demo(a) => cmd::demo::run(a).await,
             Command::Down(a) => cmd::down::run(a).await,
+            Command::Bench(a) => cmd::bench::run(a).await,
         }
     })
 }

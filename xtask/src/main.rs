@@ -28,6 +28,12 @@ enum Task {
     },
     /// Build in release mode and run `overlay demo` (a simulated 3-host cluster).
     Demo,
+    /// Build in release mode and run `overlay bench` (native vs kernel-vxlan vs eBPF), passing
+    /// the arguments on (e.g. `cargo xtask bench --quick --json bench.json`).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Debian packages and a binary each provides (checked to skip apt when all are present).
@@ -37,6 +43,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("tshark", "tshark"),
     ("iperf3", "iperf3"),
+    ("procps", "sysctl"),
 ];
 
 fn root() -> PathBuf {
@@ -134,6 +141,14 @@ fn main() -> anyhow::Result<()> {
             }
             run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "overlay-userspace"]))?;
             run(Command::new(root().join("target/release/overlay")).arg("demo"))
+        }
+        Task::Bench { args } => {
+            setup()?;
+            if !is_root {
+                bail!("the benchmark creates network namespaces and loads eBPF programs: run as root");
+            }
+            run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "overlay-userspace"]))?;
+            run(Command::new(root().join("target/release/overlay")).arg("bench").args(&args))
         }
     }
 }

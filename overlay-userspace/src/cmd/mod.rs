@@ -1,5 +1,6 @@
 //! One file per subcommand of `overlay`.
 pub mod agent;
+pub mod bench;
 pub mod demo;
 pub mod down;
 pub mod fdb;

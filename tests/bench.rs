@@ -1,0 +1,94 @@
+//! `overlay bench` itself, with bounds small enough for CI: it must build all three modes, run
+//! every test, produce well-formed JSON and a chart, and leave nothing behind. The figures are
+//! the benchmark's business, not this test's: only their presence and sanity are checked.
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+fn netns_list() -> String {
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn quick_bench_reports_all_modes_as_json_and_svg_and_cleans_up() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("overlay-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    struct RmDir(std::path::PathBuf);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _guard = RmDir(dir.clone());
+    let json = dir.join("bench.json");
+    let svg = dir.join("bench.svg");
+    let child = Command::new(OVERLAY_BIN)
+        .args(["bench", "--quick", "--rounds", "1", "--seconds", "0.5", "--json"])
+        .arg(&json)
+        .arg("--chart")
+        .arg(&svg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting overlay bench");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("waiting for overlay bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "overlay bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for needle in ["median (min-max)", "native", "kernel-vxlan", "ebpf-tc", "Targets", "overlay_pass"] {
+        assert!(stdout.contains(needle), "the table lacks {needle:?}:\n{stdout}");
+    }
+
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).expect("well-formed JSON");
+    let metrics = ["tcp_gbps_1", "tcp_gbps_4", "udp_pps", "latency_mean_us", "latency_p99_us", "cpu_ns_per_packet"];
+    for mode in ["native", "kernel-vxlan", "ebpf-tc"] {
+        let m = &r["results"][mode];
+        assert!(m.is_object(), "results for {mode} missing");
+        assert_eq!(m["errors"].as_array().map(Vec::len), Some(0), "{mode} had failed measurements: {}", m["errors"]);
+        for k in metrics {
+            let s = &m["summary"][k];
+            assert_eq!(s["n"], 1, "{mode} {k}: one sample per round");
+            let v = s["median"].as_f64().unwrap_or_else(|| panic!("{mode} {k}: median is not a number: {s}"));
+            assert!(v.is_finite() && v > 0.0, "{mode} {k}: median {v}");
+            assert!(s["min"].as_f64() <= Some(v) && s["max"].as_f64() >= Some(v), "{mode} {k}: min <= median <= max");
+        }
+        // Sanity of the figures' units: latency in microseconds, not seconds or nanoseconds.
+        let rtt = m["summary"]["latency_mean_us"]["median"].as_f64().unwrap_or(0.0);
+        assert!((1.0..100_000.0).contains(&rtt), "{mode}: mean round trip {rtt} us");
+    }
+    let ratios = r["ratios"].as_array().expect("ratios");
+    for against in ["kernel-vxlan", "native"] {
+        for k in metrics {
+            let found = ratios.iter().any(|x| x["mode"] == "ebpf-tc" && x["against"] == against && x["metric"] == k && x["summary"]["median"].as_f64().is_some_and(|v| v > 0.0));
+            assert!(found, "ratio ebpf-tc/{against} for {k} missing");
+        }
+    }
+    let targets = r["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 9, "7 ratio targets for the eBPF mode and 2 program-cost targets");
+    assert!(targets.iter().all(|t| t["value"].as_f64().is_some() && t["met"].is_boolean()));
+    let pc = &r["prog_cost"];
+    let floor = pc["floor"]["ns_per_packet"].as_f64().expect("floor");
+    for p in ["encap", "decap"] {
+        let v = pc[p]["ns_per_packet"].as_f64().expect("program cost");
+        assert!(v > floor, "{p} ({v} ns) must cost more than the pass-through floor ({floor} ns)");
+    }
+
+    let chart = std::fs::read_to_string(&svg).expect("chart written");
+    assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"), "an SVG document");
+    for needle in ["native", "kernel-vxlan", "ebpf-tc", "encap"] {
+        assert!(chart.contains(needle), "the chart names {needle}");
+    }
+
+    // Nothing left behind: namespaces and pins of that run.
+    let left: Vec<String> = netns_list().lines().filter(|l| l.contains(&format!("{pid}x"))).map(str::to_string).collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    let pins = overlay::dataplane::host_bpffs().expect("bpffs").join("overlay");
+    let stale: Vec<String> = std::fs::read_dir(&pins)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(&pid.to_string())).collect())
+        .unwrap_or_default();
+    assert!(stale.is_empty(), "pins left behind: {stale:?}");
+}
