@@ -67,7 +67,7 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(out, "  (the floor alone with repeat=1000000 in one call: {:.0} ns)", pc.floor_repeat_ns);
     let _ = writeln!(out, "\nTargets (medians of this run):");
     for t in &r.targets {
-        let _ = writeln!(out, "  [{}] {:<52} {:>6.2} {} {}", if t.met { " ok " } else { "MISS" }, t.what, t.value, t.op, t.threshold);
+        let _ = writeln!(out, "  [{}] {:<52} {:>6.2} {} {}", if !t.measured { " -- " } else if t.met { " ok " } else { "MISS" }, t.what, t.value, t.op, t.threshold);
     }
     for (m, res) in &r.results {
         for e in &res.errors {

@@ -23,6 +23,8 @@ use crate::netlink;
 /// The CPU that sends (client side) and the one that receives, when the machine has two.
 const CLIENT_CPU: usize = 0;
 const SERVER_CPU: usize = 1;
+/// The CPU both iperf3 ends run on (see [`iperf3`]).
+const TCP_CPU: usize = 0;
 const UDP_PORT: u16 = 9000;
 const PING_PORT: u16 = 9001;
 const IPERF_PORT: u16 = 5201;
@@ -87,6 +89,29 @@ impl CpuTimes {
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         let ns = |t: u64| t * 1_000_000_000 / hz;
         Some(CpuTimes { busy_ns: ns(busy), softirq_ns: ns(v[6]) })
+    }
+}
+
+/// Busy fraction of all CPUs together over `window`.
+fn busy_fraction(window: Duration) -> Option<f64> {
+    let n = ncpus();
+    let sum = || (0..n).map(CpuTimes::now).try_fold(0u64, |acc, c| c.map(|c| acc + c.busy_ns));
+    let a = sum()?;
+    thread::sleep(window);
+    let b = sum()?;
+    Some((b - a) as f64 / (window.as_nanos() as f64 * n as f64))
+}
+
+/// Waits (at most `limit`) until the machine is nearly idle, e.g. after the kernel's
+/// asynchronous clean-up of deleted namespaces, so that it does not run during a measurement.
+/// Returns the last busy fraction seen.
+pub fn wait_quiet(limit: Duration) -> f64 {
+    let t0 = Instant::now();
+    loop {
+        let busy = busy_fraction(Duration::from_millis(200)).unwrap_or(0.0);
+        if busy < 0.10 || t0.elapsed() >= limit {
+            return busy;
+        }
     }
 }
 
@@ -298,12 +323,20 @@ impl Drop for KillOnDrop {
 
 /// iperf3 with `streams` parallel streams for `secs` seconds (after `omit` seconds of slow start
 /// left out), client in `client_ns`, a one-off server in `server_ns`.
+///
+/// Client and server share one CPU. On one kernel, a TCP sender whose receiver runs on another
+/// CPU sends partly from its own CPU and partly from the ACK-processing softirq on the other
+/// one; the two halves cross the per-CPU veth backlogs in parallel and arrive out of order
+/// (the receiver's `TcpExtTCPOFOQueue` counts them, every interface reports zero drops), which
+/// triggers spurious fast retransmissions in every mode. On one CPU there is no such reordering
+/// and the figure is the CPU cost of the whole path per byte, which is what differs between
+/// the modes.
 pub fn iperf3(client_ns: &str, server_ns: &str, server: Ipv4Addr, streams: u32, secs: u32, omit: u32) -> anyhow::Result<Tcp> {
     let port = IPERF_PORT.to_string();
     let affinity = |cpu: usize| if cpu < ncpus() { vec!["-A".to_string(), cpu.to_string()] } else { vec![] };
     let srv = Command::new("ip")
         .args(["netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", &port])
-        .args(affinity(SERVER_CPU))
+        .args(affinity(TCP_CPU))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -317,7 +350,7 @@ pub fn iperf3(client_ns: &str, server_ns: &str, server: Ipv4Addr, streams: u32, 
         let out = Command::new("ip")
             .args(["netns", "exec", client_ns, "iperf3", "-c", &server.to_string(), "-p", &port, "-J"])
             .args(["-t", &secs.to_string(), "-O", &omit.to_string(), "-P", &streams.to_string()])
-            .args(affinity(CLIENT_CPU))
+            .args(affinity(TCP_CPU))
             .stdin(Stdio::null())
             .output()
             .context("running iperf3")?;

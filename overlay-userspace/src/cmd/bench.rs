@@ -9,10 +9,10 @@ use crate::bench::{self, BenchConfig, Mode, Test};
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Short run (3 rounds of 1 s measurements, under two minutes) instead of the full one
-    /// (5 rounds of 3 s, under ten).
+    /// (7 rounds of 3 s, under ten).
     #[arg(long)]
     pub quick: bool,
-    /// Rounds (each measures every mode once, in turn) [default: 3 quick, 5 full].
+    /// Rounds (each measures every mode once, in turn) [default: 3 quick, 7 full].
     #[arg(long)]
     pub rounds: Option<u32>,
     /// Seconds per TCP and UDP measurement [default: 1 quick, 3 full].
