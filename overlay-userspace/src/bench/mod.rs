@@ -228,7 +228,8 @@ pub fn run(cfg: &BenchConfig, overlay_bin: &Path, mut progress: impl FnMut(&str)
         }
     }
     progress(&format!("program cost: BPF_PROG_TEST_RUN, {} packets per program", cfg.prog_packets));
-    let prog_cost = progcost::measure(cfg.prog_packets, 10)?;
+    traffic::wait_quiet(Duration::from_secs(10));
+    let prog_cost = traffic::on_cpu(0, || progcost::measure(cfg.prog_packets, 10))?;
 
     let mut topos = Vec::new();
     for &m in &cfg.modes {

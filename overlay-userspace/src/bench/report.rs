@@ -2,7 +2,11 @@
 use std::{fmt::Write as _, path::Path};
 
 use anyhow::Context as _;
-use plotters::{coord::ranged1d::SegmentValue, prelude::*};
+use plotters::{
+    coord::ranged1d::SegmentValue,
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 
 use super::{Metric, Mode, Report};
 
@@ -159,19 +163,24 @@ where
     DB::ErrorType: 'static,
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("drawing the chart: {e:?}");
-    let top = bars.iter().map(|(_, _, s)| if s.max.is_finite() { s.max } else { 0.0 }).fold(0.0, f64::max).max(1e-9) * 1.15;
+    // Nothing measured (a test left out, or no mode to compare with): an empty panel on a unit
+    // scale. A degenerate range would make the mesh generate labels without end.
+    let highest = bars.iter().map(|(_, _, s)| if s.max.is_finite() { s.max } else { 0.0 }).fold(0.0, f64::max);
+    let top = if highest > 0.0 { highest * 1.15 } else { 1.0 };
+    let caption = if highest > 0.0 { caption.to_string() } else { format!("{caption}: not measured") };
     let names: Vec<String> = bars.iter().map(|(n, _, _)| n.clone()).collect();
     let mut chart = ChartBuilder::on(area)
-        .caption(caption, ("sans-serif", 15))
+        .caption(&caption, ("sans-serif", 15))
         .margin(12)
         .x_label_area_size(28)
         .y_label_area_size(48)
-        .build_cartesian_2d((0..bars.len()).into_segmented(), 0.0..top)
+        // A segmented range a..b has b - a + 1 slots: one per bar.
+        .build_cartesian_2d((0..bars.len().max(2) - 1).into_segmented(), 0.0..top)
         .map_err(err)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(bars.len())
+        .x_labels(bars.len().max(2))
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => names.get(*i).cloned().unwrap_or_default(),
             SegmentValue::Last => String::new(),
@@ -194,8 +203,57 @@ where
     chart
         .draw_series(bars.iter().enumerate().filter(|(_, b)| b.2.median.is_finite()).map(|(i, (_, _, s))| {
             let p = if s.median >= 100.0 { 0 } else if s.median >= 10.0 { 1 } else { 2 };
-            Text::new(format!("{:.p$}", s.median), (SegmentValue::CenterOf(i), s.median), ("sans-serif", 13).into_font().color(&BLACK))
+            // The value above the whisker, centred on the bar.
+            let above = if s.max.is_finite() { s.max } else { s.median };
+            let style = ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom));
+            EmptyElement::at((SegmentValue::CenterOf(i), above)) + Text::new(format!("{:.p$}", s.median), (0, -8), style)
         }))
         .map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::bench::{BenchConfig, Machine, ModeResult, Summary, progcost};
+
+    fn cost(ns: f64) -> progcost::ProgCost {
+        progcost::ProgCost { program: "p", path: "", ns_per_packet: ns, min_ns: ns, max_ns: ns, vs_floor: 1.0 }
+    }
+
+    /// A run with two modes and one test: panels without data must not stall the chart.
+    #[test]
+    fn chart_and_table_of_a_partial_run() {
+        let mut results = BTreeMap::new();
+        for (mode, v) in [(Mode::Native, 17.0), (Mode::EbpfTc, 15.0)] {
+            let mut r = ModeResult::default();
+            r.samples.insert(Metric::LatencyMeanUs, vec![v]);
+            r.summary.insert(Metric::LatencyMeanUs, Summary::of(&[v]));
+            results.insert(mode, r);
+        }
+        let ratios = crate::bench::ratios(&results);
+        let prog_cost = progcost::ProgCosts { packets_per_program: 1, floor: cost(100.0), encap: cost(300.0), decap: cost(250.0), floor_repeat_ns: 30.0 };
+        let targets = crate::bench::targets(&results, &ratios, &prog_cost);
+        let report = Report {
+            version: 1,
+            machine: Machine::here(),
+            config: BenchConfig::quick(),
+            results,
+            ratios,
+            prog_cost,
+            targets,
+            duration_seconds: 1.0,
+        };
+        let path = std::env::temp_dir().join(format!("overlay-chart-test-{}.svg", std::process::id()));
+        write_chart(&report, &path).expect("chart");
+        let svg = std::fs::read_to_string(&path).expect("written");
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.contains("not measured"), "empty panels say so");
+        assert!(svg.contains("ebpf-tc") && svg.contains("17.0"), "the measured panel has its bars and values");
+        let t = table(&report);
+        assert!(t.contains("failed"), "metrics without samples are marked in the table");
+        assert!(t.contains("[ -- ]"), "targets without data are not reported as met or missed");
+    }
 }

@@ -48,6 +48,18 @@ fn pin_to(cpu: usize) {
     }
 }
 
+/// Runs `f` on a new thread pinned to `cpu`, and waits for it.
+pub fn on_cpu<T: Send>(cpu: usize, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    thread::scope(|s| {
+        s.spawn(|| {
+            pin_to(cpu);
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("a benchmark thread panicked"))?
+    })
+}
+
 /// Runs `f` on a new thread inside network namespace `ns`, pinned to `cpu`.
 fn spawn_in<T: Send + 'static>(
     ns: &str,
