@@ -56,6 +56,7 @@ fn quick_bench_reports_all_modes_as_json_and_svg_and_cleans_up() {
             assert!(v.is_finite() && v > 0.0, "{mode} {k}: median {v}");
             assert!(s["min"].as_f64() <= Some(v) && s["max"].as_f64() >= Some(v), "{mode} {k}: min <= median <= max");
         }
+        assert_eq!(m["latency_lost"].as_array().map(Vec::len), Some(1), "{mode}: lost ping-pongs recorded per round");
         // Sanity of the figures' units: latency in microseconds, not seconds or nanoseconds.
         let rtt = m["summary"]["latency_mean_us"]["median"].as_f64().unwrap_or(0.0);
         assert!((1.0..100_000.0).contains(&rtt), "{mode}: mean round trip {rtt} us");

@@ -150,6 +150,8 @@ pub struct ModeResult {
     pub tcp_retransmits: Vec<u64>,
     /// UDP packets sent but not received, as a fraction (per round).
     pub udp_loss: Vec<f64>,
+    /// Ping-pongs that got no answer (per round); their round trips are not in the latency.
+    pub latency_lost: Vec<usize>,
     /// The softirq (datapath) part of the sending CPU's time per UDP packet (per round).
     pub udp_softirq_ns_per_packet: Vec<f64>,
     /// Measurements that failed, with the reason; their samples are NaN and left out of the
@@ -284,7 +286,10 @@ pub fn run(cfg: &BenchConfig, overlay_bin: &Path, mut progress: impl FnMut(&str)
             if cfg.tests.contains(&Test::Latency) {
                 let lat = traffic::udp_latency(c, s, ip, cfg.payload, cfg.latency_count, secs.max(Duration::from_secs(1)));
                 let (mean, p99) = match lat {
-                    Ok(l) => (Ok(l.mean_us), Ok(l.p99_us)),
+                    Ok(l) => {
+                        r.latency_lost.push(l.lost);
+                        (Ok(l.mean_us), Ok(l.p99_us))
+                    }
                     Err(e) => (Err(anyhow::anyhow!("{e:#}")), Err(e)),
                 };
                 lm = push(Metric::LatencyMeanUs, mean, r);

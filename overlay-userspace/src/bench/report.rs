@@ -59,6 +59,8 @@ pub fn table(r: &Report) -> String {
         .map(|m| format!("{} {:?}", m.name(), r.results[m].tcp_retransmits))
         .collect();
     let _ = writeln!(out, "TCP 1-stream retransmissions per round: {}", retrans.join(", "));
+    let lost: Vec<String> = modes.iter().map(|m| format!("{} {:?}", m.name(), r.results[m].latency_lost)).collect();
+    let _ = writeln!(out, "ping-pongs without an answer per round: {}", lost.join(", "));
     let pc = &r.prog_cost;
     let _ = writeln!(out, "\nBPF_PROG_TEST_RUN, ns per packet (median of 10 batches, {} packets per program):", pc.packets_per_program);
     for c in [&pc.floor, &pc.encap, &pc.decap] {

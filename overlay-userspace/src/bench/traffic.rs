@@ -249,7 +249,7 @@ fn recv_count(sock: &UdpSocket, stop: &AtomicBool, received: &AtomicU64) {
 pub struct Latency {
     pub mean_us: f64,
     pub p99_us: f64,
-    pub samples: usize,
+    /// Ping-pongs without an answer within the reply timeout (left out of mean and p99).
     pub lost: usize,
 }
 
@@ -312,7 +312,7 @@ pub fn udp_latency(client_ns: &str, server_ns: &str, server: Ipv4Addr, payload: 
         bail!("no ping-pong came back from {server}");
     }
     rtts.sort_by(f64::total_cmp);
-    Ok(Latency { mean_us: rtts.iter().sum::<f64>() / rtts.len() as f64, p99_us: percentile(&rtts, 99.0), samples: rtts.len(), lost })
+    Ok(Latency { mean_us: rtts.iter().sum::<f64>() / rtts.len() as f64, p99_us: percentile(&rtts, 99.0), lost })
 }
 
 /// TCP throughput from iperf3's JSON report.
