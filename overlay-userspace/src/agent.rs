@@ -4,11 +4,13 @@
 //! [`Cluster`]; [`Agent::apply`] wires local endpoints, then hands the complete [`MapState`] to
 //! the dataplane, which writes only the difference. A rejected description changes nothing.
 use std::{
-    path::Path,
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
     time::Instant,
 };
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     config::{self, Cluster},
@@ -16,6 +18,7 @@ use crate::{
     defaults::{CONTAINER_IFNAME, FILE_POLL, HOST_VETH_PREFIX, RETRY_INTERVAL},
     desired::{self, LocalEndpoint, NodePlan},
     netlink::{self, Netlink, NetlinkError},
+    store::follow::{Registration, follow},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,8 @@ pub enum AgentError {
     Netlink(#[from] NetlinkError),
     #[error("endpoint {endpoint}: {message}")]
     Endpoint { endpoint: String, message: String },
+    #[error("store: {0}")]
+    Store(String),
 }
 
 /// Result of one apply.
@@ -44,12 +49,17 @@ pub struct Agent {
     node: String,
     dataplane: Dataplane,
     nl: Netlink,
+    /// Endpoints this agent wired, as wired, with their host-side ifindex: an unchanged endpoint
+    /// is not wired again, so one change costs one endpoint's work, not all of them.
+    wired: HashMap<String, (LocalEndpoint, u32)>,
+    /// The (local endpoints, underlay) the last sweep kept; the next sweep runs when it differs.
+    swept: Option<(Vec<(String, u32)>, u32)>,
 }
 
 impl Agent {
     pub fn new(node: &str, pin_dir: &Path) -> Result<Self, AgentError> {
         let dataplane = Dataplane::load(pin_dir)?;
-        Ok(Agent { node: node.to_string(), dataplane, nl: Netlink::new()? })
+        Ok(Agent { node: node.to_string(), dataplane, nl: Netlink::new()?, wired: HashMap::new(), swept: None })
     }
 
     /// Makes the node match `cluster`. Validation already happened; what can still fail here is
@@ -65,14 +75,32 @@ impl Agent {
         let mut report = ApplyReport::default();
         let mut wired: Vec<(&LocalEndpoint, u32)> = Vec::new();
         for ep in &plan.local {
+            if let Some((done, ifindex)) = self.wired.get(&ep.name) {
+                if done == ep {
+                    wired.push((ep, *ifindex));
+                    continue;
+                }
+            }
             match self.wire(ep, underlay.mtu).await {
-                Ok(ifindex) => wired.push((ep, ifindex)),
-                Err(e) => report.pending.push(format!("{}: {e}", ep.name)),
+                Ok(ifindex) => {
+                    self.wired.insert(ep.name.clone(), (ep.clone(), ifindex));
+                    wired.push((ep, ifindex));
+                }
+                Err(e) => {
+                    self.wired.remove(&ep.name);
+                    report.pending.push(format!("{}: {e}", ep.name));
+                }
             }
         }
         let state = plan.map_state(underlay.index, &wired);
         report.diff = self.dataplane.apply(&state)?;
-        self.sweep(&plan, &wired, (&underlay.name, underlay.index)).await?;
+        let kept: Vec<(String, u32)> = wired.iter().map(|(e, i)| (e.host_ifname.clone(), *i)).collect();
+        let swept = Some((kept, underlay.index));
+        if !report.pending.is_empty() || self.swept != swept {
+            self.sweep(&plan, &wired, (&underlay.name, underlay.index)).await?;
+            self.wired.retain(|name, _| plan.local.iter().any(|e| &e.name == name));
+            self.swept = if report.pending.is_empty() { swept } else { None };
+        }
         Ok(report)
     }
 
@@ -140,55 +168,114 @@ impl Agent {
     }
 }
 
-/// Runs the agent on a cluster file until `stop` resolves. The datapath stays in place when it
-/// returns: forwarding does not depend on the agent running.
-pub async fn run_with_file(node: &str, file: &Path, pin_dir: &Path, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+/// The desired cluster as the reconcile loop receives it: `None` until the source has a
+/// complete, valid description. A source replaces it whole; the loop always applies the latest.
+pub type Desired = tokio::sync::watch::Receiver<Option<Arc<Cluster>>>;
+
+/// Keeps the node equal to what `desired` says until `stop` resolves or the source goes away.
+/// This loop is the one reconcile path of every source (file or store). The datapath stays in
+/// place when it returns: forwarding does not depend on the agent running.
+pub async fn reconcile(node: &str, pin_dir: &Path, mut desired: Desired, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let mut agent = Agent::new(node, pin_dir)?;
     info!(node, pin_dir = %pin_dir.display(), "datapath loaded");
     tokio::pin!(stop);
-    let mut last_seen: Option<Vec<u8>> = None;
-    let mut good: Option<Cluster> = None;
     let mut retry_at: Option<Instant> = None;
+    let mut first = true;
     loop {
-        let bytes = std::fs::read(file).ok();
-        let mut accepted = false;
-        if bytes.is_some() && bytes != last_seen {
-            last_seen = bytes;
-            match config::load(file).and_then(|c| check_node(&c, node).map(|()| c)) {
-                Ok(c) => {
-                    good = Some(c);
-                    accepted = true;
-                }
-                Err(e) => warn!(file = %file.display(), "cluster file rejected, datapath keeps the last good state: {e}"),
-            }
-        }
-        let changed = accepted;
-        let due = retry_at.is_some_and(|t| Instant::now() >= t);
-        if let (true, Some(cluster)) = (changed || due, good.as_ref()) {
-            let t0 = Instant::now();
-            match agent.apply(cluster).await {
-                Ok(r) => {
-                    if !r.diff.is_empty() || changed {
-                        info!(diff = %r.diff, took_us = t0.elapsed().as_micros() as u64, "applied cluster state");
-                    }
-                    for p in &r.pending {
-                        warn!("endpoint not wired yet (retrying): {p}");
-                    }
-                    retry_at = (!r.pending.is_empty()).then(|| Instant::now() + RETRY_INTERVAL);
-                }
-                Err(e) => {
-                    warn!("apply failed (retrying): {e}");
-                    retry_at = Some(Instant::now() + RETRY_INTERVAL);
-                }
-            }
-        }
-        tokio::select! {
+        let changed = tokio::select! {
             _ = &mut stop => break,
-            _ = tokio::time::sleep(FILE_POLL) => {}
+            r = desired.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                true
+            }
+            _ = sleep_until(retry_at) => false,
+        };
+        let Some(cluster) = desired.borrow_and_update().clone() else { continue };
+        let t0 = Instant::now();
+        match agent.apply(&cluster).await {
+            Ok(r) => {
+                if !r.diff.is_empty() || first {
+                    info!(
+                        diff = %r.diff,
+                        networks = cluster.networks.len(),
+                        nodes = cluster.nodes.len(),
+                        endpoints = cluster.endpoints.len(),
+                        took_us = t0.elapsed().as_micros() as u64,
+                        "applied cluster state"
+                    );
+                    first = false;
+                } else if changed {
+                    debug!(took_us = t0.elapsed().as_micros() as u64, "cluster changed, datapath already matches");
+                }
+                for p in &r.pending {
+                    warn!("endpoint not wired yet (retrying): {p}");
+                }
+                retry_at = (!r.pending.is_empty()).then(|| Instant::now() + RETRY_INTERVAL);
+            }
+            Err(e) => {
+                warn!("apply failed (retrying): {e}");
+                retry_at = Some(Instant::now() + RETRY_INTERVAL);
+            }
         }
     }
     info!(node, "agent stopping; the datapath stays pinned and keeps forwarding");
     Ok(())
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Watches a cluster file: every edit that validates replaces the desired cluster; a bad edit
+/// is rejected whole with a warning and the last good one stays.
+pub async fn watch_file(node: String, file: PathBuf, tx: tokio::sync::watch::Sender<Option<Arc<Cluster>>>) {
+    let mut last_seen: Option<Vec<u8>> = None;
+    while !tx.is_closed() {
+        let bytes = std::fs::read(&file).ok();
+        if bytes.is_some() && bytes != last_seen {
+            last_seen = bytes;
+            match config::load(&file).and_then(|c| check_node(&c, &node).map(|()| c)) {
+                Ok(c) => {
+                    let _ = tx.send(Some(Arc::new(c)));
+                }
+                Err(e) => warn!(file = %file.display(), "cluster file rejected, datapath keeps the last good state: {e}"),
+            }
+        }
+        tokio::time::sleep(FILE_POLL).await;
+    }
+}
+
+/// Runs the agent on a cluster file until `stop` resolves.
+pub async fn run_with_file(node: &str, file: &Path, pin_dir: &Path, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let source = tokio::spawn(watch_file(node.to_string(), file.to_path_buf(), tx));
+    let r = reconcile(node, pin_dir, rx, stop).await;
+    source.abort();
+    r
+}
+
+/// Runs the agent on an etcd store until `stop` resolves: registers the node, follows the store
+/// and reconciles. Fails early only if the node cannot be registered at all.
+pub async fn run_with_store(url: &str, reg: Registration, pin_dir: &Path, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+    crate::store::parse_url(url).map_err(|e| AgentError::Store(e.to_string()))?;
+    let node = reg.node.name.clone();
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let mut source = tokio::spawn(follow(url.to_string(), reg, tx));
+    let r = tokio::select! {
+        r = reconcile(&node, pin_dir, rx, stop) => r,
+        s = &mut source => match s {
+            Ok(Err(e)) => Err(AgentError::Store(e.to_string())),
+            Ok(Ok(())) => Ok(()),
+            Err(e) => Err(AgentError::Store(format!("store task failed: {e}"))),
+        },
+    };
+    source.abort();
+    r
 }
 
 /// A file that does not name this node is rejected like any other invalid file.

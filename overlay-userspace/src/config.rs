@@ -1,6 +1,6 @@
 //! The cluster file: parsing and whole-file validation. A file is either entirely valid or
 //! rejected with one error naming the entry and the field; nothing of a rejected file is used.
-use std::{collections::HashMap, fmt, net::Ipv4Addr, path::Path};
+use std::{fmt, net::Ipv4Addr, path::Path};
 
 use ipnet::Ipv4Net;
 use overlay_common::wire::{MAX_VNI, VXLAN_PORT};
@@ -161,107 +161,147 @@ fn validate(raw: RawCluster) -> Result<Cluster, ConfigError> {
         Some(p) => return Err(invalid("cluster", "vxlan_port", format!("{p} is not a UDP port (1-65535)"))),
     };
 
-    let mut nodes = Vec::new();
-    let mut node_names = HashMap::new();
-    let mut vteps = HashMap::new();
+    let mut nodes: Vec<Node> = Vec::new();
     for (i, n) in raw.nodes.into_iter().enumerate() {
         let entry = format!("nodes[{}]", if n.name.is_empty() { i.to_string() } else { n.name.clone() });
-        check_name(&entry, "node", &n.name)?;
-        if node_names.insert(n.name.clone(), ()).is_some() {
-            return Err(invalid(entry, "name", format!("duplicate node name {:?}", n.name)));
+        let node = node_entry(&entry, n.name, &n.vtep, n.underlay)?;
+        if nodes.iter().any(|o| o.name == node.name) {
+            return Err(invalid(entry, "name", format!("duplicate node name {:?}", node.name)));
         }
-        let vtep: Ipv4Addr = n.vtep.parse().map_err(|_| invalid(&entry, "vtep", format!("{:?} is not an IPv4 address", n.vtep)))?;
-        if vtep.is_unspecified() || vtep.is_multicast() || vtep.is_broadcast() {
-            return Err(invalid(entry, "vtep", format!("{vtep} cannot be a VTEP address")));
+        if let Some(other) = nodes.iter().find(|o| o.vtep == node.vtep) {
+            return Err(invalid(entry, "vtep", format!("{} is already the VTEP of node {}", node.vtep, other.name)));
         }
-        if let Some(other) = vteps.insert(vtep, n.name.clone()) {
-            return Err(invalid(entry, "vtep", format!("{vtep} is already the VTEP of node {other}")));
-        }
-        if let Some(u) = &n.underlay {
-            if u.is_empty() || u.len() > 15 || u.contains(['/', ' ']) {
-                return Err(invalid(entry, "underlay", format!("{u:?} is not an interface name")));
-            }
-        }
-        nodes.push(Node { name: n.name, vtep, underlay: n.underlay });
+        nodes.push(node);
     }
 
     let mut networks: Vec<Network> = Vec::new();
-    let mut vnis = HashMap::new();
     for (i, n) in raw.networks.into_iter().enumerate() {
         let entry = format!("networks[{}]", if n.name.is_empty() { i.to_string() } else { n.name.clone() });
-        check_name(&entry, "network", &n.name)?;
-        if networks.iter().any(|o| o.name == n.name) {
-            return Err(invalid(entry, "name", format!("duplicate network name {:?}", n.name)));
+        let net = network_entry(&entry, n.name, n.vni, &n.subnet, n.mtu)?;
+        if let Some((field, message)) = network_conflict(&networks, &net) {
+            return Err(invalid(entry, field, message));
         }
-        if n.vni < 1 || n.vni > MAX_VNI as i64 {
-            return Err(invalid(entry, "vni", format!("{} is out of the 24-bit VNI range 1-{MAX_VNI}", n.vni)));
-        }
-        let vni = n.vni as u32;
-        if let Some(other) = vnis.insert(vni, n.name.clone()) {
-            return Err(invalid(entry, "vni", format!("duplicate VNI {vni}: already used by network {other}")));
-        }
-        let subnet: Ipv4Net = n.subnet.parse().map_err(|_| invalid(&entry, "subnet", format!("{:?} is not an IPv4 CIDR such as 10.0.1.0/24", n.subnet)))?;
-        if subnet.trunc() != subnet {
-            return Err(invalid(entry, "subnet", format!("{subnet} has host bits set (did you mean {}?)", subnet.trunc())));
-        }
-        if subnet.prefix_len() > 30 {
-            return Err(invalid(entry, "subnet", format!("{subnet} is too small for endpoints (at most /30)")));
-        }
-        if let Some(o) = networks.iter().find(|o| o.subnet.contains(&subnet.network()) || subnet.contains(&o.subnet.network())) {
-            return Err(invalid(entry, "subnet", format!("{subnet} overlaps {} of network {}", o.subnet, o.name)));
-        }
-        let mtu = match n.mtu {
-            None => None,
-            Some(m) if (68..=65_485).contains(&m) => Some(m as u32),
-            Some(m) => return Err(invalid(entry, "mtu", format!("{m} is outside 68-65485"))),
-        };
-        networks.push(Network { name: n.name, vni, subnet, mtu });
+        networks.push(net);
     }
 
     let mut endpoints: Vec<Endpoint> = Vec::new();
     for (i, e) in raw.endpoints.into_iter().enumerate() {
         let entry = format!("endpoints[{}]", if e.name.is_empty() { i.to_string() } else { e.name.clone() });
-        check_name(&entry, "endpoint", &e.name)?;
-        if endpoints.iter().any(|o| o.name == e.name) {
-            return Err(invalid(entry, "name", format!("duplicate endpoint name {:?}", e.name)));
-        }
         let net = networks.iter().find(|n| n.name == e.network).ok_or_else(|| invalid(&entry, "network", format!("unknown network {:?}", e.network)))?;
-        if !node_names.contains_key(&e.node) {
-            return Err(invalid(entry, "node", format!("unknown node {:?}", e.node)));
+        let ep = endpoint_entry(&entry, e.name, net, e.node, &e.ip, e.mac.as_deref(), e.netns)?;
+        if !nodes.iter().any(|n| n.name == ep.node) {
+            return Err(invalid(entry, "node", format!("unknown node {:?}", ep.node)));
         }
-        let ip: Ipv4Addr = e.ip.parse().map_err(|_| invalid(&entry, "ip", format!("{:?} is not an IPv4 address", e.ip)))?;
-        if !net.subnet.contains(&ip) {
-            return Err(invalid(entry, "ip", format!("{ip} is outside subnet {} of network {}", net.subnet, net.name)));
+        if let Some((field, message)) = endpoint_conflict(&endpoints, &ep) {
+            return Err(invalid(entry, field, message));
         }
-        if ip == net.subnet.network() || ip == net.subnet.broadcast() {
-            return Err(invalid(entry, "ip", format!("{ip} is the network or broadcast address of {}", net.subnet)));
-        }
-        let mac = match &e.mac {
-            None => Mac::from_ip(ip),
-            Some(s) => s.parse::<Mac>().map_err(|_| invalid(&entry, "mac", format!("{s:?} is not a MAC address like 02:42:0a:00:01:02")))?,
-        };
-        if mac.0[0] & 1 != 0 || mac.0 == [0; 6] {
-            return Err(invalid(entry, "mac", format!("{mac} is not a unicast address")));
-        }
-        for o in endpoints.iter().filter(|o| o.network == e.network) {
-            if o.ip == ip {
-                return Err(invalid(entry, "ip", format!("duplicate IP {ip} in network {}: already endpoint {}", e.network, o.name)));
-            }
-            if o.mac == mac {
-                return Err(invalid(entry, "mac", format!("duplicate MAC {mac} in network {}: already endpoint {}", e.network, o.name)));
-            }
-        }
-        if let Some(ns) = &e.netns {
-            if ns.is_empty() || ns.contains(['/', ' ', '\0']) || ns == "." || ns == ".." {
-                return Err(invalid(entry, "netns", format!("{ns:?} is not a namespace name")));
-            }
-            if let Some(o) = endpoints.iter().find(|o| o.node == e.node && o.netns.as_deref() == Some(ns)) {
-                return Err(invalid(entry, "netns", format!("namespace {ns} on node {} already holds endpoint {}", e.node, o.name)));
-            }
-        }
-        endpoints.push(Endpoint { name: e.name, network: e.network, node: e.node, ip, mac, netns: e.netns });
+        endpoints.push(ep);
     }
     Ok(Cluster { vxlan_port, nodes, networks, endpoints })
+}
+
+/// One node entry, checked on its own (`entry` names it in errors).
+pub fn node_entry(entry: &str, name: String, vtep: &str, underlay: Option<String>) -> Result<Node, ConfigError> {
+    check_name(entry, "node", &name)?;
+    let vtep: Ipv4Addr = vtep.parse().map_err(|_| invalid(entry, "vtep", format!("{vtep:?} is not an IPv4 address")))?;
+    if vtep.is_unspecified() || vtep.is_multicast() || vtep.is_broadcast() {
+        return Err(invalid(entry, "vtep", format!("{vtep} cannot be a VTEP address")));
+    }
+    if let Some(u) = &underlay {
+        if u.is_empty() || u.len() > 15 || u.contains(['/', ' ']) {
+            return Err(invalid(entry, "underlay", format!("{u:?} is not an interface name")));
+        }
+    }
+    Ok(Node { name, vtep, underlay })
+}
+
+/// One network entry, checked on its own.
+pub fn network_entry(entry: &str, name: String, vni: i64, subnet: &str, mtu: Option<i64>) -> Result<Network, ConfigError> {
+    check_name(entry, "network", &name)?;
+    if vni < 1 || vni > MAX_VNI as i64 {
+        return Err(invalid(entry, "vni", format!("{vni} is out of the 24-bit VNI range 1-{MAX_VNI}")));
+    }
+    let subnet: Ipv4Net = subnet.parse().map_err(|_| invalid(entry, "subnet", format!("{subnet:?} is not an IPv4 CIDR such as 10.0.1.0/24")))?;
+    if subnet.trunc() != subnet {
+        return Err(invalid(entry, "subnet", format!("{subnet} has host bits set (did you mean {}?)", subnet.trunc())));
+    }
+    if subnet.prefix_len() > 30 {
+        return Err(invalid(entry, "subnet", format!("{subnet} is too small for endpoints (at most /30)")));
+    }
+    let mtu = match mtu {
+        None => None,
+        Some(m) if (68..=65_485).contains(&m) => Some(m as u32),
+        Some(m) => return Err(invalid(entry, "mtu", format!("{m} is outside 68-65485"))),
+    };
+    Ok(Network { name, vni: vni as u32, subnet, mtu })
+}
+
+/// Why `net` cannot join `existing`: (field, message), or `None`.
+pub fn network_conflict(existing: &[Network], net: &Network) -> Option<(&'static str, String)> {
+    if existing.iter().any(|o| o.name == net.name) {
+        return Some(("name", format!("duplicate network name {:?}", net.name)));
+    }
+    if let Some(o) = existing.iter().find(|o| o.vni == net.vni) {
+        return Some(("vni", format!("duplicate VNI {}: already used by network {}", net.vni, o.name)));
+    }
+    existing
+        .iter()
+        .find(|o| o.subnet.contains(&net.subnet.network()) || net.subnet.contains(&o.subnet.network()))
+        .map(|o| ("subnet", format!("{} overlaps {} of network {}", net.subnet, o.subnet, o.name)))
+}
+
+/// One endpoint entry of network `net`, checked on its own.
+pub fn endpoint_entry(
+    entry: &str,
+    name: String,
+    net: &Network,
+    node: String,
+    ip: &str,
+    mac: Option<&str>,
+    netns: Option<String>,
+) -> Result<Endpoint, ConfigError> {
+    check_name(entry, "endpoint", &name)?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| invalid(entry, "ip", format!("{ip:?} is not an IPv4 address")))?;
+    if !net.subnet.contains(&ip) {
+        return Err(invalid(entry, "ip", format!("{ip} is outside subnet {} of network {}", net.subnet, net.name)));
+    }
+    if ip == net.subnet.network() || ip == net.subnet.broadcast() {
+        return Err(invalid(entry, "ip", format!("{ip} is the network or broadcast address of {}", net.subnet)));
+    }
+    let mac = match mac {
+        None => Mac::from_ip(ip),
+        Some(s) => s.parse::<Mac>().map_err(|_| invalid(entry, "mac", format!("{s:?} is not a MAC address like 02:42:0a:00:01:02")))?,
+    };
+    if mac.0[0] & 1 != 0 || mac.0 == [0; 6] {
+        return Err(invalid(entry, "mac", format!("{mac} is not a unicast address")));
+    }
+    if let Some(ns) = &netns {
+        if ns.is_empty() || ns.contains(['/', ' ', '\0']) || ns == "." || ns == ".." {
+            return Err(invalid(entry, "netns", format!("{ns:?} is not a namespace name")));
+        }
+    }
+    Ok(Endpoint { name, network: net.name.clone(), node, ip, mac, netns })
+}
+
+/// Why `ep` cannot join `existing`: (field, message), or `None`.
+pub fn endpoint_conflict(existing: &[Endpoint], ep: &Endpoint) -> Option<(&'static str, String)> {
+    if existing.iter().any(|o| o.name == ep.name) {
+        return Some(("name", format!("duplicate endpoint name {:?}", ep.name)));
+    }
+    for o in existing.iter().filter(|o| o.network == ep.network) {
+        if o.ip == ep.ip {
+            return Some(("ip", format!("duplicate IP {} in network {}: already endpoint {}", ep.ip, ep.network, o.name)));
+        }
+        if o.mac == ep.mac {
+            return Some(("mac", format!("duplicate MAC {} in network {}: already endpoint {}", ep.mac, ep.network, o.name)));
+        }
+    }
+    if let Some(ns) = &ep.netns {
+        if let Some(o) = existing.iter().find(|o| o.node == ep.node && o.netns.as_deref() == Some(ns)) {
+            return Some(("netns", format!("namespace {ns} on node {} already holds endpoint {}", ep.node, o.name)));
+        }
+    }
+    None
 }
 
 impl Cluster {

@@ -222,6 +222,12 @@ pub struct Dataplane {
     ebpf: Option<Ebpf>,
     maps: Maps,
     dir: PathBuf,
+    /// What the maps hold after the last successful apply by this process. The first apply
+    /// reads the maps instead (adopting what a previous agent left: mark and sweep); later ones
+    /// diff against this copy, so one change costs a few syscalls whatever the table sizes.
+    applied: Option<MapState>,
+    /// Link pins this process attached (or re-attached) its programs to.
+    attached: std::collections::HashSet<PathBuf>,
 }
 
 /// Generic diff of one table: writes what is new or different, then removes what is stale.
@@ -258,6 +264,31 @@ where
     Ok(())
 }
 
+/// Diff of one table against the copy of what the map holds: writes only what differs.
+fn sync_cached<K, V>(
+    name: &'static str,
+    map: &mut HashMap<MapData, K, V>,
+    have: &BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+    sum: &mut DiffSummary,
+    removals: &mut Vec<K>,
+) -> Result<()>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod + PartialEq,
+{
+    for (k, v) in want {
+        match have.get(k) {
+            Some(old) if old == v => continue,
+            Some(_) => sum.changed += 1,
+            None => sum.added += 1,
+        }
+        map.insert(k, v, 0).map_err(map_err(name))?;
+    }
+    removals.extend(have.keys().filter(|k| !want.contains_key(k)).copied());
+    Ok(())
+}
+
 fn remove_all<K: aya::Pod, V: aya::Pod>(
     name: &'static str,
     map: &mut HashMap<MapData, K, V>,
@@ -290,7 +321,7 @@ impl Dataplane {
             prog.load().map_err(|source| DataplaneError::Program { name, source })?;
         }
         let maps = Maps::from_source(|name| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name)))?;
-        Ok(Dataplane { ebpf: Some(ebpf), maps, dir: dir.to_path_buf() })
+        Ok(Dataplane { ebpf: Some(ebpf), maps, dir: dir.to_path_buf(), applied: None, attached: Default::default() })
     }
 
     /// Opens the pinned maps of a node without loading programs (for `stats`, `fdb`).
@@ -302,7 +333,7 @@ impl Dataplane {
             let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
             Map::from_map_data(data).map_err(map_err(name))
         })?;
-        Ok(Dataplane { ebpf: None, maps, dir: dir.to_path_buf() })
+        Ok(Dataplane { ebpf: None, maps, dir: dir.to_path_buf(), applied: None, attached: Default::default() })
     }
 
     /// Reads everything the maps hold.
@@ -327,31 +358,55 @@ impl Dataplane {
     /// Makes the maps equal to `want`, writing only the difference. Additions and changes go
     /// first, removals last, so no packet of a surviving flow meets a half-updated table.
     pub fn apply(&mut self, want: &MapState) -> Result<DiffSummary> {
+        let prev = self.applied.take();
+        let sum = self.write_diff(prev.as_ref(), want)?;
+        // Only a complete apply is remembered: after an error the next one reads the maps again.
+        self.applied = Some(want.clone());
+        Ok(sum)
+    }
+
+    fn write_diff(&mut self, prev: Option<&MapState>, want: &MapState) -> Result<DiffSummary> {
         let mut sum = DiffSummary::default();
         let m = &mut self.maps;
-        let cfg = m.config.get(&0, 0).map_err(map_err(MAP_CONFIG))?;
+        let cfg = match prev {
+            Some(p) => p.config,
+            None => m.config.get(&0, 0).map_err(map_err(MAP_CONFIG))?,
+        };
         if cfg != want.config {
             m.config.set(0, want.config, 0).map_err(map_err(MAP_CONFIG))?;
             sum.changed += 1;
         }
         let (mut rv, mut rm, mut rn, mut re, mut rf) = (vec![], vec![], vec![], vec![], vec![]);
-        sync_hash(MAP_VNIS, &mut m.vnis, &want.vnis, &mut sum, &mut rv)?;
-        sync_hash(MAP_MEMBERS, &mut m.members, &want.members, &mut sum, &mut rm)?;
-        sync_hash(MAP_NEIGH, &mut m.neigh, &want.neigh, &mut sum, &mut rn)?;
-        sync_hash(MAP_ENDPOINTS, &mut m.endpoints, &want.endpoints, &mut sum, &mut re)?;
-        sync_hash(MAP_FDB, &mut m.fdb, &want.fdb, &mut sum, &mut rf)?;
-        // Per-VNI counters exist for exactly the configured VNIs.
-        let cpus = nr_cpus().map_err(|(_, e)| io_err("counting CPUs", Path::new("/sys/devices/system/cpu/possible"))(e))?;
-        let have: Vec<u32> = m.vni_stats.keys().collect::<std::result::Result<_, _>>().map_err(map_err(MAP_VNI_STATS))?;
-        for vni in want.vnis.keys() {
-            if !have.contains(vni) {
-                let zero = PerCpuValues::try_from(vec![VniCounters::default(); cpus])
-                    .map_err(io_err("sizing per-CPU values", Path::new(MAP_VNI_STATS)))?;
-                m.vni_stats.insert(vni, zero, 0).map_err(map_err(MAP_VNI_STATS))?;
+        match prev {
+            Some(p) => {
+                sync_cached(MAP_VNIS, &mut m.vnis, &p.vnis, &want.vnis, &mut sum, &mut rv)?;
+                sync_cached(MAP_MEMBERS, &mut m.members, &p.members, &want.members, &mut sum, &mut rm)?;
+                sync_cached(MAP_NEIGH, &mut m.neigh, &p.neigh, &want.neigh, &mut sum, &mut rn)?;
+                sync_cached(MAP_ENDPOINTS, &mut m.endpoints, &p.endpoints, &want.endpoints, &mut sum, &mut re)?;
+                sync_cached(MAP_FDB, &mut m.fdb, &p.fdb, &want.fdb, &mut sum, &mut rf)?;
+            }
+            None => {
+                sync_hash(MAP_VNIS, &mut m.vnis, &want.vnis, &mut sum, &mut rv)?;
+                sync_hash(MAP_MEMBERS, &mut m.members, &want.members, &mut sum, &mut rm)?;
+                sync_hash(MAP_NEIGH, &mut m.neigh, &want.neigh, &mut sum, &mut rn)?;
+                sync_hash(MAP_ENDPOINTS, &mut m.endpoints, &want.endpoints, &mut sum, &mut re)?;
+                sync_hash(MAP_FDB, &mut m.fdb, &want.fdb, &mut sum, &mut rf)?;
             }
         }
-        for vni in have.iter().filter(|v| !want.vnis.contains_key(v)) {
-            let _ = m.vni_stats.remove(vni);
+        // Per-VNI counters exist for exactly the configured VNIs.
+        if prev.is_none_or(|p| !p.vnis.keys().eq(want.vnis.keys())) {
+            let cpus = nr_cpus().map_err(|(_, e)| io_err("counting CPUs", Path::new("/sys/devices/system/cpu/possible"))(e))?;
+            let have: Vec<u32> = m.vni_stats.keys().collect::<std::result::Result<_, _>>().map_err(map_err(MAP_VNI_STATS))?;
+            for vni in want.vnis.keys() {
+                if !have.contains(vni) {
+                    let zero = PerCpuValues::try_from(vec![VniCounters::default(); cpus])
+                        .map_err(io_err("sizing per-CPU values", Path::new(MAP_VNI_STATS)))?;
+                    m.vni_stats.insert(vni, zero, 0).map_err(map_err(MAP_VNI_STATS))?;
+                }
+            }
+            for vni in have.iter().filter(|v| !want.vnis.contains_key(v)) {
+                let _ = m.vni_stats.remove(vni);
+            }
         }
         remove_all(MAP_FDB, &mut m.fdb, rf, &mut sum)?;
         remove_all(MAP_ENDPOINTS, &mut m.endpoints, re, &mut sum)?;
@@ -359,6 +414,33 @@ impl Dataplane {
         remove_all(MAP_MEMBERS, &mut m.members, rm, &mut sum)?;
         remove_all(MAP_VNIS, &mut m.vnis, rv, &mut sum)?;
         Ok(sum)
+    }
+
+    /// One FDB entry, looked up directly (without reading the whole table).
+    pub fn fdb_entry(&self, vni: u32, mac: [u8; 6]) -> Result<Option<FdbEntry>> {
+        match self.maps.fdb.get(&FdbKey::new(vni, mac), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_FDB)(e)),
+        }
+    }
+
+    /// Memory the kernel accounts to the datapath's maps (`memlock` of each map), in bytes.
+    pub fn map_memory(&self) -> Result<u64> {
+        let mut total = 0;
+        for name in ALL_MAPS {
+            let data = MapData::from_pin(self.dir.join(name)).map_err(map_err(name))?;
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            let fd = data.fd().as_fd().as_raw_fd();
+            let path = PathBuf::from(format!("/proc/self/fdinfo/{fd}"));
+            let info = fs::read_to_string(&path).map_err(io_err("reading", &path))?;
+            total += info
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(total)
     }
 
     /// Counters summed over CPUs.
@@ -404,6 +486,9 @@ impl Dataplane {
     /// replaced atomically: no packet goes unprocessed during an agent restart.
     fn attach(&mut self, prog: &'static str, kind: &str, ifname: &str, ifindex: u32) -> Result<()> {
         let pin = self.link_pin(kind, ifname, ifindex);
+        if self.attached.contains(&pin) && pin.exists() {
+            return Ok(());
+        }
         let link_err = |message: String| DataplaneError::Link { path: pin.display().to_string(), message };
         let program = self.program(prog)?;
         let id = match PinnedLink::from_pin(&pin) {
@@ -420,6 +505,7 @@ impl Dataplane {
         if !pin.exists() {
             fd.pin(&pin).map_err(|e| link_err(format!("pinning: {e}")))?;
         }
+        self.attached.insert(pin);
         Ok(())
     }
 

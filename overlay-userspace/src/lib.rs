@@ -10,3 +10,4 @@ pub mod desired;
 pub mod frames;
 pub mod netlink;
 pub mod sim;
+pub mod store;

@@ -17,8 +17,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the node agent: load the datapath and keep it equal to the cluster file.
+    /// Run the node agent: load the datapath and keep it equal to the cluster file or store.
     Agent(cmd::agent::AgentArgs),
+    /// Create, list, inspect and remove networks (in the etcd store).
+    Network(cmd::network::NetworkArgs),
+    /// Attach network namespaces to networks, detach and list them.
+    Endpoint(cmd::endpoint::EndpointArgs),
+    /// List the cluster's nodes and whether they are up.
+    Node(cmd::node::NodeCmdArgs),
     /// Show per-VNI and per-verdict counters from the node's pinned maps.
     Stats(cmd::stats::StatsArgs),
     /// Show the node's tables: FDB, neighbours, endpoints, members, VNIs.
@@ -61,6 +67,9 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Agent(a) => cmd::agent::run(a).await,
+            Command::Network(a) => cmd::network::run(a).await,
+            Command::Endpoint(a) => cmd::endpoint::run(a).await,
+            Command::Node(a) => cmd::node::run(a).await,
             Command::Stats(a) => cmd::stats::run(a),
             Command::Fdb(a) => cmd::fdb::run(a),
             Command::Demo(a) => cmd::demo::run(a).await,

@@ -37,6 +37,8 @@ pub struct Sim {
     overlay_bin: PathBuf,
     namespaces: Vec<String>,
     agents: Vec<(String, Child)>,
+    /// The etcd server of [`Sim::start_etcd`], in the underlay switch namespace.
+    etcd: Option<Child>,
     pub pin_root: PathBuf,
     pub workdir: PathBuf,
 }
@@ -72,7 +74,7 @@ impl Sim {
         let pin_root = dataplane::host_bpffs().map_err(io::Error::other)?.join("overlay").join(&prefix);
         let workdir = std::env::temp_dir().join(&prefix);
         fs::create_dir_all(&workdir)?;
-        Ok(Sim { prefix, overlay_bin: overlay_bin.to_path_buf(), namespaces: vec![], agents: vec![], pin_root, workdir })
+        Ok(Sim { prefix, overlay_bin: overlay_bin.to_path_buf(), namespaces: vec![], agents: vec![], etcd: None, pin_root, workdir })
     }
 
     pub fn ns_name(&self, what: &str) -> String {
@@ -167,6 +169,110 @@ impl Sim {
         Ok(())
     }
 
+    /// Starts `overlay agent --store` for `node` inside host namespace `host_ns`, registering
+    /// `vtep` with a lease of `ttl` seconds.
+    pub fn spawn_store_agent(&mut self, node: &str, host_ns: &str, vtep: Ipv4Addr, ttl: u32) -> io::Result<()> {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.agent_log(node))?;
+        let child = Command::new(&self.overlay_bin)
+            .args(["agent", "--store", &self.etcd_url(), "--vtep", &vtep.to_string(), "--lease-ttl", &ttl.to_string()])
+            .args(["--node", node, "--netns", host_ns, "--pin-root"])
+            .arg(&self.pin_root)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.agents.push((node.to_string(), child));
+        Ok(())
+    }
+
+    /// Kills the agent of `node` with SIGKILL (a crash: nothing is cleaned up).
+    pub fn kill_agent(&mut self, node: &str) -> io::Result<()> {
+        if let Some(i) = self.agents.iter().position(|(n, _)| n == node) {
+            let (_, mut child) = self.agents.remove(i);
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Where [`Sim::start_etcd`] serves clients: on the underlay switch, reachable from every
+    /// host namespace (and from nowhere else).
+    pub fn etcd_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from((ETCD_IP, 2379))
+    }
+
+    pub fn etcd_url(&self) -> String {
+        format!("etcd://{}", self.etcd_addr())
+    }
+
+    /// Starts etcd (Debian's `etcd` binary) in the switch namespace, data under the work
+    /// directory, and waits until it accepts connections. Call after [`Sim::build_underlay`];
+    /// call again after [`Sim::stop_etcd`] to restart it on the same data.
+    pub fn start_etcd(&mut self) -> io::Result<()> {
+        let sw = self.ns_name("sw");
+        let has_ip = String::from_utf8_lossy(&self.exec(&sw, &["ip", "-4", "-o", "addr", "show", "dev", "br0"])?.stdout).contains(&ETCD_IP.to_string());
+        if !has_ip {
+            ip(&["-n", &sw, "addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"])?;
+        }
+        let client = format!("http://{}", self.etcd_addr());
+        let peer = "http://127.0.0.1:2380";
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.workdir.join("etcd.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &sw, "etcd", "--name", "sim", "--data-dir"])
+            .arg(self.workdir.join("etcd"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", &format!("sim={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.etcd = Some(child);
+        let addr = self.etcd_addr();
+        let up = wait_for(Duration::from_secs(20), || in_netns_connect(&crate::netlink::netns_path(&sw), addr));
+        if !up {
+            let log = fs::read_to_string(self.workdir.join("etcd.log")).unwrap_or_default();
+            return Err(io::Error::other(format!("etcd did not start within 20 s:\n{log}")));
+        }
+        Ok(())
+    }
+
+    /// Stops etcd (SIGTERM by PID, as an operator would); its data stays for a restart.
+    pub fn stop_etcd(&mut self) -> io::Result<()> {
+        match self.etcd.take() {
+            Some(mut c) => stop_child(&mut c),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the `overlay` CLI in host namespace `ns` against this simulation's store and pins.
+    pub fn overlay(&self, ns: &str, args: &[&str]) -> io::Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&self.overlay_bin)
+            .args(args)
+            .env("OVERLAY_STORE", self.etcd_url())
+            .env("OVERLAY_PIN_ROOT", &self.pin_root)
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .output()
+    }
+
+    /// Like [`Sim::overlay`], started without waiting for it.
+    pub fn overlay_spawn(&self, ns: &str, args: &[&str]) -> io::Result<Child> {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&self.overlay_bin)
+            .args(args)
+            .env("OVERLAY_STORE", self.etcd_url())
+            .env("OVERLAY_PIN_ROOT", &self.pin_root)
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    }
+
     /// Stops the agent of `node` by its PID: SIGTERM, then SIGKILL after 5 s.
     pub fn stop_agent(&mut self, node: &str) -> io::Result<()> {
         if let Some(i) = self.agents.iter().position(|(n, _)| n == node) {
@@ -196,6 +302,9 @@ impl Sim {
                 errors.push(format!("agent {node}: {e}"));
             }
         }
+        if let Err(e) = self.stop_etcd() {
+            errors.push(format!("etcd: {e}"));
+        }
         for ns in self.namespaces.drain(..).rev() {
             if let Err(e) = ip(&["netns", "del", &ns]) {
                 errors.push(e.to_string());
@@ -216,6 +325,19 @@ impl Sim {
         let _ = fs::remove_dir_all(&self.workdir);
         errors
     }
+}
+
+/// The address etcd listens on in the switch namespace.
+const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 254);
+
+/// Whether a TCP connection to `addr` from inside the namespace at `ns` succeeds.
+fn in_netns_connect(ns: &Path, addr: std::net::SocketAddr) -> bool {
+    let ns = ns.to_path_buf();
+    std::thread::spawn(move || {
+        crate::netlink::enter_netns(&ns).is_ok() && std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })
+    .join()
+    .unwrap_or(false)
 }
 
 fn stop_child(child: &mut Child) -> io::Result<()> {

@@ -36,7 +36,8 @@ enum Task {
     },
 }
 
-/// Debian packages and a binary each provides (checked to skip apt when all are present).
+/// Debian packages and a binary (or, as an absolute path, a file) each provides; checked to
+/// skip apt when all are present.
 const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("iputils-ping", "ping"),
@@ -44,6 +45,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tshark", "tshark"),
     ("iperf3", "iperf3"),
     ("procps", "sysctl"),
+    // The etcd v3 server the store tests and the control-plane benchmark start.
+    ("etcd-server", "etcd"),
+    // etcd-client's build script compiles etcd's .proto files: protoc and the well-known types.
+    ("protobuf-compiler", "protoc"),
+    ("libprotobuf-dev", "/usr/include/google/protobuf/descriptor.proto"),
 ];
 
 fn root() -> PathBuf {
@@ -60,6 +66,9 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 fn have(bin: &str) -> bool {
+    if bin.starts_with('/') {
+        return Path::new(bin).exists();
+    }
     Command::new("sh").args(["-c", &format!("command -v {bin} >/dev/null 2>&1")]).status().is_ok_and(|s| s.success())
 }
 

@@ -1,16 +1,31 @@
-//! `overlay agent`: keep this node's datapath equal to the cluster file.
+//! `overlay agent`: keep this node's datapath equal to the cluster file or the etcd store.
 use std::path::PathBuf;
 
+use anyhow::bail;
 use clap::Args;
 
-use super::NodeArgs;
+use super::{NodeArgs, state::parse_ip};
+use crate::{config, store::follow::Registration};
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
     /// The cluster file every node shares (YAML; see docs/config.md). Edits are picked up
     /// within a second; a bad edit is rejected whole and the datapath keeps its last good state.
-    #[arg(long, env = "OVERLAY_CLUSTER")]
-    pub cluster: PathBuf,
+    #[arg(long, env = "OVERLAY_CLUSTER", conflicts_with = "store", required_unless_present = "store")]
+    pub cluster: Option<PathBuf>,
+    /// The etcd store instead of a file: etcd://HOST:PORT[,HOST:PORT...]. The agent registers
+    /// this node under a lease and follows networks, nodes and endpoints from it.
+    #[arg(long, env = "OVERLAY_STORE")]
+    pub store: Option<String>,
+    /// This node's VTEP address (with --store; a file names it per node).
+    #[arg(long, requires = "store")]
+    pub vtep: Option<String>,
+    /// The underlay interface [default: the interface holding the VTEP address].
+    #[arg(long, requires = "store")]
+    pub underlay: Option<String>,
+    /// Lease TTL in seconds: other nodes drop this one this long after its agent stops renewing.
+    #[arg(long, default_value_t = 10, requires = "store")]
+    pub lease_ttl: i64,
     #[command(flatten)]
     pub node: NodeArgs,
     /// Run in this named network namespace (the host's, in a simulated cluster) without
@@ -28,6 +43,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    crate::agent::run_with_file(&args.node.node, &args.cluster, &pin_dir, stop).await?;
+    match (&args.cluster, &args.store) {
+        (Some(file), _) => crate::agent::run_with_file(&args.node.node, file, &pin_dir, stop).await?,
+        (None, Some(url)) => {
+            let Some(vtep) = &args.vtep else { bail!("--store needs --vtep: this node's underlay address") };
+            if !(1..=3600).contains(&args.lease_ttl) {
+                bail!("--lease-ttl {} is not between 1 and 3600 seconds", args.lease_ttl);
+            }
+            parse_ip("vtep", vtep)?;
+            let node = config::node_entry("agent", args.node.node.clone(), vtep, args.underlay.clone())?;
+            let reg = Registration { node, ttl: args.lease_ttl };
+            crate::agent::run_with_store(url, reg, &pin_dir, stop).await?
+        }
+        (None, None) => bail!("pass --cluster FILE or --store etcd://HOST:PORT"),
+    }
     Ok(())
 }

@@ -3,7 +3,11 @@ pub mod agent;
 pub mod bench;
 pub mod demo;
 pub mod down;
+pub mod endpoint;
 pub mod fdb;
+pub mod network;
+pub mod node;
+pub mod state;
 pub mod stats;
 
 use std::path::PathBuf;

@@ -1,0 +1,333 @@
+//! The etcd store end to end: a real etcd (Debian's `etcd`) started by the harness on the
+//! simulated underlay switch, agents in host namespaces, the `overlay` CLI run on the hosts, and
+//! real traffic. Every namespace, process (etcd and agents, by PID) and pin is removed when the
+//! test ends, pass or fail (the `Sim` guard). Traffic stays inside these namespaces.
+mod support;
+
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    process::Output,
+    thread,
+    time::{Duration, Instant},
+};
+
+use overlay::{
+    config::Mac,
+    dataplane::Dataplane,
+    sim::{Sim, host_vtep, wait_for},
+};
+use overlay_common::{FDB_LOCAL, FDB_REMOTE, ip_to_map};
+use support::*;
+
+/// Lease TTL of the agents in these tests (seconds).
+const TTL: u32 = 3;
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Runs the CLI on host `n`; panics with its output unless it succeeds.
+fn ok(sim: &Sim, n: usize, args: &[&str]) -> String {
+    let o = sim.overlay(&sim.host_ns(n), args).expect("run overlay");
+    assert!(o.status.success(), "overlay {} failed:\n{}", args.join(" "), text(&o));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Runs the CLI on host `n`; panics unless it fails; returns its error output.
+fn fails(sim: &Sim, n: usize, args: &[&str]) -> String {
+    let o = sim.overlay(&sim.host_ns(n), args).expect("run overlay");
+    assert!(!o.status.success(), "overlay {} should have failed:\n{}", args.join(" "), text(&o));
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// A simulation with `hosts` hosts, etcd on the switch, a network `web` (VNI 4096 and
+/// 10.0.0.0/24 from the allocators) and one store agent per host.
+fn store_cluster(tag: &str, hosts: usize) -> Sim {
+    require_root();
+    let mut sim = Sim::new(tag, Path::new(OVERLAY_BIN)).expect("simulation");
+    sim.build_underlay(hosts).expect("underlay");
+    sim.start_etcd().expect("etcd");
+    let out = ok(&sim, 1, &["network", "create", "web"]);
+    assert_eq!(out.trim(), "web (VNI 4096, subnet 10.0.0.0/24, gateway 10.0.0.1)", "allocated from 4096 and 10.0.N.0/24");
+    for n in 1..=hosts {
+        let h = sim.host_ns(n);
+        sim.spawn_store_agent(&format!("node{n}"), &h, host_vtep(n), TTL).expect("agent");
+    }
+    let all_up = wait_for(Duration::from_secs(20), || {
+        sim.overlay(&sim.host_ns(1), &["node", "ls"]).is_ok_and(|o| String::from_utf8_lossy(&o.stdout).matches(" up ").count() == hosts)
+    });
+    assert!(all_up, "every agent registered:\n{}", logs(&sim, hosts));
+    sim
+}
+
+fn logs(sim: &Sim, hosts: usize) -> String {
+    (1..=hosts)
+        .map(|n| format!("--- node{n}\n{}", std::fs::read_to_string(sim.agent_log(&format!("node{n}"))).unwrap_or_default()))
+        .collect()
+}
+
+/// The FDB entry of `ip` (VNI `vni`) on `node`, read directly from its pinned map.
+fn fdb(sim: &Sim, node: &str, vni: u32, ip: Ipv4Addr) -> Option<overlay_common::FdbEntry> {
+    Dataplane::open_pinned(&sim.pin_dir(node)).ok()?.fdb_entry(vni, Mac::from_ip(ip).0).ok()?
+}
+
+/// Whether every node in `1..=hosts` has `ip` (local on `home`, remote elsewhere), or none has.
+fn everywhere(sim: &Sim, hosts: usize, home: usize, ip: Ipv4Addr, present: bool) -> bool {
+    (1..=hosts).all(|n| match fdb(sim, &format!("node{n}"), 4096, ip) {
+        Some(e) if present => {
+            if n == home {
+                e.kind == FDB_LOCAL
+            } else {
+                e.kind == FDB_REMOTE && e.vtep == ip_to_map(host_vtep(home).octets())
+            }
+        }
+        Some(_) => false,
+        None => !present,
+    })
+}
+
+/// Adds a container namespace on host `n` and attaches it to `web` from that host's CLI (the
+/// node is found by its VTEP). Returns (namespace, IP).
+fn attach(sim: &mut Sim, name: &str, n: usize) -> (String, Ipv4Addr) {
+    let ns = sim.add_ns(name).expect("namespace");
+    let out = ok(sim, n, &["endpoint", "add", "--network", "web", "--netns", &ns]);
+    let f: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(f.len(), 5, "endpoint add prints name network node ip mac: {out}");
+    assert_eq!((f[0], f[1], f[2]), (ns.as_str(), "web", format!("node{n}").as_str()), "{out}");
+    (ns, f[3].parse().expect("an IPv4 address"))
+}
+
+/// `ping` from namespace `ns` with a short interval; returns (transmitted, received).
+fn ping_counts(ns: &str, dst: Ipv4Addr, count: u32, interval: &str) -> (u32, u32) {
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-n", "-q", "-i", interval, "-c", &count.to_string(), "-W", "2", &dst.to_string()])
+        .output()
+        .expect("ping");
+    let s = String::from_utf8_lossy(&o.stdout);
+    let line = s.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("no ping summary:\n{s}"));
+    let num = |i: usize| line.split(',').nth(i).and_then(|p| p.split_whitespace().next()).and_then(|v| v.parse().ok()).expect("count");
+    (num(0), num(1))
+}
+
+#[test]
+fn three_agents_converge_and_cli_endpoints_appear_and_vanish_everywhere() {
+    let mut sim = store_cluster("s", 3);
+    let (c1, ip1) = attach(&mut sim, "c1", 1);
+    let (_c2, ip2) = attach(&mut sim, "c2", 2);
+    let (c3, ip3) = attach(&mut sim, "c3", 3);
+    assert_eq!([ip1, ip2, ip3], [[10, 0, 0, 2], [10, 0, 0, 3], [10, 0, 0, 4]].map(Ipv4Addr::from), "next free addresses, gateway .1 reserved");
+    for (home, ip) in [(1, ip1), (2, ip2), (3, ip3)] {
+        assert!(wait_for(Duration::from_secs(10), || everywhere(&sim, 3, home, ip, true)), "{ip} on every node:\n{}", logs(&sim, 3));
+    }
+    assert!(sim.ping(&c1, ip2, 2, None) && sim.ping(&c1, ip3, 2, None), "ping across hosts through the etcd path");
+
+    // What the CLI shows.
+    let ls = ok(&sim, 2, &["endpoint", "ls"]);
+    assert_eq!(ls.lines().count(), 4, "header and three endpoints:\n{ls}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&sim, 2, &["network", "inspect", "web"])).expect("inspect is JSON");
+    assert_eq!(v[0]["VNI"], 4096);
+    assert_eq!(v[0]["IPAM"]["Config"][0]["Subnet"], "10.0.0.0/24");
+    assert_eq!(v[0]["IPAM"]["Config"][0]["Gateway"], "10.0.0.1");
+    assert_eq!(v[0]["Containers"][&c1]["IPv4Address"], "10.0.0.2/24");
+    assert_eq!(v[0]["Containers"][&c1]["MacAddress"], "02:42:0a:00:00:02");
+    assert_eq!(v[0]["Containers"][&c1]["Node"], "node1");
+    let nodes = ok(&sim, 1, &["node", "ls"]);
+    assert!(nodes.contains("node3") && nodes.contains("192.168.50.3"), "{nodes}");
+
+    // Removal: gone from every node's map, its veth gone from its host.
+    ok(&sim, 1, &["endpoint", "rm", &c3]);
+    assert!(wait_for(Duration::from_secs(10), || everywhere(&sim, 3, 3, ip3, false)), "c3 gone everywhere");
+    assert!(wait_for(Duration::from_secs(10), || !sim.has_address(&c3, ip3)), "c3's interface removed by node3's agent");
+    assert!(sim.ping(&c1, ip2, 1, None), "the others still talk");
+    // The freed address is the next one given.
+    let (_, ip4) = attach(&mut sim, "c4", 3);
+    assert_eq!(ip4, ip3, "freed address reused");
+    assert!(wait_for(Duration::from_secs(10), || everywhere(&sim, 3, 3, ip4, true)), "c4 on every node");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
+    let mut sim = store_cluster("e", 1);
+    let before = ok(&sim, 1, &["network", "ls"]);
+    let e = fails(&sim, 1, &["network", "create", "web"]);
+    assert!(e.contains("a network named \"web\" already exists"), "{e}");
+    let e = fails(&sim, 1, &["network", "create", "other", "--vni", "4096"]);
+    assert!(e.contains("VNI 4096 is in use by network web"), "{e}");
+    let e = fails(&sim, 1, &["network", "create", "other", "--subnet", "10.0.0.128/25"]);
+    assert!(e.contains("subnet 10.0.0.128/25 overlaps 10.0.0.0/24 of network web"), "{e}");
+    let e = fails(&sim, 1, &["network", "create", "other", "--vni", "16777216"]);
+    assert!(e.contains("16777216 is out of the 24-bit VNI range"), "{e}");
+    assert_eq!(ok(&sim, 1, &["network", "ls"]), before, "nothing created by the refused commands");
+
+    let ns = sim.add_ns("x1").expect("namespace");
+    let e = fails(&sim, 1, &["endpoint", "add", "--network", "nope", "--netns", &ns]);
+    assert!(e.contains("no network named \"nope\""), "{e}");
+    let e = fails(&sim, 1, &["endpoint", "add", "--network", "web", "--netns", "no-such-ns"]);
+    assert!(e.contains("network namespace \"no-such-ns\" does not exist"), "{e}");
+    // A /30 holds two addresses: the gateway and one endpoint.
+    ok(&sim, 1, &["network", "create", "tiny", "--subnet", "10.9.0.0/30"]);
+    ok(&sim, 1, &["endpoint", "add", "--network", "tiny", "--netns", &ns]);
+    let ns2 = sim.add_ns("x2").expect("namespace");
+    let e = fails(&sim, 1, &["endpoint", "add", "--network", "tiny", "--netns", &ns2]);
+    assert!(e.contains("network tiny: subnet 10.9.0.0/30 is exhausted"), "{e}");
+    let e = fails(&sim, 1, &["endpoint", "add", "--network", "web", "--netns", &ns2, "--name", &ns]);
+    assert!(e.contains(&format!("an endpoint named \"{ns}\" already exists (network tiny, node node1)")), "{e}");
+    let e = fails(&sim, 1, &["endpoint", "add", "--network", "web", "--netns", &ns, "--name", "second"]);
+    assert!(e.contains(&format!("namespace {ns} on node node1 already holds endpoint {ns}")), "{e}");
+    let e = fails(&sim, 1, &["network", "rm", "tiny"]);
+    assert!(e.contains("network tiny still has 1 endpoint(s)"), "{e}");
+    let e = fails(&sim, 1, &["endpoint", "rm", "nope"]);
+    assert!(e.contains("no endpoint named \"nope\""), "{e}");
+    let eps = ok(&sim, 1, &["endpoint", "ls"]);
+    assert_eq!(eps.lines().count(), 2, "only the one endpoint that was accepted:\n{eps}");
+    ok(&sim, 1, &["endpoint", "rm", &ns]);
+    ok(&sim, 1, &["network", "rm", "tiny"]);
+
+    // etcd unreachable: the address tried is in the error.
+    let o = sim.exec(&sim.host_ns(1), &[OVERLAY_BIN, "network", "ls", "--store", "etcd://192.168.50.77:2379"]).expect("run");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("etcd unreachable at 192.168.50.77:2379"), "{e}");
+    let e = fails(&sim, 1, &["network", "ls", "--store", "http://x:1"]);
+    assert!(e.contains("is not a store address: expected etcd://HOST:PORT"), "{e}");
+
+    // Malformed values in the store are skipped with a warning naming the key; the agent keeps
+    // working and the CLI lists what is valid.
+    put_raw(&sim, "/overlay/endpoints/garbage", b"{not json");
+    put_raw(&sim, "/overlay/networks/bad", br#"{"name":"bad","vni":0,"subnet":"10.7.0.0/24","gateway":"10.7.0.1"}"#);
+    let warned = wait_for(Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(sim.agent_log("node1")).unwrap_or_default();
+        log.contains("/overlay/endpoints/garbage: not a valid record") && log.contains("/overlay/networks/bad: ")
+    });
+    assert!(warned, "agent warns naming the keys:\n{}", logs(&sim, 1));
+    let o = sim.overlay(&sim.host_ns(1), &["endpoint", "ls"]).expect("run");
+    assert!(o.status.success() && text(&o).contains("skipping malformed store entry /overlay/endpoints/garbage"), "{}", text(&o));
+    let (_, ip) = attach(&mut sim, "x3", 1);
+    assert!(wait_for(Duration::from_secs(10), || everywhere(&sim, 1, 1, ip, true)), "the agent still converges");
+    assert!(sim.overlay(&sim.host_ns(1), &["network", "ls"]).is_ok_and(|o| o.status.success()), "network ls survives a bad record");
+}
+
+/// Writes a raw value into the store from the switch namespace (as a buggy tool would).
+fn put_raw(sim: &Sim, key: &str, value: &[u8]) {
+    let (key, value, url) = (key.to_string(), value.to_vec(), sim.etcd_url());
+    let ns = overlay::netlink::netns_path(&sim.ns_name("sw"));
+    thread::spawn(move || {
+        overlay::netlink::enter_netns(&ns).expect("setns");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let store = overlay::store::Store::connect(&url).await.expect("store");
+            store.client().put(key, value, None).await.expect("put");
+        });
+    })
+    .join()
+    .expect("put thread");
+}
+
+#[test]
+fn fifty_concurrent_endpoint_adds_never_share_an_ip() {
+    let mut sim = store_cluster("c", 2);
+    let mut spaces = Vec::new();
+    for i in 0..50 {
+        spaces.push(sim.add_ns(&format!("k{i}")).expect("namespace"));
+    }
+    // 50 processes at once, from both hosts, each publishing without waiting for wiring.
+    let children: Vec<_> = spaces
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let host = 1 + i % 2;
+            sim.overlay_spawn(&sim.host_ns(host), &["endpoint", "add", "--network", "web", "--netns", ns, "--no-wait"]).expect("spawn")
+        })
+        .collect();
+    let mut ips = Vec::new();
+    for c in children {
+        let o = c.wait_with_output().expect("wait");
+        assert!(o.status.success(), "endpoint add failed: {}", text(&o));
+        ips.push(String::from_utf8_lossy(&o.stdout).split_whitespace().nth(3).expect("ip").to_string());
+    }
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 50, "50 distinct addresses: {ips:?}");
+    assert!(!ips.contains(&"10.0.0.1".to_string()), "the gateway is never given");
+    // The store agrees, and both datapaths end up with all 50.
+    let ls = ok(&sim, 1, &["endpoint", "ls", "--network", "web"]);
+    assert_eq!(ls.lines().count(), 51, "{ls}");
+    let all = |node: &str| ips.iter().all(|ip| fdb(&sim, node, 4096, ip.parse().expect("ip")).is_some());
+    assert!(wait_for(Duration::from_secs(60), || all("node1") && all("node2")), "every endpoint in both datapaths:\n{}", logs(&sim, 2));
+}
+
+#[test]
+fn agent_restart_and_a_10s_etcd_outage_under_ping_flood_lose_nothing() {
+    let mut sim = store_cluster("h", 2);
+    let (c1, _) = attach(&mut sim, "c1", 1);
+    let (_, ip2) = attach(&mut sim, "c2", 2);
+    assert!(wait_for(Duration::from_secs(10), || everywhere(&sim, 2, 2, ip2, true)), "c2 everywhere");
+    assert!(sim.ping(&c1, ip2, 2, None), "warm-up ping (ARP answered locally)");
+
+    // 1. Agent restart on both ends of the flow, in the middle of a 5 s flood at 500 packets/s.
+    let flood = {
+        let ns = c1.clone();
+        thread::spawn(move || ping_counts(&ns, ip2, 2500, "0.002"))
+    };
+    thread::sleep(Duration::from_millis(1000));
+    for n in [1, 2] {
+        let node = format!("node{n}");
+        sim.stop_agent(&node).expect("stop");
+        let h = sim.host_ns(n);
+        sim.spawn_store_agent(&node, &h, host_vtep(n), TTL).expect("restart");
+    }
+    let (tx, rx) = flood.join().expect("flood");
+    assert!(tx >= 2500 && rx == tx, "agent restart under a ping flood: {tx} sent, {rx} received");
+
+    // 2. etcd stopped for 10 s in the middle of a 15 s flood.
+    let flood = {
+        let ns = c1.clone();
+        thread::spawn(move || ping_counts(&ns, ip2, 7500, "0.002"))
+    };
+    thread::sleep(Duration::from_millis(1500));
+    sim.stop_etcd().expect("stop etcd");
+    let t0 = Instant::now();
+    thread::sleep(Duration::from_secs(10));
+    sim.start_etcd().expect("restart etcd");
+    let outage = t0.elapsed();
+    let (tx, rx) = flood.join().expect("flood");
+    assert!(tx >= 7500 && rx == tx, "etcd outage of {outage:?} under a ping flood: {tx} sent, {rx} received");
+
+    // The agents resync by themselves; the next change converges as usual.
+    let (_, ip3) = attach(&mut sim, "c3", 2);
+    assert!(wait_for(Duration::from_secs(15), || everywhere(&sim, 2, 2, ip3, true)), "c3 converges after the outage:\n{}", logs(&sim, 2));
+    assert!(sim.ping(&c1, ip3, 2, None), "and carries traffic");
+    let log = logs(&sim, 2);
+    assert!(log.contains("lost etcd") && log.contains("etcd reachable again"), "the agents noticed and recovered:\n{log}");
+}
+
+#[test]
+fn a_killed_agent_s_lease_expires_and_its_node_vanishes_everywhere() {
+    let mut sim = store_cluster("k", 3);
+    let (c1, _) = attach(&mut sim, "c1", 1);
+    let (_, ip3) = attach(&mut sim, "c3", 3);
+    assert!(wait_for(Duration::from_secs(10), || everywhere(&sim, 3, 3, ip3, true)), "c3 everywhere");
+    let vtep3 = host_vtep(3).to_string();
+    let fdb_cli = |sim: &Sim, n: usize| ok(sim, n, &["fdb", "--node", &format!("node{n}")]);
+    assert!(fdb_cli(&sim, 1).contains(&vtep3), "node1 knows node3's VTEP before");
+
+    let t0 = Instant::now();
+    sim.kill_agent("node3").expect("SIGKILL");
+    let gone = wait_for(Duration::from_secs(TTL as u64 + 5), || {
+        [1, 2].iter().all(|n| fdb(&sim, &format!("node{n}"), 4096, ip3).is_none() && !fdb_cli(&sim, *n).contains(&vtep3))
+    });
+    let took = t0.elapsed();
+    assert!(gone, "node3's VTEP and endpoints removed from node1 and node2 after its lease ({TTL} s):\n{}", logs(&sim, 3));
+    assert!(took >= Duration::from_secs(1), "removed by lease expiry, not at once ({took:?})");
+    let nodes = ok(&sim, 1, &["node", "ls"]);
+    assert!(nodes.lines().any(|l| l.starts_with("node3") && l.contains(" down ")), "node ls shows node3 down:\n{nodes}");
+    // node3's own datapath keeps its last state (no agent to change it).
+    assert!(fdb(&sim, "node3", 4096, ip3).is_some_and(|e| e.kind == FDB_LOCAL));
+
+    // The agent comes back: node3 and its endpoint return everywhere.
+    let h3 = sim.host_ns(3);
+    sim.spawn_store_agent("node3", &h3, host_vtep(3), TTL).expect("restart");
+    assert!(wait_for(Duration::from_secs(10), || everywhere(&sim, 3, 3, ip3, true)), "node3 back everywhere");
+    assert!(sim.ping(&c1, ip3, 2, None), "traffic to node3 again");
+}
