@@ -207,20 +207,29 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     assert!(sim.overlay(&sim.host_ns(1), &["network", "ls"]).is_ok_and(|o| o.status.success()), "network ls survives a bad record");
 }
 
-/// Writes a raw value into the store from the switch namespace (as a buggy tool would).
-fn put_raw(sim: &Sim, key: &str, value: &[u8]) {
-    let (key, value, url) = (key.to_string(), value.to_vec(), sim.etcd_url());
+/// Runs `f` with an etcd client from inside the switch namespace (where etcd is).
+fn with_etcd<T: Send + 'static, F>(sim: &Sim, f: impl FnOnce(etcd_client::Client) -> F + Send + 'static) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    let url = sim.etcd_url();
     let ns = overlay::netlink::netns_path(&sim.ns_name("sw"));
     thread::spawn(move || {
         overlay::netlink::enter_netns(&ns).expect("setns");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async {
             let store = overlay::store::Store::connect(&url).await.expect("store");
-            store.client().put(key, value, None).await.expect("put");
-        });
+            f(store.client()).await
+        })
     })
     .join()
-    .expect("put thread");
+    .expect("etcd thread")
+}
+
+/// Writes a raw value into the store (as a buggy tool would).
+fn put_raw(sim: &Sim, key: &str, value: &[u8]) {
+    let (key, value) = (key.to_string(), value.to_vec());
+    with_etcd(sim, move |mut c| async move { c.put(key, value, None).await.expect("put") });
 }
 
 #[test]
@@ -330,4 +339,42 @@ fn a_killed_agent_s_lease_expires_and_its_node_vanishes_everywhere() {
     sim.spawn_store_agent("node3", &h3, host_vtep(3), TTL).expect("restart");
     assert!(wait_for(Duration::from_secs(10), || everywhere(&sim, 3, 3, ip3, true)), "node3 back everywhere");
     assert!(sim.ping(&c1, ip3, 2, None), "traffic to node3 again");
+}
+
+#[test]
+fn a_partitioned_agent_resyncs_after_compaction_and_registers_again() {
+    let mut sim = store_cluster("z", 2);
+    let (c1, _) = attach(&mut sim, "c1", 1);
+    let (_, ip2) = attach(&mut sim, "c2", 2);
+    assert!(wait_for(Duration::from_secs(10), || everywhere(&sim, 2, 2, ip2, true)), "c2 everywhere");
+    // Cut node2 off etcd (a blackhole route to etcd's address inside its host namespace only;
+    // the overlay's own underlay traffic is untouched).
+    let h2 = sim.host_ns(2);
+    let etcd_ip = sim.etcd_addr().ip().to_string();
+    overlay::sim::ip(&["-n", &h2, "route", "add", "blackhole", &format!("{etcd_ip}/32")]).expect("blackhole");
+    assert!(wait_for(Duration::from_secs(15), || std::fs::read_to_string(sim.agent_log("node2")).unwrap_or_default().contains("lost etcd")), "node2 notices");
+    // Meanwhile: an endpoint comes, another goes, and etcd compacts its history.
+    let (_, ip3) = attach(&mut sim, "c3", 1);
+    ok(&sim, 1, &["endpoint", "rm", &c1]);
+    let rev: i64 = with_etcd(&sim, |mut c| async move {
+        let rev = c.get("/", None).await.expect("get").header().expect("header").revision();
+        c.compact(rev, None).await.expect("compact");
+        rev
+    });
+    assert!(rev > 0);
+    let down = wait_for(Duration::from_secs(TTL as u64 + 5), || {
+        ok(&sim, 1, &["node", "ls"]).lines().any(|l| l.starts_with("node2") && l.contains(" down "))
+    });
+    assert!(down, "node2's lease expires during the partition");
+    // The partition heals: node2 finds its revision compacted away, reads everything again and
+    // ends up with exactly the store's state; its lease expired meanwhile, so it registers again.
+    overlay::sim::ip(&["-n", &h2, "route", "del", "blackhole", &format!("{etcd_ip}/32")]).expect("heal");
+    let c1_ip = Ipv4Addr::new(10, 0, 0, 2);
+    let synced = wait_for(Duration::from_secs(20), || fdb(&sim, "node2", 4096, ip3).is_some() && fdb(&sim, "node2", 4096, c1_ip).is_none());
+    let log = std::fs::read_to_string(sim.agent_log("node2")).unwrap_or_default();
+    assert!(synced, "node2 caught up after the partition:\n{log}");
+    assert!(log.contains("compacted away; full resync"), "by a full resync:\n{log}");
+    assert!(wait_for(Duration::from_secs(10), || everywhere(&sim, 2, 2, ip2, true)), "node2 registered again: its endpoint is back on node1");
+    let nodes = ok(&sim, 1, &["node", "ls"]);
+    assert_eq!(nodes.matches(" up ").count(), 2, "{nodes}");
 }
