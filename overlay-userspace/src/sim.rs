@@ -177,13 +177,18 @@ impl Sim {
             .args(["agent", "--store", &self.etcd_url(), "--vtep", &vtep.to_string(), "--lease-ttl", &ttl.to_string()])
             .args(["--node", node, "--netns", host_ns, "--pin-root"])
             .arg(&self.pin_root)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("OVERLAY_SIM_AGENT_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
         self.agents.push((node.to_string(), child));
         Ok(())
+    }
+
+    /// The PID of the agent of `node`.
+    pub fn agent_pid(&self, node: &str) -> Option<u32> {
+        self.agents.iter().find(|(n, _)| n == node).map(|(_, c)| c.id())
     }
 
     /// Kills the agent of `node` with SIGKILL (a crash: nothing is cleaned up).

@@ -4,6 +4,7 @@
 //! Modes alternate within every round (A B C, A B C, ...) so that drift on a shared machine hits
 //! all of them; each metric is reported as the median over rounds with its min-max, and every
 //! ratio is taken round by round inside the same run.
+pub mod control;
 pub mod progcost;
 pub mod report;
 pub mod stats;

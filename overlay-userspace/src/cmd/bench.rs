@@ -30,6 +30,23 @@ pub struct BenchArgs {
     /// Write the chart (SVG) here.
     #[arg(long, default_value = "overlay-bench.svg")]
     pub chart: PathBuf,
+    /// Measure the control plane instead (etcd): convergence with 3 agents, and one agent's
+    /// initial sync, memory and single-change cost at scale.
+    #[arg(long)]
+    pub control_plane: bool,
+    /// Control plane: convergence samples of each kind (after `endpoint add`, after
+    /// `endpoint add --no-wait`).
+    #[arg(long, default_value_t = 100, requires = "control_plane")]
+    pub samples: usize,
+    /// Control plane: nodes in the scale test.
+    #[arg(long, default_value_t = 100, requires = "control_plane")]
+    pub nodes: usize,
+    /// Control plane: endpoints in the scale test.
+    #[arg(long, default_value_t = 10_000, requires = "control_plane")]
+    pub endpoints: usize,
+    /// Control plane: single changes timed at scale.
+    #[arg(long, default_value_t = 40, requires = "control_plane")]
+    pub changes: usize,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -42,6 +59,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn run_blocking(args: BenchArgs) -> anyhow::Result<()> {
+    if args.control_plane {
+        return run_control(args);
+    }
     let mut cfg = if args.quick { BenchConfig::quick() } else { BenchConfig::full() };
     cfg.modes = args
         .modes
@@ -78,5 +98,35 @@ fn run_blocking(args: BenchArgs) -> anyhow::Result<()> {
     bench::report::write_chart(&report, &args.chart)?;
     println!("chart: {}", args.chart.display());
     println!("took {:.0} s", report.duration_seconds);
+    Ok(())
+}
+
+fn run_control(args: BenchArgs) -> anyhow::Result<()> {
+    if !(1..=10_000).contains(&args.samples) {
+        bail!("--samples {}: expected 1 to 10000", args.samples);
+    }
+    if !(2..=1000).contains(&args.nodes) {
+        bail!("--nodes {}: expected 2 to 1000", args.nodes);
+    }
+    if !(1..=75_000).contains(&args.endpoints) {
+        bail!("--endpoints {}: expected 1 to 75000", args.endpoints);
+    }
+    if !(2..=10_000).contains(&args.changes) {
+        bail!("--changes {}: expected 2 to 10000", args.changes);
+    }
+    let cfg = bench::control::ControlConfig { samples: args.samples, nodes: args.nodes, endpoints: args.endpoints, changes: args.changes };
+    let exe = std::env::current_exe().context("finding the overlay binary")?;
+    let t0 = std::time::Instant::now();
+    let mut progress = |line: &str| println!("{line}");
+    let (waited, published) = bench::control::convergence(&cfg, &exe, &mut progress)?;
+    let mut report = bench::control::scale(&cfg, &exe, &mut progress)?;
+    report.convergence = waited;
+    report.convergence_from_publish = published;
+    println!("\n{}", bench::control::table(&report));
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
+        println!("JSON: {}", p.display());
+    }
+    println!("took {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
 }

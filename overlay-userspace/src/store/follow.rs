@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Store, StoreError,
-    mirror::Mirror,
+    mirror::{Mirror, Step},
     records::{AliveRecord, NodeRecord, PREFIX, alive_key, node_key, now_secs},
 };
 use crate::config::{Cluster, Node};
@@ -140,11 +140,24 @@ async fn register(store: &Store, reg: &Registration) -> Result<i64, Registered> 
 
 /// Rebuilds the cluster from the mirror and hands it to the reconcile loop.
 fn publish(mirror: &mut Mirror, me: &Node, tx: &watch::Sender<Option<Arc<Cluster>>>) -> bool {
+    let t0 = std::time::Instant::now();
     let (cluster, warnings) = mirror.cluster(me);
+    debug!(revision = mirror.revision, took_us = t0.elapsed().as_micros() as u64, "cluster rebuilt from the mirror");
     for w in warnings {
         warn!("store entry {w}");
     }
     tx.send(Some(Arc::new(cluster))).is_ok()
+}
+
+/// Applies the in-place steps of [`Mirror::event`] to a published cluster.
+pub fn apply_steps(c: &mut Cluster, steps: Vec<Step>) {
+    for s in steps {
+        match s {
+            Step::Add(ep) => c.endpoints.push(ep),
+            Step::Remove(name) => c.endpoints.retain(|e| e.name != name),
+            Step::Nothing | Step::Rebuild => {}
+        }
+    }
 }
 
 /// Reads every key again into an empty mirror.
@@ -216,8 +229,9 @@ async fn session(store: &Store, reg: &Registration, mut lease: i64, mirror: &mut
                         Ok(None) => return lost(&"watch stream ended"),
                         Err(e) => return lost(&e),
                     };
-                    let mut changed = false;
-                    // Take everything already waiting before rebuilding once.
+                    let mut rebuild = false;
+                    let mut steps = Vec::new();
+                    // Take everything already waiting before publishing once.
                     while let Some(r) = next.take() {
                         if r.compact_revision() > 0 {
                             warn!(wanted = watch_from, compacted = r.compact_revision(), "watch revision compacted away; full resync");
@@ -236,15 +250,16 @@ async fn session(store: &Store, reg: &Registration, mut lease: i64, mirror: &mut
                         for ev in r.events() {
                             let Some(kv) = ev.kv() else { continue };
                             let key = String::from_utf8_lossy(kv.key());
-                            match ev.event_type() {
-                                EventType::Put => {
-                                    if let Some(bad) = mirror.put(&key, kv.value(), kv.create_revision()) {
-                                        warn!("store entry {bad}; skipped");
-                                    }
-                                }
-                                EventType::Delete => mirror.delete(&key),
+                            let value = (ev.event_type() == EventType::Put).then(|| kv.value());
+                            let (step, bad) = mirror.event(&key, value, kv.create_revision());
+                            if let Some(bad) = bad {
+                                warn!("store entry {bad}; skipped");
                             }
-                            changed |= Mirror::relevant(&key);
+                            match step {
+                                Step::Nothing => {}
+                                Step::Rebuild => rebuild = true,
+                                s => steps.push(s),
+                            }
                         }
                         if let Some(h) = r.header() {
                             mirror.revision = mirror.revision.max(h.revision());
@@ -257,8 +272,18 @@ async fn session(store: &Store, reg: &Registration, mut lease: i64, mirror: &mut
                         };
                     }
                     watch_from = mirror.revision + 1;
-                    if changed && !publish(mirror, &reg.node, tx) {
-                        return SessionEnd::Closed;
+                    if rebuild {
+                        if !publish(mirror, &reg.node, tx) {
+                            return SessionEnd::Closed;
+                        }
+                    } else if !steps.is_empty() {
+                        // In place: the reconcile loop holds no copy between applies, so this
+                        // does not clone the cluster.
+                        tx.send_modify(|c| {
+                            if let Some(c) = c {
+                                apply_steps(Arc::make_mut(c), steps);
+                            }
+                        });
                     }
                 }
             }

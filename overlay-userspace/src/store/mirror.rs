@@ -12,11 +12,35 @@ use overlay_common::wire::VXLAN_PORT;
 use super::records::{
     ALIVE, AliveRecord, ENDPOINTS, EndpointRecord, Malformed, NETWORKS, NODES, NetworkRecord, NodeRecord,
 };
-use crate::config::{Cluster, Network, Node};
+use crate::config::{Cluster, Endpoint, Mac, Network, Node};
 
 struct Entry<T> {
     create_rev: i64,
     value: Result<T, Malformed>,
+}
+
+/// An endpoint record with the fields that do not depend on its network already checked, so a
+/// rebuild does not parse 10,000 addresses again.
+struct Parsed {
+    rec: EndpointRecord,
+    ip: std::net::Ipv4Addr,
+    mac: Mac,
+}
+
+fn parse_endpoint(key: &str, value: &[u8]) -> Result<Parsed, Malformed> {
+    let rec = EndpointRecord::parse(key, value)?;
+    let bad = |message: String| Malformed { key: key.to_string(), message };
+    let ip = rec.ip.parse().map_err(|_| bad(format!("ip: {:?} is not an IPv4 address", rec.ip)))?;
+    let mac: Mac = rec.mac.parse().map_err(|_| bad(format!("mac: {:?} is not a MAC address", rec.mac)))?;
+    if mac.0[0] & 1 != 0 || mac.0 == [0; 6] {
+        return Err(bad(format!("mac: {mac} is not a unicast address")));
+    }
+    if let Some(ns) = &rec.netns {
+        if ns.is_empty() || ns.contains(['/', ' ', '\0']) || ns == "." || ns == ".." {
+            return Err(bad(format!("netns: {ns:?} is not a namespace name")));
+        }
+    }
+    Ok(Parsed { rec, ip, mac })
 }
 
 /// Keys of one kind, by the name at the end of the key.
@@ -27,11 +51,100 @@ pub struct Mirror {
     networks: Table<Network>,
     nodes: Table<Node>,
     alive: BTreeSet<String>,
-    endpoints: Table<EndpointRecord>,
+    endpoints: Table<Parsed>,
     /// The store revision this copy reflects.
     pub revision: i64,
     /// Conflict warnings already given, so a rebuild does not repeat them.
     warned: HashSet<String>,
+    /// What the last full build admitted, so that the common change (an endpoint added or
+    /// removed) extends the published cluster in place instead of rebuilding it.
+    index: Option<Index>,
+}
+
+/// The admitted endpoints of the last build, by what must stay unique.
+#[derive(Default)]
+struct Index {
+    live: HashSet<String>,
+    networks: HashMap<String, (usize, ipnet::Ipv4Net)>,
+    ips: HashMap<(usize, std::net::Ipv4Addr), String>,
+    macs: HashMap<(usize, Mac), String>,
+    spaces: HashMap<(String, String), String>,
+    included: HashSet<String>,
+    /// Some endpoint lost a uniqueness conflict: removing another could admit it, which only a
+    /// full build gets right.
+    conflicted: bool,
+}
+
+enum Admit {
+    Yes(Endpoint),
+    /// Its node is down: left out until it is back.
+    Out,
+    /// Skipped with a warning; `conflict` when another endpoint holds its IP, MAC or namespace.
+    No { warning: String, conflict: bool },
+}
+
+impl Index {
+    fn admit(&self, name: &str, p: &Parsed) -> Admit {
+        let r = &p.rec;
+        let no = |warning: String, conflict: bool| Admit::No { warning, conflict };
+        if !self.live.contains(&r.node) {
+            return Admit::Out;
+        }
+        let Some(&(ni, subnet)) = self.networks.get(&r.network) else {
+            return no(format!("{ENDPOINTS}{name}: skipped: unknown network {:?}", r.network), false);
+        };
+        if !subnet.contains(&p.ip) || p.ip == subnet.network() || p.ip == subnet.broadcast() {
+            return no(format!("{ENDPOINTS}{name}: ip: {} is outside subnet {subnet} of network {} (or not a host address)", p.ip, r.network), false);
+        }
+        if let Some(o) = self.ips.get(&(ni, p.ip)) {
+            return no(format!("{ENDPOINTS}{name}: skipped: IP {} in network {} is already endpoint {o}'s", p.ip, r.network), true);
+        }
+        if let Some(o) = self.macs.get(&(ni, p.mac)) {
+            return no(format!("{ENDPOINTS}{name}: skipped: MAC {} in network {} is already endpoint {o}'s", p.mac, r.network), true);
+        }
+        if let Some(ns) = &r.netns {
+            if let Some(o) = self.spaces.get(&(r.node.clone(), ns.clone())) {
+                return no(format!("{ENDPOINTS}{name}: skipped: namespace {ns} on node {} already holds endpoint {o}", r.node), true);
+            }
+        }
+        Admit::Yes(Endpoint { name: r.name.clone(), network: r.network.clone(), node: r.node.clone(), ip: p.ip, mac: p.mac, netns: r.netns.clone() })
+    }
+
+    fn insert(&mut self, p: &Parsed) {
+        let r = &p.rec;
+        let ni = self.networks[&r.network].0;
+        self.ips.insert((ni, p.ip), r.name.clone());
+        self.macs.insert((ni, p.mac), r.name.clone());
+        if let Some(ns) = &r.netns {
+            self.spaces.insert((r.node.clone(), ns.clone()), r.name.clone());
+        }
+        self.included.insert(r.name.clone());
+    }
+
+    fn remove(&mut self, p: &Parsed) {
+        let r = &p.rec;
+        if let Some(&(ni, _)) = self.networks.get(&r.network) {
+            self.ips.remove(&(ni, p.ip));
+            self.macs.remove(&(ni, p.mac));
+        }
+        if let Some(ns) = &r.netns {
+            self.spaces.remove(&(r.node.clone(), ns.clone()));
+        }
+        self.included.remove(&r.name);
+    }
+}
+
+/// How one store event changes the published cluster.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// Not at all (a key the cluster is not built from, or an endpoint of a node that is down).
+    Nothing,
+    /// One endpoint joins (it is the newest, so it goes last, as a full build would put it).
+    Add(Endpoint),
+    /// One endpoint leaves.
+    Remove(String),
+    /// Anything else: build it again from the mirror.
+    Rebuild,
 }
 
 fn put<T>(t: &mut Table<T>, name: &str, create_rev: i64, value: Result<T, Malformed>) -> Option<Malformed> {
@@ -55,6 +168,7 @@ impl Mirror {
 
     /// Forgets everything (before a full resync).
     pub fn clear(&mut self) {
+        self.index = None;
         self.networks.clear();
         self.nodes.clear();
         self.alive.clear();
@@ -73,7 +187,7 @@ impl Mirror {
             self.alive.insert(name.to_string());
             AliveRecord::parse(key, value).err()
         } else if let Some(name) = key.strip_prefix(ENDPOINTS) {
-            put(&mut self.endpoints, name, create_rev, EndpointRecord::parse(key, value))
+            put(&mut self.endpoints, name, create_rev, parse_endpoint(key, value))
         } else {
             None
         }
@@ -88,6 +202,54 @@ impl Mirror {
             self.alive.remove(name);
         } else if let Some(name) = key.strip_prefix(ENDPOINTS) {
             self.endpoints.remove(name);
+        }
+    }
+
+    /// Records a put (`value` given) or a delete, and says how the published cluster changes.
+    /// Also returns the problem of a malformed value.
+    pub fn event(&mut self, key: &str, value: Option<&[u8]>, create_rev: i64) -> (Step, Option<Malformed>) {
+        if !Self::relevant(key) {
+            return (Step::Nothing, None);
+        }
+        let fast = self.index.as_ref().is_some_and(|i| !i.conflicted);
+        let Some(name) = key.strip_prefix(ENDPOINTS).filter(|_| fast) else {
+            let bad = match value {
+                Some(v) => self.put(key, v, create_rev),
+                None => {
+                    self.delete(key);
+                    None
+                }
+            };
+            return (Step::Rebuild, bad);
+        };
+        let index = self.index.as_mut().expect("fast path has an index");
+        match value {
+            Some(v) => {
+                let existed = self.endpoints.contains_key(name);
+                let parsed = parse_endpoint(key, v);
+                let bad = parsed.as_ref().err().cloned();
+                let step = match &parsed {
+                    _ if existed => Step::Rebuild,
+                    Err(_) => Step::Nothing,
+                    Ok(p) => match index.admit(name, p) {
+                        Admit::Yes(ep) => {
+                            index.insert(p);
+                            Step::Add(ep)
+                        }
+                        Admit::Out => Step::Nothing,
+                        Admit::No { .. } => Step::Rebuild,
+                    },
+                };
+                self.endpoints.insert(name.to_string(), Entry { create_rev, value: parsed });
+                (step, bad)
+            }
+            None => match self.endpoints.remove(name) {
+                Some(Entry { value: Ok(p), .. }) if index.included.contains(name) => {
+                    index.remove(&p);
+                    (Step::Remove(name.to_string()), None)
+                }
+                _ => (Step::Nothing, None),
+            },
         }
     }
 
@@ -146,45 +308,29 @@ impl Mirror {
             vteps.insert(node.vtep, node.name.clone());
             nodes.push(node.clone());
         }
-        let live: HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-
-        let mut endpoints = Vec::new();
-        let (mut ips, mut macs, mut spaces) = (HashMap::new(), HashMap::new(), HashMap::new());
-        for (name, r) in by_age(&self.endpoints) {
-            let key = format!("{ENDPOINTS}{name}");
-            // Endpoints of nodes that are down are not reachable: left out until the node is back.
-            if !live.contains(r.node.as_str()) {
-                continue;
-            }
-            let Some(&ni) = names.get(&r.network) else {
-                warn(format!("{key}: skipped: unknown network {:?}", r.network), &mut self.warned);
-                continue;
-            };
-            let ep = match r.to_endpoint(&key, &networks[ni]) {
-                Ok(ep) => ep,
-                Err(e) => {
-                    warn(e.to_string(), &mut self.warned);
-                    continue;
+        let mut index = Index {
+            live: nodes.iter().map(|n| n.name.clone()).collect(),
+            networks: networks.iter().enumerate().map(|(i, n)| (n.name.clone(), (i, n.subnet))).collect(),
+            ..Default::default()
+        };
+        let mut endpoints = Vec::with_capacity(self.endpoints.len());
+        let mut conflicts = Vec::new();
+        for (name, p) in by_age(&self.endpoints) {
+            match index.admit(name, p) {
+                Admit::Yes(ep) => {
+                    index.insert(p);
+                    endpoints.push(ep);
                 }
-            };
-            if let Some(o) = ips.get(&(ni, ep.ip)) {
-                warn(format!("{key}: skipped: IP {} in network {} is already endpoint {o}'s", ep.ip, ep.network), &mut self.warned);
-                continue;
-            }
-            if let Some(o) = macs.get(&(ni, ep.mac)) {
-                warn(format!("{key}: skipped: MAC {} in network {} is already endpoint {o}'s", ep.mac, ep.network), &mut self.warned);
-                continue;
-            }
-            if let Some(ns) = &ep.netns {
-                if let Some(o) = spaces.get(&(ep.node.clone(), ns.clone())) {
-                    warn(format!("{key}: skipped: namespace {ns} on node {} already holds endpoint {o}", ep.node), &mut self.warned);
-                    continue;
+                Admit::Out => {}
+                Admit::No { warning, conflict } => {
+                    conflicts.push(warning);
+                    index.conflicted |= conflict;
                 }
-                spaces.insert((ep.node.clone(), ns.clone()), ep.name.clone());
             }
-            ips.insert((ni, ep.ip), ep.name.clone());
-            macs.insert((ni, ep.mac), ep.name.clone());
-            endpoints.push(ep);
+        }
+        self.index = Some(index);
+        for w in conflicts {
+            warn(w, &mut self.warned);
         }
         (Cluster { vxlan_port: VXLAN_PORT, nodes, networks, endpoints }, warnings)
     }
@@ -267,7 +413,7 @@ mod tests {
             "/overlay/nodes/dup: skipped: VTEP 192.168.50.2 is already node b's",
             "/overlay/endpoints/e2: skipped: IP 10.0.0.2 in network n1 is already endpoint e1's",
             "/overlay/endpoints/e3: skipped: unknown network \"nope\"",
-            "/overlay/endpoints/e4: ip: 10.9.9.9 is outside subnet",
+            "/overlay/endpoints/e4: ip: 10.9.9.9 is outside subnet 10.0.0.0/24 of network n1",
         ] {
             assert!(all.contains(needle), "missing warning {needle:?} in:\n{all}");
         }
@@ -275,5 +421,111 @@ mod tests {
         // A valid value replaces the malformed one.
         net(&mut m, 2, "bad", 4099, "10.0.5.0/24");
         assert_eq!(m.cluster(&me()).0.networks.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod fast_path {
+    use super::*;
+    use crate::store::{
+        follow::apply_steps,
+        records::{alive_key, endpoint_key, network_key, node_key},
+    };
+
+    fn ep(name: &str, node: &str, ip: &str, netns: &str) -> Vec<u8> {
+        let mac = Mac::from_ip(ip.parse().expect("ip"));
+        format!(r#"{{"name":"{name}","network":"n","node":"{node}","ip":"{ip}","mac":"{mac}","netns":"{netns}"}}"#).into_bytes()
+    }
+
+    /// A published cluster changed step by step always equals a full build of the same mirror.
+    #[test]
+    fn in_place_steps_equal_a_full_build() {
+        let me = Node { name: "a".into(), vtep: "192.168.50.1".parse().expect("ip"), underlay: None };
+        let mut m = Mirror::new();
+        m.put(&network_key("n"), br#"{"name":"n","vni":7,"subnet":"10.0.0.0/24","gateway":"10.0.0.1"}"#, 1);
+        m.put(&node_key("b"), br#"{"name":"b","vtep":"192.168.50.2"}"#, 2);
+        m.put(&alive_key("b"), br#"{"since":1,"ttl":5}"#, 3);
+        m.put(&node_key("c"), br#"{"name":"c","vtep":"192.168.50.3"}"#, 4);
+        let (mut published, _) = m.cluster(&me);
+        let mut rev = 10;
+        let mut check = |m: &mut Mirror, key: &str, value: Option<Vec<u8>>, want: &str| {
+            rev += 1;
+            let (step, _) = m.event(key, value.as_deref(), rev);
+            let kind = match &step {
+                Step::Nothing => "nothing",
+                Step::Add(_) => "add",
+                Step::Remove(_) => "remove",
+                Step::Rebuild => "rebuild",
+            };
+            assert_eq!(kind, want, "step for {key}");
+            if step == Step::Rebuild {
+                published = m.cluster(&me).0;
+            } else {
+                apply_steps(&mut published, vec![step]);
+            }
+            assert_eq!(published, m.cluster(&me).0, "after {key}");
+        };
+        check(&mut m, &endpoint_key("e1"), Some(ep("e1", "b", "10.0.0.2", "x")), "add");
+        check(&mut m, &endpoint_key("e2"), Some(ep("e2", "a", "10.0.0.3", "y")), "add");
+        check(&mut m, &endpoint_key("e3"), Some(ep("e3", "c", "10.0.0.4", "z")), "nothing");
+        check(&mut m, &endpoint_key("bad"), Some(b"junk".to_vec()), "nothing");
+        check(&mut m, &endpoint_key("e1"), None, "remove");
+        check(&mut m, &endpoint_key("e3"), None, "nothing");
+        check(&mut m, &endpoint_key("e4"), Some(ep("e4", "b", "10.0.0.3", "w")), "rebuild");
+        // e4 lost to e2: removing e2 must admit e4, which only a rebuild does.
+        check(&mut m, &endpoint_key("e2"), None, "rebuild");
+        check(&mut m, &alive_key("c"), Some(br#"{"since":1,"ttl":5}"#.to_vec()), "rebuild");
+        check(&mut m, &endpoint_key("e5"), Some(ep("e5", "c", "10.0.0.9", "v")), "add");
+        check(&mut m, &endpoint_key("e5"), Some(ep("e5", "c", "10.0.0.10", "v")), "rebuild");
+        check(&mut m, "/overlay/ipam/n/10.0.0.9", Some(b"e5".to_vec()), "nothing");
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use crate::store::records::{alive_key, endpoint_key, network_key, node_key};
+
+    /// Prints what one rebuild costs at 10,000 endpoints (run with --release --ignored --nocapture).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn rebuild_cost_at_10k() {
+        if std::env::var_os("MALLOPT").is_some() {
+            crate::agent::keep_heap();
+        }
+        let mut m = Mirror::new();
+        let mut rev = 1;
+        for n in 0..20 {
+            let v = format!(r#"{{"name":"n{n}","vni":{},"subnet":"10.{}.0.0/23","gateway":"10.{}.0.1"}}"#, 5000 + n, 100 + n, 100 + n);
+            m.put(&network_key(&format!("n{n}")), v.as_bytes(), rev);
+            rev += 1;
+        }
+        for i in 0..100 {
+            let v = format!(r#"{{"name":"s{i}","vtep":"172.16.{i}.10"}}"#);
+            m.put(&node_key(&format!("s{i}")), v.as_bytes(), rev);
+            m.put(&alive_key(&format!("s{i}")), br#"{"since":1,"ttl":10}"#, rev);
+            rev += 1;
+        }
+        for i in 0..10_000 {
+            let host = i % 500 + 2;
+            let ip = std::net::Ipv4Addr::new(10, 100 + (i / 500) as u8, (host / 256) as u8, (host % 256) as u8);
+            let mac = crate::config::Mac::from_ip(ip);
+            let v = format!(r#"{{"name":"x{i}","network":"n{}","node":"s{}","ip":"{ip}","mac":"{mac}","netns":"ns{i}"}}"#, i / 500, i % 100);
+            m.put(&endpoint_key(&format!("x{i}")), v.as_bytes(), rev);
+            rev += 1;
+        }
+        let me = Node { name: "s0".into(), vtep: "172.16.0.10".parse().expect("ip"), underlay: None };
+        for _ in 0..3 {
+            let t0 = std::time::Instant::now();
+            let (c, _) = m.cluster(&me);
+            let t1 = std::time::Instant::now();
+            let p = crate::desired::plan(&c, "s0").expect("plan");
+            let t2 = std::time::Instant::now();
+            let s = p.map_state(1, &[]);
+            let t3 = std::time::Instant::now();
+            let s2 = s.clone();
+            let t4 = std::time::Instant::now();
+            println!("cluster {:?} plan {:?} map_state {:?} clone {:?} ({} fdb)", t1 - t0, t2 - t1, t3 - t2, t4 - t3, s2.fdb.len());
+        }
     }
 }

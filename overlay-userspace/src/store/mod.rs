@@ -166,7 +166,8 @@ impl Store {
         let opts = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            // etcd closes connections that ping more often than every 5 s (--grpc-keepalive-min-time).
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         let client = match tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&endpoints, Some(opts))).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(StoreError::Unreachable { addrs, message: short(&e) }),
