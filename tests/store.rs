@@ -378,3 +378,37 @@ fn a_partitioned_agent_resyncs_after_compaction_and_registers_again() {
     let nodes = ok(&sim, 1, &["node", "ls"]);
     assert_eq!(nodes.matches(" up ").count(), 2, "{nodes}");
 }
+
+#[test]
+fn the_cli_reads_a_cluster_file_and_refuses_to_change_it() {
+    let dir = std::env::temp_dir().join(format!("overlay-cli-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("cluster.yaml");
+    std::fs::write(
+        &file,
+        "nodes:\n  - {name: n1, vtep: 192.168.50.1}\nnetworks:\n  - {name: web, vni: 4097, subnet: 10.0.1.0/24, mtu: 1450}\n\
+         endpoints:\n  - {name: a, network: web, node: n1, ip: 10.0.1.2, netns: c1}\n",
+    )
+    .expect("write");
+    let run = |args: &[&str]| {
+        std::process::Command::new(OVERLAY_BIN).args(args).arg("--cluster").arg(&file).env_remove("OVERLAY_STORE").env("RUST_BACKTRACE", "0").output().expect("run")
+    };
+    let ls = run(&["network", "ls"]);
+    let out = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.status.success() && out.contains("web") && out.contains("4097") && out.contains("10.0.1.1"), "{}", text(&ls));
+    let insp = run(&["network", "inspect", "web"]);
+    let v: serde_json::Value = serde_json::from_slice(&insp.stdout).expect("JSON");
+    assert_eq!(v[0]["Containers"]["a"]["IPv4Address"], "10.0.1.2/24");
+    let eps = run(&["endpoint", "ls"]);
+    assert!(String::from_utf8_lossy(&eps.stdout).contains("02:42:0a:00:01:02"), "{}", text(&eps));
+    let nodes = run(&["node", "ls"]);
+    assert!(String::from_utf8_lossy(&nodes.stdout).contains("(cluster file)"), "{}", text(&nodes));
+    let create = run(&["network", "create", "x"]);
+    let e = String::from_utf8_lossy(&create.stderr);
+    assert!(!create.status.success() && e.contains("network create needs a store (--store etcd://...)"), "{e}");
+    let before = std::fs::read(&file).expect("read");
+    assert_eq!(std::fs::read(&file).expect("read"), before, "file untouched");
+    let none = std::process::Command::new(OVERLAY_BIN).args(["network", "ls"]).env_remove("OVERLAY_STORE").env_remove("OVERLAY_CLUSTER").output().expect("run");
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no cluster state given"), "{}", text(&none));
+    let _ = std::fs::remove_dir_all(&dir);
+}

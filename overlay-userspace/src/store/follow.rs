@@ -196,17 +196,24 @@ async fn session(store: &Store, reg: &Registration, mut lease: i64, mirror: &mut
             Ok(w) => w,
             Err(e) => return lost(&e),
         };
-        let mut tick = tokio::time::interval(Duration::from_millis((reg.ttl as u64 * 1000 / 3).max(200)));
+        let period = Duration::from_millis((reg.ttl as u64 * 1000 / 3).max(200));
+        let mut tick = tokio::time::interval(period);
+        // A silent partition shows first as keep-alives going unanswered (TCP still accepts the
+        // writes): two missed answers end the session well before the lease could expire.
+        let mut answered = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    if answered.elapsed() > period * 2 + Duration::from_millis(200) {
+                        return lost(&format!("no keep-alive answer for {:.1} s", answered.elapsed().as_secs_f64()));
+                    }
                     if let Err(e) = keeper.keep_alive().await {
                         return lost(&e);
                     }
                 }
                 _ = tx.closed() => return SessionEnd::Closed,
                 k = kstream.message() => match k {
-                    Ok(Some(r)) if r.ttl() > 0 => {}
+                    Ok(Some(r)) if r.ttl() > 0 => answered = std::time::Instant::now(),
                     Ok(Some(_)) => {
                         // The lease expired (etcd was away longer than the TTL): register again.
                         warn!(node = %reg.node.name, "lease expired; registering again");
@@ -219,6 +226,7 @@ async fn session(store: &Store, reg: &Registration, mut lease: i64, mirror: &mut
                             Ok(k) => k,
                             Err(e) => return lost(&e),
                         };
+                        answered = std::time::Instant::now();
                     }
                     Ok(None) => return lost(&"keep-alive stream ended"),
                     Err(e) => return lost(&e),
