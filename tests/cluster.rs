@@ -262,9 +262,12 @@ fn agent_restart_keeps_forwarding_from_the_pins() {
     let before = state(&sim, "node2");
     sim.stop_agent("node2").expect("stop");
     assert!(sim.ping(&web1.netns, web2.ip, 3, None), "forwarding goes on with the agent stopped");
+    // Agent logs are appended across restarts: wait for the new agent's first apply.
+    let applies = |sim: &Sim| std::fs::read_to_string(sim.agent_log("node2")).unwrap_or_default().matches("applied cluster state").count();
+    let before_restart = applies(&sim);
     let h2 = sim.host_ns(2);
     sim.spawn_agent("node2", &h2, &file).expect("restart");
-    assert!(wait_for(Duration::from_secs(10), || std::fs::read_to_string(sim.agent_log("node2")).unwrap_or_default().contains("applied cluster state")), "restarted agent applies");
+    assert!(wait_for(Duration::from_secs(10), || applies(&sim) > before_restart), "restarted agent applies");
     assert_eq!(state(&sim, "node2"), before, "the restarted agent adopts the pinned maps unchanged");
     assert!(sim.ping(&web1.netns, web2.ip, 3, None), "forwarding after restart");
 }

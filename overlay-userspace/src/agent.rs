@@ -168,18 +168,6 @@ impl Agent {
     }
 }
 
-/// Keeps freed memory in the heap instead of returning it to the kernel: each rebuild of a large
-/// cluster allocates and frees a few megabytes, and with glibc's defaults those come from fresh
-/// mmap()s whose page faults cost more than the rebuild itself (measured: see
-/// docs/performance.md). Bounded by the largest cluster held, a few MiB at 10,000 endpoints.
-pub fn keep_heap() {
-    // SAFETY: mallopt only changes allocator tunables; called before the agent allocates much.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-    }
-}
-
 /// The desired cluster as the reconcile loop receives it: `None` until the source has a
 /// complete, valid description. A source replaces it whole; the loop always applies the latest.
 pub type Desired = tokio::sync::watch::Receiver<Option<Arc<Cluster>>>;
@@ -188,7 +176,6 @@ pub type Desired = tokio::sync::watch::Receiver<Option<Arc<Cluster>>>;
 /// This loop is the one reconcile path of every source (file or store). The datapath stays in
 /// place when it returns: forwarding does not depend on the agent running.
 pub async fn reconcile(node: &str, pin_dir: &Path, mut desired: Desired, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
-    keep_heap();
     let mut agent = Agent::new(node, pin_dir)?;
     info!(node, pin_dir = %pin_dir.display(), "datapath loaded");
     tokio::pin!(stop);

@@ -154,27 +154,24 @@ impl Sim {
 
     /// Starts `overlay agent` for `node` inside host namespace `host_ns`.
     pub fn spawn_agent(&mut self, node: &str, host_ns: &str, cluster: &Path) -> io::Result<()> {
-        let log = fs::File::create(self.agent_log(node))?;
-        let child = Command::new(&self.overlay_bin)
-            .args(["agent", "--cluster"])
-            .arg(cluster)
-            .args(["--node", node, "--netns", host_ns, "--pin-root"])
-            .arg(&self.pin_root)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.agents.push((node.to_string(), child));
-        Ok(())
+        let cluster = cluster.display().to_string();
+        self.spawn_agent_with(node, host_ns, &["--cluster", &cluster])
     }
 
     /// Starts `overlay agent --store` for `node` inside host namespace `host_ns`, registering
     /// `vtep` with a lease of `ttl` seconds.
     pub fn spawn_store_agent(&mut self, node: &str, host_ns: &str, vtep: Ipv4Addr, ttl: u32) -> io::Result<()> {
+        let (url, vtep, ttl) = (self.etcd_url(), vtep.to_string(), ttl.to_string());
+        self.spawn_agent_with(node, host_ns, &["--store", &url, "--vtep", &vtep, "--lease-ttl", &ttl])
+    }
+
+    /// Starts an agent with `source` arguments; its log (appended across restarts) is
+    /// [`Sim::agent_log`]. `OVERLAY_SIM_AGENT_LOG` overrides its `RUST_LOG` (default `info`).
+    fn spawn_agent_with(&mut self, node: &str, host_ns: &str, source: &[&str]) -> io::Result<()> {
         let log = fs::OpenOptions::new().create(true).append(true).open(self.agent_log(node))?;
         let child = Command::new(&self.overlay_bin)
-            .args(["agent", "--store", &self.etcd_url(), "--vtep", &vtep.to_string(), "--lease-ttl", &ttl.to_string()])
+            .arg("agent")
+            .args(source)
             .args(["--node", node, "--netns", host_ns, "--pin-root"])
             .arg(&self.pin_root)
             .env("RUST_LOG", std::env::var("OVERLAY_SIM_AGENT_LOG").unwrap_or_else(|_| "info".into()))
@@ -250,32 +247,27 @@ impl Sim {
         }
     }
 
-    /// Runs the `overlay` CLI in host namespace `ns` against this simulation's store and pins.
-    pub fn overlay(&self, ns: &str, args: &[&str]) -> io::Result<Output> {
-        Command::new("ip")
-            .args(["netns", "exec", ns])
+    /// The `overlay` CLI in host namespace `ns`, against this simulation's store and pins.
+    fn overlay_cmd(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns])
             .arg(&self.overlay_bin)
             .args(args)
             .env("OVERLAY_STORE", self.etcd_url())
             .env("OVERLAY_PIN_ROOT", &self.pin_root)
             .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .output()
+            .stdin(Stdio::null());
+        c
     }
 
-    /// Like [`Sim::overlay`], started without waiting for it.
+    /// Runs the `overlay` CLI in host namespace `ns` and waits for it.
+    pub fn overlay(&self, ns: &str, args: &[&str]) -> io::Result<Output> {
+        self.overlay_cmd(ns, args).output()
+    }
+
+    /// Like [`Sim::overlay`], started without waiting for it (output piped).
     pub fn overlay_spawn(&self, ns: &str, args: &[&str]) -> io::Result<Child> {
-        Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(&self.overlay_bin)
-            .args(args)
-            .env("OVERLAY_STORE", self.etcd_url())
-            .env("OVERLAY_PIN_ROOT", &self.pin_root)
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+        self.overlay_cmd(ns, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
     }
 
     /// Stops the agent of `node` by its PID: SIGTERM, then SIGKILL after 5 s.

@@ -67,6 +67,8 @@ pub struct ControlReport {
     /// `endpoint add --no-wait` (returns once published in etcd) returned -> every node,
     /// including the hosting node's wiring (veth, namespace, program attach).
     pub convergence_from_publish: Percentiles,
+    /// `endpoint add --no-wait` returned -> the two other nodes (no wiring: the store path only).
+    pub convergence_remote_from_publish: Percentiles,
     pub scale_nodes: usize,
     pub scale_endpoints: usize,
     /// Agent start to every entry programmed (includes loading the programs).
@@ -114,9 +116,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Convergence with 3 agents: (after `endpoint add`, after `endpoint add --no-wait`), samples
-/// taken in turn.
-pub fn convergence(cfg: &ControlConfig, bin: &Path, progress: &mut impl FnMut(&str)) -> anyhow::Result<(Percentiles, Percentiles)> {
+/// Convergence with 3 agents: (after `endpoint add`, after `endpoint add --no-wait`, the other
+/// two nodes after `endpoint add --no-wait`), samples taken in turn.
+pub fn convergence(cfg: &ControlConfig, bin: &Path, progress: &mut impl FnMut(&str)) -> anyhow::Result<(Percentiles, Percentiles, Percentiles)> {
     let mut sim = Sim::new("cc", bin)?;
     sim.build_underlay(3)?;
     sim.start_etcd()?;
@@ -139,7 +141,7 @@ pub fn convergence(cfg: &ControlConfig, bin: &Path, progress: &mut impl FnMut(&s
         .map(|n| Dataplane::open_pinned(&sim.pin_dir(&format!("node{n}"))))
         .collect::<Result<_, _>>()
         .context("opening the agents' pinned maps")?;
-    let (mut waited, mut published) = (Vec::new(), Vec::new());
+    let (mut waited, mut published, mut remote) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..cfg.samples * 2 {
         let host = 1 + i % 3;
         let ns = sim.add_ns(&format!("e{i}"))?;
@@ -154,8 +156,13 @@ pub fn convergence(cfg: &ControlConfig, bin: &Path, progress: &mut impl FnMut(&s
         }
         let ip: Ipv4Addr = String::from_utf8_lossy(&out.stdout).split_whitespace().nth(3).context("endpoint add output")?.parse()?;
         let mac = Mac::from_ip(ip).0;
+        let mut remote_done = None;
         loop {
-            if maps.iter().all(|m| m.fdb_entry(4096, mac).ok().flatten().is_some()) {
+            let have: Vec<bool> = maps.iter().map(|m| m.fdb_entry(4096, mac).ok().flatten().is_some()).collect();
+            if remote_done.is_none() && have.iter().enumerate().all(|(n, h)| *h || n + 1 == host) {
+                remote_done = Some(t0.elapsed());
+            }
+            if have.iter().all(|h| *h) {
                 break;
             }
             if t0.elapsed() > Duration::from_secs(10) {
@@ -163,12 +170,15 @@ pub fn convergence(cfg: &ControlConfig, bin: &Path, progress: &mut impl FnMut(&s
             }
             thread::sleep(Duration::from_micros(100));
         }
+        if i % 2 == 1 {
+            remote.push(ms(remote_done.unwrap_or_default()));
+        }
         if i % 2 == 1 { &mut published } else { &mut waited }.push(ms(t0.elapsed()));
         if (i + 1) % 20 == 0 {
             progress(&format!("convergence: {} of {} samples", i + 1, cfg.samples * 2));
         }
     }
-    Ok((Percentiles::of(waited), Percentiles::of(published)))
+    Ok((Percentiles::of(waited), Percentiles::of(published), Percentiles::of(remote)))
 }
 
 fn node_name(i: usize) -> String {
@@ -335,6 +345,8 @@ pub fn table(r: &ControlReport) -> String {
     o += &format!("convergence, 3 agents (endpoint add returned -> entry on every node): n={} p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n", c.n, c.p50_ms, c.p99_ms, c.max_ms);
     let c = &r.convergence_from_publish;
     o += &format!("  from `endpoint add --no-wait` returning (published; includes wiring): n={} p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n", c.n, c.p50_ms, c.p99_ms, c.max_ms);
+    let c = &r.convergence_remote_from_publish;
+    o += &format!("  same, the two other nodes only (etcd watch -> map, no wiring): n={} p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n", c.n, c.p50_ms, c.p99_ms, c.max_ms);
     o += &format!("scale: {} endpoints over {} nodes\n", r.scale_endpoints, r.scale_nodes);
     let mark = |ok: bool| if ok { "ok" } else { "MISS" };
     o += &format!("  initial sync (agent start -> all programmed): {:.0} ms  [target < 2000 ms: {}]\n", r.initial_sync_ms, mark(r.initial_sync_ms < 2000.0));

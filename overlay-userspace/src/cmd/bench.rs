@@ -118,10 +118,11 @@ fn run_control(args: BenchArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the overlay binary")?;
     let t0 = std::time::Instant::now();
     let mut progress = |line: &str| println!("{line}");
-    let (waited, published) = bench::control::convergence(&cfg, &exe, &mut progress)?;
+    let (waited, published, remote) = bench::control::convergence(&cfg, &exe, &mut progress)?;
     let mut report = bench::control::scale(&cfg, &exe, &mut progress)?;
     report.convergence = waited;
     report.convergence_from_publish = published;
+    report.convergence_remote_from_publish = remote;
     println!("\n{}", bench::control::table(&report));
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;

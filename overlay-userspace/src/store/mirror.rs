@@ -490,9 +490,6 @@ mod cost {
     #[test]
     #[ignore = "a measurement, not a check"]
     fn rebuild_cost_at_10k() {
-        if std::env::var_os("MALLOPT").is_some() {
-            crate::agent::keep_heap();
-        }
         let mut m = Mirror::new();
         let mut rev = 1;
         for n in 0..20 {
