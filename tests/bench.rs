@@ -93,3 +93,35 @@ fn quick_bench_reports_all_modes_as_json_and_svg_and_cleans_up() {
         .unwrap_or_default();
     assert!(stale.is_empty(), "pins left behind: {stale:?}");
 }
+
+#[test]
+fn control_plane_bench_reports_every_figure_and_cleans_up() {
+    require_root();
+    let json = std::env::temp_dir().join(format!("overlay-cp-bench-{}.json", std::process::id()));
+    let before = netns_list();
+    let out = Command::new(OVERLAY_BIN)
+        .args(["bench", "--control-plane", "--samples", "3", "--nodes", "10", "--endpoints", "600", "--changes", "4", "--json"])
+        .arg(&json)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running overlay bench --control-plane");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "bench failed:\n{text}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("JSON written")).expect("valid JSON");
+    let _ = std::fs::remove_file(&json);
+    for k in ["convergence", "convergence_from_publish", "convergence_remote_from_publish"] {
+        assert_eq!(v[k]["n"], 3, "{k}: {v}");
+        let (p50, p99) = (v[k]["p50_ms"].as_f64().expect("p50"), v[k]["p99_ms"].as_f64().expect("p99"));
+        assert!(p50 >= 0.0 && p50 <= p99 && p99 < 10_000.0, "{k}: {v}");
+    }
+    // 600 endpoints over 10 nodes: the measured node's 60 have no namespace and are not remote.
+    assert_eq!(v["fdb_entries"], 540, "{v}");
+    assert_eq!(v["neigh_entries"], 600, "{v}");
+    assert_eq!(v["one_change"]["n"], 4, "{v}");
+    assert!(v["initial_sync_ms"].as_f64().is_some_and(|t| t > 0.0), "{v}");
+    assert!(v["rss_mib"].as_f64().is_some_and(|m| m > 1.0), "{v}");
+    assert!(v["map_memory_mib"].as_f64().is_some_and(|m| m > 0.0), "{v}");
+    assert!(v["last_change_log"].as_str().is_some_and(|l| l.contains("diff=+0 ~0 -2")), "one change is a diff: {v}");
+    assert!(text.contains("[target < 2000 ms:") && text.contains("[target < 20 ms:"), "targets printed:\n{text}");
+    assert_eq!(netns_list(), before, "no namespace left behind");
+}
