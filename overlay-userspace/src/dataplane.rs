@@ -230,7 +230,8 @@ pub struct Dataplane {
     attached: std::collections::HashSet<PathBuf>,
 }
 
-/// Generic diff of one table: writes what is new or different, then removes what is stale.
+/// Diff of one table against what the map holds now (read back first): writes what is new or
+/// different, then lists what is stale for removal.
 fn sync_hash<K, V>(
     name: &'static str,
     map: &mut HashMap<MapData, K, V>,
@@ -247,21 +248,7 @@ where
         let (k, v) = kv.map_err(map_err(name))?;
         have.insert(k, v);
     }
-    for (k, v) in want {
-        match have.get(k) {
-            Some(old) if old == v => {}
-            Some(_) => {
-                map.insert(k, v, 0).map_err(map_err(name))?;
-                sum.changed += 1;
-            }
-            None => {
-                map.insert(k, v, 0).map_err(map_err(name))?;
-                sum.added += 1;
-            }
-        }
-    }
-    removals.extend(have.into_keys().filter(|k| !want.contains_key(k)));
-    Ok(())
+    sync_cached(name, map, &have, want, sum, removals)
 }
 
 /// Diff of one table against the copy of what the map holds: writes only what differs.
