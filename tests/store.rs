@@ -12,11 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use overlay::{
-    config::Mac,
-    dataplane::Dataplane,
-    sim::{Sim, host_vtep, wait_for},
-};
+use overlay::sim::{Sim, host_vtep, wait_for};
 use overlay_common::{FDB_LOCAL, FDB_REMOTE, ip_to_map};
 use support::*;
 
@@ -46,30 +42,18 @@ fn fails(sim: &Sim, n: usize, args: &[&str]) -> String {
 fn store_cluster(tag: &str, hosts: usize) -> Sim {
     require_root();
     let mut sim = Sim::new(tag, Path::new(OVERLAY_BIN)).expect("simulation");
-    sim.build_underlay(hosts).expect("underlay");
-    sim.start_etcd().expect("etcd");
-    let out = ok(&sim, 1, &["network", "create", "web"]);
-    assert_eq!(out.trim(), "web (VNI 4096, subnet 10.0.0.0/24, gateway 10.0.0.1)", "allocated from 4096 and 10.0.N.0/24");
-    for n in 1..=hosts {
-        let h = sim.host_ns(n);
-        sim.spawn_store_agent(&format!("node{n}"), &h, host_vtep(n), TTL).expect("agent");
-    }
-    let all_up = wait_for(Duration::from_secs(20), || {
-        sim.overlay(&sim.host_ns(1), &["node", "ls"]).is_ok_and(|o| String::from_utf8_lossy(&o.stdout).matches(" up ").count() == hosts)
-    });
-    assert!(all_up, "every agent registered:\n{}", logs(&sim, hosts));
+    sim.start_store_cluster(hosts, TTL, "web").expect("store cluster");
+    let v: serde_json::Value = serde_json::from_str(&ok(&sim, 1, &["network", "inspect", "web"])).expect("inspect is JSON");
+    assert_eq!((v[0]["VNI"].as_u64(), v[0]["IPAM"]["Config"][0]["Subnet"].as_str()), (Some(4096), Some("10.0.0.0/24")), "allocated from 4096 and 10.0.N.0/24");
     sim
 }
 
 fn logs(sim: &Sim, hosts: usize) -> String {
-    (1..=hosts)
-        .map(|n| format!("--- node{n}\n{}", std::fs::read_to_string(sim.agent_log(&format!("node{n}"))).unwrap_or_default()))
-        .collect()
+    sim.agent_logs(hosts)
 }
 
-/// The FDB entry of `ip` (VNI `vni`) on `node`, read directly from its pinned map.
 fn fdb(sim: &Sim, node: &str, vni: u32, ip: Ipv4Addr) -> Option<overlay_common::FdbEntry> {
-    Dataplane::open_pinned(&sim.pin_dir(node)).ok()?.fdb_entry(vni, Mac::from_ip(ip).0).ok()?
+    sim.fdb_entry(node, vni, ip)
 }
 
 /// Whether every node in `1..=hosts` has `ip` (local on `home`, remote elsewhere), or none has.

@@ -276,11 +276,23 @@ pub fn endpoint_entry(
         return Err(invalid(entry, "mac", format!("{mac} is not a unicast address")));
     }
     if let Some(ns) = &netns {
-        if ns.is_empty() || ns.contains(['/', ' ', '\0']) || ns == "." || ns == ".." {
-            return Err(invalid(entry, "netns", format!("{ns:?} is not a namespace name")));
+        if !valid_netns(ns) {
+            return Err(invalid(entry, "netns", format!("{ns:?} is not a namespace name or absolute path")));
         }
     }
     Ok(Endpoint { name, network: net.name.clone(), node, ip, mac, netns })
+}
+
+/// A network namespace is named (as under `/run/netns`) or given by absolute path (as container
+/// runtimes do: `/var/run/netns/cni-...`, `/proc/<pid>/ns/net`, Docker's sandbox keys).
+pub fn valid_netns(ns: &str) -> bool {
+    if ns.is_empty() || ns.contains([' ', '\0', '\n']) {
+        return false;
+    }
+    match ns.strip_prefix('/') {
+        Some(rest) => !rest.is_empty() && rest.split('/').all(|c| !c.is_empty() && c != "." && c != ".."),
+        None => !ns.contains('/') && ns != "." && ns != "..",
+    }
 }
 
 /// Why `ep` cannot join `existing`: (field, message), or `None`.
@@ -402,6 +414,16 @@ endpoints:
     fn ip_outside_subnet() {
         let e = err(&with("ip: 10.0.1.3", "ip: 10.0.2.3"));
         assert_eq!(e, "endpoints[web2].ip: 10.0.2.3 is outside subnet 10.0.1.0/24 of network nginx-net");
+    }
+
+    #[test]
+    fn namespaces_by_name_or_absolute_path() {
+        for ok in ["c1", "/var/run/netns/cni-1234", "/proc/42/ns/net", "/run/docker/netns/ab12"] {
+            assert!(valid_netns(ok), "{ok}");
+        }
+        for bad in ["", "a/b", "/", "/a/../b", "/a//b", "..", "a b", "/a/"] {
+            assert!(!valid_netns(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -34,11 +34,33 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
     /// Measure native routing, Docker's kernel-vxlan overlay and this datapath side by side.
     Bench(cmd::bench::BenchArgs),
+    /// Act as a CNI plugin (spec 1.0.0): CNI_* environment, configuration on stdin. Runtimes
+    /// call the binary without arguments; this form is for trying it by hand.
+    Cni,
     /// Remove a node's datapath: endpoint veths, programs and pinned maps.
     Down(cmd::down::DownArgs),
 }
 
+/// Whether this process was started as a CNI plugin: `overlay cni`, or the runtime's call of the
+/// plugin binary without arguments and with CNI_COMMAND set.
+fn invoked_as_cni() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("cni") => true,
+        None => std::env::var_os("CNI_COMMAND").is_some(),
+        _ => false,
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    if invoked_as_cni() {
+        // CNI: stdout is the protocol; logs (warnings only) go to stderr.
+        tracing_subscriber::fmt().with_env_filter(EnvFilter::new("warn")).with_writer(std::io::stderr).with_ansi(false).init();
+        let _ = overlay::dataplane::join_host_mount_ns();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let code = rt.block_on(cmd::cni::run());
+        std::process::exit(if code == std::process::ExitCode::SUCCESS { 0 } else { 1 });
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
@@ -76,6 +98,7 @@ fn main() -> anyhow::Result<()> {
             Command::Demo(a) => cmd::demo::run(a).await,
             Command::Down(a) => cmd::down::run(a).await,
             Command::Bench(a) => cmd::bench::run(a).await,
+            Command::Cni => unreachable!("handled before argument parsing"),
         }
     })
 }

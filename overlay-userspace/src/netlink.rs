@@ -39,9 +39,9 @@ fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError
     move |source| NetlinkError::Request { what, source }
 }
 
-/// Path of a named network namespace.
+/// Path of a network namespace: a name under `/run/netns`, or an absolute path as is.
 pub fn netns_path(name: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(name)
+    if name.starts_with('/') { PathBuf::from(name) } else { Path::new(NETNS_DIR).join(name) }
 }
 
 /// Enters the network namespace at `path` for the calling thread only.
@@ -114,6 +114,17 @@ impl Netlink {
 
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
         Ok(self.links().await?.into_iter().find(|l| l.name == name))
+    }
+
+    /// Whether interface `index` holds `ip`.
+    pub async fn has_address(&self, index: u32, ip: Ipv4Addr) -> Result<bool> {
+        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
+            if m.header.index == index && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) | AddressAttribute::Local(IpAddr::V4(a)) if *a == ip)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The interface that holds `ip`.

@@ -239,6 +239,40 @@ impl Sim {
         Ok(())
     }
 
+    /// A store-backed cluster: `hosts` hosts, etcd on the switch, network `network` created from
+    /// host 1's CLI (VNI and subnet from the allocators), one store agent per host registered with
+    /// a lease of `ttl` s; returns once every agent is up and its datapath pinned.
+    pub fn start_store_cluster(&mut self, hosts: usize, ttl: u32, network: &str) -> io::Result<()> {
+        self.build_underlay(hosts)?;
+        self.start_etcd()?;
+        let o = self.overlay(&self.host_ns(1), &["network", "create", network])?;
+        if !o.status.success() {
+            return Err(io::Error::other(format!("network create: {}", String::from_utf8_lossy(&o.stderr))));
+        }
+        for n in 1..=hosts {
+            let h = self.host_ns(n);
+            self.spawn_store_agent(&format!("node{n}"), &h, host_vtep(n), ttl)?;
+        }
+        let up = wait_for(Duration::from_secs(20), || {
+            let live = self.overlay(&self.host_ns(1), &["node", "ls"]).is_ok_and(|o| String::from_utf8_lossy(&o.stdout).matches(" up ").count() == hosts);
+            live && (1..=hosts).all(|n| dataplane::Dataplane::open_pinned(&self.pin_dir(&format!("node{n}"))).is_ok())
+        });
+        if !up {
+            return Err(io::Error::other(format!("agents not up within 20 s:\n{}", self.agent_logs(hosts))));
+        }
+        Ok(())
+    }
+
+    /// The logs of the agents of node1..node`hosts`.
+    pub fn agent_logs(&self, hosts: usize) -> String {
+        (1..=hosts).map(|n| format!("--- node{n}\n{}", fs::read_to_string(self.agent_log(&format!("node{n}"))).unwrap_or_default())).collect()
+    }
+
+    /// The FDB entry of `ip` (VNI `vni`) on `node`, read from its pinned map.
+    pub fn fdb_entry(&self, node: &str, vni: u32, ip: Ipv4Addr) -> Option<overlay_common::FdbEntry> {
+        dataplane::Dataplane::open_pinned(&self.pin_dir(node)).ok()?.fdb_entry(vni, Mac::from_ip(ip).0).ok()?
+    }
+
     /// Stops etcd (SIGTERM by PID, as an operator would); its data stays for a restart.
     pub fn stop_etcd(&mut self) -> io::Result<()> {
         match self.etcd.take() {

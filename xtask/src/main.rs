@@ -50,6 +50,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // etcd-client's build script compiles etcd's .proto files: protoc and the well-known types.
     ("protobuf-compiler", "protoc"),
     ("libprotobuf-dev", "/usr/include/google/protobuf/descriptor.proto"),
+    // The CNI reference plugins (host-local, bandwidth) the CNI tests chain with ours.
+    ("containernetworking-plugins", "/usr/lib/cni/host-local"),
 ];
 
 fn root() -> PathBuf {

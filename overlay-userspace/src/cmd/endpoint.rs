@@ -1,21 +1,15 @@
 //! `overlay endpoint add|rm|ls`: put a network namespace on a network (as `docker network
 //! connect` does for a container) and take it off again.
-use std::{
-    net::Ipv4Addr,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
-use overlay_common::FDB_LOCAL;
 
 use super::state::{StateArgs, parse_ip};
 use crate::{
-    config::Mac,
-    dataplane::{Dataplane, node_pin_dir},
-    netlink::{Netlink, netns_path},
-    store::{EndpointSpec, Store, StoreError},
+    attach::{attach, this_node},
+    netlink::netns_path,
+    store::{EndpointSpec, StoreError},
 };
 
 #[derive(Args, Debug)]
@@ -87,20 +81,9 @@ pub async fn run(args: EndpointArgs) -> anyhow::Result<()> {
                 Some(n) => n,
                 None => this_node(store).await?,
             };
-            let spec = EndpointSpec { name: name.unwrap_or_else(|| netns.clone()), network, node: node.clone(), netns: Some(netns), ip };
-            let r = store.endpoint_add(&spec).await?;
-            if !no_wait {
-                let ip: Ipv4Addr = r.ip.parse().context("address just allocated")?;
-                let (net, _) = store.network(&r.network).await?;
-                let pin_dir = node_pin_dir(pin_root.as_deref(), &node)?;
-                if let Err(e) = wait_wired(&pin_dir, net.vni, Mac::from_ip(ip), Duration::from_secs_f64(timeout)).await {
-                    let undo = match store.endpoint_rm(&r.name).await {
-                        Ok(_) => "the endpoint was withdrawn".to_string(),
-                        Err(u) => format!("withdrawing it failed too: {u}"),
-                    };
-                    bail!("endpoint {} ({}) was published but node {node}'s agent did not wire it: {e}; {undo}", r.name, r.ip);
-                }
-            }
+            let spec = EndpointSpec { name: name.unwrap_or_else(|| netns.clone()), network, node, netns: Some(netns), ip };
+            let wait = (!no_wait).then(|| Duration::from_secs_f64(timeout));
+            let r = attach(store, &spec, pin_root.as_deref(), wait).await?;
             println!("{} {} {} {} {}", r.name, r.network, r.node, r.ip, r.mac);
         }
         EndpointCommand::Rm { names } => {
@@ -131,51 +114,3 @@ pub async fn run(args: EndpointArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The node this command runs on: the registered node whose VTEP is an address in this network
-/// namespace, else the one named like this host.
-async fn this_node(store: &Store) -> anyhow::Result<String> {
-    let (nodes, _) = store.nodes().await?;
-    let nl = Netlink::new()?;
-    let mut mine = Vec::new();
-    for (n, _) in &nodes {
-        if let Ok(vtep) = n.vtep.parse::<Ipv4Addr>() {
-            if nl.interface_with_address(vtep).await.is_ok() {
-                mine.push(n.name.clone());
-            }
-        }
-    }
-    if let [one] = mine.as_slice() {
-        return Ok(one.clone());
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-    if nodes.iter().any(|(n, _)| n.name == host) {
-        return Ok(host);
-    }
-    let known: Vec<String> = nodes.iter().map(|(n, _)| format!("{} ({})", n.name, n.vtep)).collect();
-    bail!(
-        "cannot tell which node this is: {} of the registered nodes [{}] has its VTEP here and none is named {host:?}; pass --node or set OVERLAY_NODE",
-        if mine.is_empty() { "none".to_string() } else { format!("more than one ({})", mine.join(", ")) },
-        known.join(", ")
-    )
-}
-
-/// Waits until the node's datapath holds the endpoint as a local FDB entry.
-async fn wait_wired(pin_dir: &std::path::Path, vni: u32, mac: Mac, timeout: Duration) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    loop {
-        let found = match Dataplane::open_pinned(pin_dir) {
-            Ok(dp) => dp.fdb_entry(vni, mac.0)?.is_some_and(|e| e.kind == FDB_LOCAL),
-            Err(_) => false,
-        };
-        if found {
-            return Ok(());
-        }
-        if t0.elapsed() >= timeout {
-            if !pin_dir.exists() {
-                bail!("no datapath pinned at {} (is `overlay agent` running on this node?)", pin_dir.display());
-            }
-            bail!("not in its datapath after {:.1} s (see the agent's log)", timeout.as_secs_f64());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}

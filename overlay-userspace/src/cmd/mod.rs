@@ -1,6 +1,7 @@
 //! One file per subcommand of `overlay`.
 pub mod agent;
 pub mod bench;
+pub mod cni;
 pub mod demo;
 pub mod down;
 pub mod endpoint;

@@ -36,8 +36,8 @@ fn parse_endpoint(key: &str, value: &[u8]) -> Result<Parsed, Malformed> {
         return Err(bad(format!("mac: {mac} is not a unicast address")));
     }
     if let Some(ns) = &rec.netns {
-        if ns.is_empty() || ns.contains(['/', ' ', '\0']) || ns == "." || ns == ".." {
-            return Err(bad(format!("netns: {ns:?} is not a namespace name")));
+        if !crate::config::valid_netns(ns) {
+            return Err(bad(format!("netns: {ns:?} is not a namespace name or absolute path")));
         }
     }
     Ok(Parsed { rec, ip, mac })
