@@ -103,6 +103,7 @@ fn cni_add_check_del_with_store_and_host_local_ipam_and_a_chained_plugin() {
     let ip2: Ipv4Addr = "10.0.0.100".parse().expect("ip");
     assert!(wait_for(Duration::from_secs(10), || sim.fdb_entry("node1", 4096, ip2).is_some()), "ctr2 reached node1:\n{}", sim.agent_logs(2));
     assert!(sim.ping(&ns1.replace("/run/netns/", ""), ip2, 2, None), "ping ctr1 -> ctr2 across hosts");
+    assert!(sim.ping(&ns2.replace("/run/netns/", ""), ip1, 2, None), "ping ctr2 -> ctr1 across hosts");
     let mut check1 = serde_json::from_str::<Value>(&conf(&sim, json!({}))).expect("conf");
     check1["prevResult"] = r1.clone();
     let (ok, v, err) = cni(&h1, OVERLAY_BIN, "CHECK", "ctr1", &ns1, &check1.to_string());

@@ -196,18 +196,7 @@ fn with_etcd<T: Send + 'static, F>(sim: &Sim, f: impl FnOnce(etcd_client::Client
 where
     F: std::future::Future<Output = T>,
 {
-    let url = sim.etcd_url();
-    let ns = overlay::netlink::netns_path(&sim.ns_name("sw"));
-    thread::spawn(move || {
-        overlay::netlink::enter_netns(&ns).expect("setns");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async {
-            let store = overlay::store::Store::connect(&url).await.expect("store");
-            f(store.client()).await
-        })
-    })
-    .join()
-    .expect("etcd thread")
+    sim.with_etcd(move |c| async move { Ok(f(c).await) }).expect("etcd client")
 }
 
 /// Writes a raw value into the store (as a buggy tool would).

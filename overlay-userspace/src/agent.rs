@@ -52,8 +52,9 @@ pub struct Agent {
     /// Endpoints this agent wired, as wired, with their host-side ifindex: an unchanged endpoint
     /// is not wired again, so one change costs one endpoint's work, not all of them.
     wired: HashMap<String, (LocalEndpoint, u32)>,
-    /// The (local endpoints, underlay) the last sweep kept; the next sweep runs when it differs.
-    swept: Option<(Vec<(String, u32)>, u32)>,
+    /// The (wired endpoints, endpoints of this node without a namespace, underlay) the last
+    /// sweep kept; the next sweep runs when it differs.
+    swept: Option<(Vec<(String, u32)>, Vec<String>, u32)>,
 }
 
 impl Agent {
@@ -95,7 +96,7 @@ impl Agent {
         let state = plan.map_state(underlay.index, &wired);
         report.diff = self.dataplane.apply(&state)?;
         let kept: Vec<(String, u32)> = wired.iter().map(|(e, i)| (e.host_ifname.clone(), *i)).collect();
-        let swept = Some((kept, underlay.index));
+        let swept = Some((kept, plan.unwired.clone(), underlay.index));
         if !report.pending.is_empty() || self.swept != swept {
             self.sweep(&plan, &wired, (&underlay.name, underlay.index)).await?;
             self.wired.retain(|name, _| plan.local.iter().any(|e| &e.name == name));
@@ -154,9 +155,12 @@ impl Agent {
 
     /// Removes what the plan no longer holds: veths of deleted endpoints and their link pins.
     async fn sweep(&mut self, plan: &NodePlan, wired: &[(&LocalEndpoint, u32)], underlay: (&str, u32)) -> Result<(), AgentError> {
-        let pending: Vec<&str> = plan.local.iter().map(|e| e.host_ifname.as_str()).collect();
+        // A veth of an endpoint of this node without a namespace yet is kept too: the Docker
+        // plugin creates the pair at Join, before Docker moves one end into the container.
+        let mut keep_ifs: Vec<String> = plan.local.iter().map(|e| e.host_ifname.clone()).collect();
+        keep_ifs.extend(plan.unwired.iter().map(|name| desired::host_ifname(name)));
         for l in self.nl.links().await? {
-            if l.name.starts_with(HOST_VETH_PREFIX) && !pending.contains(&l.name.as_str()) {
+            if l.name.starts_with(HOST_VETH_PREFIX) && !keep_ifs.contains(&l.name) {
                 info!(ifname = %l.name, "removing veth of a deleted endpoint");
                 self.nl.delete(l.index).await?;
             }

@@ -22,5 +22,6 @@ pub const SRC_PORT_MAX: u16 = 60999;
 pub const OVERLAY_OVERHEAD: u32 = 50;
 /// How often the agent looks at the cluster file.
 pub const FILE_POLL: Duration = Duration::from_millis(200);
-/// How often a partly failed apply (e.g. a namespace not there yet) is retried.
-pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a partly failed apply (e.g. a namespace not there yet, or a container interface
+/// Docker has not moved in yet) is retried.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);

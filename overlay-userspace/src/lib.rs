@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataplane;
 pub mod defaults;
 pub mod desired;
+pub mod docker;
 pub mod frames;
 pub mod netlink;
 pub mod sim;

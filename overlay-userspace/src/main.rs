@@ -34,6 +34,8 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
     /// Measure native routing, Docker's kernel-vxlan overlay and this datapath side by side.
     Bench(cmd::bench::BenchArgs),
+    /// Serve Docker's remote network driver API (libnetwork) for this node, beside its agent.
+    DockerPlugin(cmd::docker_plugin::DockerPluginArgs),
     /// Act as a CNI plugin (spec 1.0.0): CNI_* environment, configuration on stdin. Runtimes
     /// call the binary without arguments; this form is for trying it by hand.
     Cni,
@@ -73,6 +75,7 @@ fn main() -> anyhow::Result<()> {
     let netns = match &cli.command {
         Command::Agent(a) => a.netns.clone(),
         Command::Down(d) => d.netns.clone(),
+        Command::DockerPlugin(d) => d.netns.clone(),
         _ => None,
     };
     if let Some(ns) = netns {
@@ -98,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             Command::Demo(a) => cmd::demo::run(a).await,
             Command::Down(a) => cmd::down::run(a).await,
             Command::Bench(a) => cmd::bench::run(a).await,
+            Command::DockerPlugin(a) => cmd::docker_plugin::run(a).await,
             Command::Cni => unreachable!("handled before argument parsing"),
         }
     })

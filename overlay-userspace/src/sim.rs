@@ -39,6 +39,8 @@ pub struct Sim {
     agents: Vec<(String, Child)>,
     /// The etcd server of [`Sim::start_etcd`], in the underlay switch namespace.
     etcd: Option<Child>,
+    /// dockerd of [`Sim::start_dockerd`] and its work directory.
+    dockerd: Option<(Child, PathBuf)>,
     pub pin_root: PathBuf,
     pub workdir: PathBuf,
 }
@@ -74,7 +76,7 @@ impl Sim {
         let pin_root = dataplane::host_bpffs().map_err(io::Error::other)?.join("overlay").join(&prefix);
         let workdir = std::env::temp_dir().join(&prefix);
         fs::create_dir_all(&workdir)?;
-        Ok(Sim { prefix, overlay_bin: overlay_bin.to_path_buf(), namespaces: vec![], agents: vec![], etcd: None, pin_root, workdir })
+        Ok(Sim { prefix, overlay_bin: overlay_bin.to_path_buf(), namespaces: vec![], agents: vec![], etcd: None, dockerd: None, pin_root, workdir })
     }
 
     pub fn ns_name(&self, what: &str) -> String {
@@ -273,6 +275,99 @@ impl Sim {
         dataplane::Dataplane::open_pinned(&self.pin_dir(node)).ok()?.fdb_entry(vni, Mac::from_ip(ip).0).ok()?
     }
 
+    /// Runs `f` with an etcd client on a thread inside the switch namespace (where etcd is).
+    pub fn with_etcd<T: Send + 'static, F>(&self, f: impl FnOnce(etcd_client::Client) -> F + Send + 'static) -> io::Result<T>
+    where
+        F: std::future::Future<Output = io::Result<T>>,
+    {
+        let url = self.etcd_url();
+        let ns = crate::netlink::netns_path(&self.ns_name("sw"));
+        std::thread::spawn(move || -> io::Result<T> {
+            crate::netlink::enter_netns(&ns)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let store = crate::store::Store::connect(&url).await.map_err(io::Error::other)?;
+                f(store.client()).await
+            })
+        })
+        .join()
+        .map_err(|_| io::Error::other("etcd client thread panicked"))?
+    }
+
+    /// Starts Debian's dockerd in host namespace `n` with its own data root, exec root and
+    /// socket under the work directory (vfs storage, no bridge, no iptables); returns the socket.
+    /// `nsenter --net` rather than `ip netns exec`, which would hide the cgroup mounts.
+    pub fn start_dockerd(&mut self, n: usize) -> io::Result<PathBuf> {
+        let dir = self.workdir.join("docker");
+        fs::create_dir_all(&dir)?;
+        let sock = dir.join("docker.sock");
+        let log = fs::File::create(dir.join("dockerd.log"))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", crate::netlink::netns_path(&self.host_ns(n)).display()))
+            .arg("dockerd")
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .args(["--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--storage-driver=vfs"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.dockerd = Some((child, dir.clone()));
+        let up = wait_for(Duration::from_secs(30), || {
+            Command::new("docker").arg("-H").arg(format!("unix://{}", sock.display())).arg("version").output().is_ok_and(|o| o.status.success())
+        });
+        if !up {
+            return Err(io::Error::other(format!("dockerd did not start:\n{}", fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default())));
+        }
+        Ok(sock)
+    }
+
+    /// Starts `overlay docker-plugin` for `node` in host namespace `host_ns` under plugin name
+    /// `name`; returns once its socket exists.
+    pub fn spawn_docker_plugin(&mut self, node: &str, host_ns: &str, name: &str) -> io::Result<PathBuf> {
+        let log = fs::File::create(self.workdir.join("docker-plugin.log"))?;
+        let child = Command::new(&self.overlay_bin)
+            .args(["docker-plugin", "--store", &self.etcd_url(), "--node", node, "--name", name, "--netns", host_ns])
+            .env("RUST_LOG", "info,overlay::docker=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.agents.push((format!("docker-plugin-{name}"), child));
+        let sock = PathBuf::from(format!("/run/docker/plugins/{name}.sock"));
+        if !wait_for(Duration::from_secs(10), || sock.exists()) {
+            return Err(io::Error::other(format!("plugin socket {} did not appear", sock.display())));
+        }
+        Ok(sock)
+    }
+
+    /// Stops dockerd (SIGTERM, then SIGKILL) and unmounts what it left under its directory.
+    fn stop_dockerd(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some((mut child, dir)) = self.dockerd.take() {
+            if let Err(e) = stop_child_within(&mut child, Duration::from_secs(20)) {
+                errors.push(format!("dockerd: {e}"));
+            }
+            let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+            let mut under: Vec<&str> = mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| Path::new(m).starts_with(&dir)).collect();
+            under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in under {
+                let c = std::ffi::CString::new(m).expect("no NUL in a mount point");
+                // SAFETY: umount2 on a path string we own; MNT_DETACH for busy ones.
+                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                    errors.push(format!("umount {m}: {}", io::Error::last_os_error()));
+                }
+            }
+        }
+        errors
+    }
+
     /// Stops etcd (SIGTERM by PID, as an operator would); its data stays for a restart.
     pub fn stop_etcd(&mut self) -> io::Result<()> {
         match self.etcd.take() {
@@ -327,7 +422,7 @@ impl Sim {
     /// Removes everything: agents (by PID), namespaces, pins, work directory. Gathers every
     /// error and keeps going.
     pub fn cleanup(&mut self) -> Vec<String> {
-        let mut errors = Vec::new();
+        let mut errors = self.stop_dockerd();
         for (node, mut child) in self.agents.drain(..) {
             if let Err(e) = stop_child(&mut child) {
                 errors.push(format!("agent {node}: {e}"));
@@ -372,12 +467,17 @@ fn in_netns_connect(ns: &Path, addr: std::net::SocketAddr) -> bool {
 }
 
 fn stop_child(child: &mut Child) -> io::Result<()> {
+    stop_child_within(child, Duration::from_secs(5))
+}
+
+/// SIGTERM by PID, then SIGKILL after `grace`.
+fn stop_child_within(child: &mut Child, grace: Duration) -> io::Result<()> {
     if child.try_wait()?.is_some() {
         return Ok(());
     }
     // SAFETY: signalling our own child by its PID.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let done = wait_for(Duration::from_secs(5), || matches!(child.try_wait(), Ok(Some(_))));
+    let done = wait_for(grace, || matches!(child.try_wait(), Ok(Some(_))));
     if !done {
         child.kill()?;
         child.wait()?;

@@ -52,6 +52,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libprotobuf-dev", "/usr/include/google/protobuf/descriptor.proto"),
     // The CNI reference plugins (host-local, bandwidth) the CNI tests chain with ours.
     ("containernetworking-plugins", "/usr/lib/cni/host-local"),
+    // Docker 20.10 (dockerd, containerd, runc) and a static busybox for the image the Docker
+    // plugin test imports (nothing can be pulled here).
+    ("docker.io", "dockerd"),
+    ("busybox-static", "/bin/busybox"),
 ];
 
 fn root() -> PathBuf {

@@ -27,7 +27,7 @@ use crate::{
     dataplane::Dataplane,
     sim::{Sim, host_vtep, wait_for},
     store::{
-        EndpointRecord, NetworkRecord, NodeRecord, Store,
+        EndpointRecord, NetworkRecord, NodeRecord,
         records::{AliveRecord, endpoint_key, ipam_key, network_key, node_key, alive_key, now_secs},
     },
 };
@@ -86,23 +86,12 @@ pub struct ControlReport {
     pub last_change_log: String,
 }
 
-/// Runs `f` with an etcd client on a thread inside the namespace where etcd listens.
+/// Runs `f` with an etcd client where etcd listens (see [`Sim::with_etcd`]).
 fn with_etcd<T: Send + 'static, F>(sim: &Sim, f: impl FnOnce(Client) -> F + Send + 'static) -> anyhow::Result<T>
 where
-    F: std::future::Future<Output = anyhow::Result<T>>,
+    F: std::future::Future<Output = anyhow::Result<T>> + 'static,
 {
-    let url = sim.etcd_url();
-    let ns = crate::netlink::netns_path(&sim.ns_name("sw"));
-    thread::spawn(move || -> anyhow::Result<T> {
-        crate::netlink::enter_netns(&ns)?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(async {
-            let store = Store::connect(&url).await?;
-            f(store.client()).await
-        })
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("etcd client thread panicked"))?
+    Ok(sim.with_etcd(move |c| async move { f(c).await.map_err(std::io::Error::other) })?)
 }
 
 fn vm_kib(pid: u32, field: &str) -> f64 {

@@ -3,6 +3,7 @@ pub mod agent;
 pub mod bench;
 pub mod cni;
 pub mod demo;
+pub mod docker_plugin;
 pub mod down;
 pub mod endpoint;
 pub mod fdb;

@@ -24,9 +24,13 @@ pub enum NetworkCommand {
         /// VXLAN network identifier (1-16777215).
         #[arg(long)]
         vni: Option<u32>,
-        /// IPv4 subnet in CIDR form; its first address is reserved as the gateway.
+        /// IPv4 subnet in CIDR form.
         #[arg(long)]
         subnet: Option<String>,
+        /// Address reserved as the gateway, never given to an endpoint [default: the subnet's
+        /// first host address].
+        #[arg(long)]
+        gateway: Option<String>,
         /// Container MTU [default: underlay MTU - 50].
         #[arg(long)]
         mtu: Option<u32>,
@@ -51,9 +55,10 @@ pub enum NetworkCommand {
 pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
     let state = args.state.open().await?;
     match args.command {
-        NetworkCommand::Create { name, vni, subnet, mtu, attachable } => {
+        NetworkCommand::Create { name, vni, subnet, gateway, mtu, attachable } => {
             let store = state.writable("network create")?;
-            let r = store.network_create(&NetworkSpec { name, vni, subnet, mtu, attachable }).await?;
+            let gateway = gateway.map(|g| super::state::parse_ip("gateway", &g)).transpose()?;
+            let r = store.network_create(&NetworkSpec { name, vni, subnet, gateway, mtu, attachable }).await?;
             println!("{} (VNI {}, subnet {}, gateway {})", r.name, r.vni, r.subnet, r.gateway);
         }
         NetworkCommand::Ls => {

@@ -144,6 +144,8 @@ pub struct NetworkSpec {
     pub name: String,
     pub vni: Option<u32>,
     pub subnet: Option<String>,
+    /// [default: the first host address of the subnet]
+    pub gateway: Option<Ipv4Addr>,
     pub mtu: Option<u32>,
     pub attachable: bool,
 }
@@ -311,11 +313,15 @@ impl Store {
                 }
                 None => first_free_subnet(&taken.iter().map(|(s, _)| *s).collect::<Vec<_>>()).ok_or(StoreError::PoolExhausted)?,
             };
+            let gateway = spec.gateway.unwrap_or(gateway_of(subnet));
+            if !subnet.contains(&gateway) || gateway == subnet.network() || gateway == subnet.broadcast() {
+                return Err(StoreError::Invalid(format!("gateway {gateway} is not a host address of {subnet}")));
+            }
             let rec = NetworkRecord {
                 name: spec.name.clone(),
                 vni,
                 subnet: subnet.to_string(),
-                gateway: gateway_of(subnet).to_string(),
+                gateway: gateway.to_string(),
                 mtu: spec.mtu,
                 attachable: spec.attachable,
                 created: now_secs(),
@@ -477,6 +483,67 @@ impl Store {
             tokio::time::sleep(Duration::from_millis(1 + (std::process::id() as u64 % 7))).await;
         }
         Err(StoreError::Contended(ipam_prefix(&spec.network)))
+    }
+
+    /// The endpoint named `name`.
+    pub async fn endpoint(&self, name: &str) -> Result<(EndpointRecord, i64)> {
+        let key = endpoint_key(name);
+        match self.get_one(&key).await?.0 {
+            None => Err(StoreError::UnknownEndpoint(name.to_string())),
+            Some(kv) => Ok((EndpointRecord::parse(&key, kv.value())?, kv.mod_revision())),
+        }
+    }
+
+    /// Attaches an endpoint to a namespace (or detaches it with `None`), moving its namespace
+    /// claim in the same transaction.
+    pub async fn endpoint_set_netns(&self, name: &str, netns: Option<&str>) -> Result<EndpointRecord> {
+        for _ in 0..TXN_ATTEMPTS {
+            let (mut r, rev) = self.endpoint(name).await?;
+            let key = endpoint_key(name);
+            let mut when = vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)];
+            let mut then = Vec::new();
+            if let Some(old) = &r.netns {
+                then.push(TxnOp::delete(netns_key(&r.node, old), None));
+            }
+            if let Some(ns) = netns {
+                if !config::valid_netns(ns) {
+                    return Err(StoreError::Invalid(format!("{ns:?} is not a namespace name or absolute path")));
+                }
+                if r.netns.as_deref() != Some(ns) {
+                    when.push(Compare::create_revision(netns_key(&r.node, ns), CompareOp::Equal, 0));
+                }
+                then.push(TxnOp::put(netns_key(&r.node, ns), name.as_bytes(), None));
+            }
+            r.netns = netns.map(str::to_string);
+            then.push(TxnOp::put(key.as_str(), serde_json::to_vec(&r).expect("records serialise"), None));
+            if self.txn(Txn::new().when(when).and_then(then)).await? {
+                return Ok(r);
+            }
+        }
+        Err(StoreError::Contended(endpoint_key(name)))
+    }
+
+    /// A raw value under `key` (for keys other than the overlay's records).
+    pub async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_one(key).await?.0.map(|kv| kv.value().to_vec()))
+    }
+
+    pub async fn put_raw(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        let mut c = self.client.clone();
+        tokio::time::timeout(REQUEST_TIMEOUT, c.put(key, value, None))
+            .await
+            .map_err(|_| StoreError::Unreachable { addrs: self.addrs.clone(), message: "write timed out".into() })?
+            .map_err(|e| self.etcd(e))?;
+        Ok(())
+    }
+
+    pub async fn delete_raw(&self, key: &str) -> Result<()> {
+        let mut c = self.client.clone();
+        tokio::time::timeout(REQUEST_TIMEOUT, c.delete(key, None))
+            .await
+            .map_err(|_| StoreError::Unreachable { addrs: self.addrs.clone(), message: "delete timed out".into() })?
+            .map_err(|e| self.etcd(e))?;
+        Ok(())
     }
 
     /// Removes an endpoint and frees its address and namespace.

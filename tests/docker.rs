@@ -1,0 +1,120 @@
+//! The Docker network plugin under Debian's real dockerd (20.10), started by the harness inside
+//! a simulated host with its own data root and socket; the image is imported from
+//! busybox-static (nothing is pulled). Containers on the plugin's network reach each other and a
+//! namespace endpoint on a second host over VXLAN; removing them leaves nothing behind. Every
+//! process (by PID), namespace, mount and pin is removed at the end (`Sim`).
+mod support;
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use overlay::sim::{Sim, wait_for};
+use overlay_common::FDB_LOCAL;
+use support::*;
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+struct Docker(PathBuf);
+
+impl Docker {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("docker").arg("-H").arg(format!("unix://{}", self.0.display())).args(args).output().expect("docker CLI")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "docker {} failed:\n{}", args.join(" "), text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+}
+
+/// A minimal image: busybox-static and a few applet links, imported (no registry here).
+fn import_busybox(docker: &Docker, dir: &Path) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("rootfs");
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static (cargo xtask setup installs it)");
+    for applet in ["sh", "ping", "ip", "sleep", "cat"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
+    }
+    let tar = Command::new("tar").arg("-C").arg(dir).args(["-c", "."]).output().expect("tar");
+    let mut child = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}", docker.0.display()))
+        .args(["import", "-", "ovbusybox:test"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker import");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &tar.stdout).expect("image");
+    assert!(child.wait().expect("import").success(), "docker import");
+}
+
+#[test]
+fn docker_containers_on_the_plugin_network_reach_each_other_and_another_host() {
+    require_root();
+    let mut sim = Sim::new("d", Path::new(OVERLAY_BIN)).expect("simulation");
+    sim.start_store_cluster(2, 3, "web").expect("store cluster");
+    let h1 = sim.host_ns(1);
+    let plugin = format!("{}-ovl", sim.prefix);
+    sim.spawn_docker_plugin("node1", &h1, &plugin).expect("plugin");
+    let docker = Docker(sim.start_dockerd(1).expect("dockerd"));
+    import_busybox(&docker, &sim.workdir.join("rootfs"));
+
+    // Errors come back as Docker shows them.
+    let o = docker.run(&["network", "create", "-d", &plugin, "--subnet", "10.0.1.0/24", "-o", "vni=4096", "bad-net"]);
+    assert!(!o.status.success() && text(&o).contains("VNI 4096 is in use by network web"), "{}", text(&o));
+
+    docker.ok(&["network", "create", "-d", &plugin, "--subnet", "10.0.1.0/24", "-o", "vni=5001", "nginx-net"]);
+    let nets = String::from_utf8_lossy(&sim.overlay(&h1, &["network", "ls"]).expect("ls").stdout).to_string();
+    let line = nets.lines().find(|l| l.contains(" 5001 ")).unwrap_or_else(|| panic!("no VNI 5001 network:\n{nets}"));
+    assert!(line.contains("10.0.1.0/24") && line.contains("10.0.1.1"), "{line}");
+    let store_net = line.split_whitespace().next().expect("name").to_string();
+
+    for c in ["ca", "cb"] {
+        docker.ok(&["run", "-d", "--name", c, "--network", "nginx-net", "ovbusybox:test", "sleep", "600"]);
+    }
+    let ip = |c: &str| -> Ipv4Addr { docker.ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", c]).parse().expect("container IP") };
+    let (ip_a, ip_b) = (ip("ca"), ip("cb"));
+    for addr in [ip_a, ip_b] {
+        let wired = wait_for(Duration::from_secs(15), || sim.fdb_entry("node1", 5001, addr).is_some_and(|e| e.kind == FDB_LOCAL) && sim.fdb_entry("node2", 5001, addr).is_some());
+        assert!(wired, "{addr} wired on node1 and known on node2:\n{}", sim.agent_logs(2));
+    }
+    let ping = |from: &str, to: Ipv4Addr| docker.run(&["exec", from, "ping", "-c", "2", "-W", "2", &to.to_string()]);
+    let o = ping("ca", ip_b);
+    assert!(o.status.success(), "container a -> b:\n{}", text(&o));
+
+    // A namespace endpoint on host 2, through the CLI, in the same overlay network.
+    let x2 = sim.add_ns("x2").expect("ns");
+    let out = sim.overlay(&sim.host_ns(2), &["endpoint", "add", "--network", &store_net, "--netns", &x2]).expect("endpoint add");
+    assert!(out.status.success(), "{}", text(&out));
+    let ip_x: Ipv4Addr = String::from_utf8_lossy(&out.stdout).split_whitespace().nth(3).expect("ip").parse().expect("ip");
+    assert!(![ip_a, ip_b].contains(&ip_x), "the store knows Docker's addresses");
+    let o = ping("ca", ip_x);
+    assert!(o.status.success(), "container a -> namespace on host 2 over VXLAN:\n{}", text(&o));
+    assert!(sim.ping(&x2, ip_b, 2, None), "namespace on host 2 -> container b");
+
+    // Removal leaves no veth, map entry or store key.
+    assert!(sim.overlay(&h1, &["endpoint", "rm", &x2]).expect("rm").status.success());
+    docker.ok(&["rm", "-f", "ca", "cb"]);
+    docker.ok(&["network", "rm", "nginx-net"]);
+    let clean = wait_for(Duration::from_secs(15), || {
+        let links = String::from_utf8_lossy(&Command::new("ip").args(["-n", &h1, "-o", "link"]).output().expect("ip link").stdout).to_string();
+        !links.contains(": ovl") && [ip_a, ip_b, ip_x].iter().all(|a| sim.fdb_entry("node1", 5001, *a).is_none() && sim.fdb_entry("node2", 5001, *a).is_none())
+    });
+    let plugin_log = std::fs::read_to_string(sim.workdir.join("docker-plugin.log")).unwrap_or_default();
+    assert!(clean, "veths and map entries gone:\n{}\n--- plugin\n{plugin_log}", sim.agent_logs(2));
+    let keys: Vec<String> = sim
+        .with_etcd(|mut c| async move {
+            let r = c.get("/overlay/", Some(etcd_client::GetOptions::new().with_prefix().with_keys_only())).await.map_err(std::io::Error::other)?;
+            Ok(r.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).to_string()).collect())
+        })
+        .expect("keys");
+    let leftover: Vec<&String> = keys.iter().filter(|k| k.contains("/docker/") || k.contains("/dk-") || k.contains(&store_net) || k.contains("10.0.1.")).collect();
+    assert!(leftover.is_empty(), "store keys left behind: {leftover:?}");
+}
