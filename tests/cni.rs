@@ -149,3 +149,86 @@ fn cni_add_check_del_with_store_and_host_local_ipam_and_a_chained_plugin() {
     assert!(ok);
     assert_eq!(endpoints(&sim).lines().count(), 1, "nothing left in the store:\n{}", endpoints(&sim));
 }
+
+/// Podman 4.3 (Debian) with its CNI backend, run inside a simulated host: one container on our
+/// network reaches a namespace endpoint on another host. Podman calls our plugin itself.
+#[test]
+fn podman_runs_a_container_on_the_overlay_through_cni() {
+    require_root();
+    if Command::new("podman").arg("--version").output().is_err() {
+        panic!("podman missing (cargo xtask setup installs it)");
+    }
+    // Podman keeps a blob cache in /var/lib/containers/cache whatever --root says: remove it
+    // afterwards if this test is what created it.
+    struct RemoveIfNew(Option<&'static str>);
+    impl Drop for RemoveIfNew {
+        fn drop(&mut self) {
+            if let Some(d) = self.0 {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    let _cache = RemoveIfNew((!Path::new("/var/lib/containers").exists()).then_some("/var/lib/containers"));
+    let mut sim = Sim::new("q", Path::new(OVERLAY_BIN)).expect("simulation");
+    sim.start_store_cluster(2, 3, "web").expect("store cluster");
+    let w = sim.workdir.join("podman");
+    let (bin_dir, conf_dir) = (w.join("cni-bin"), w.join("cni-conf"));
+    std::fs::create_dir_all(&bin_dir).expect("dir");
+    std::fs::create_dir_all(&conf_dir).expect("dir");
+    std::os::unix::fs::symlink(OVERLAY_BIN, bin_dir.join("overlay")).expect("plugin link");
+    let conflist = json!({"cniVersion": "1.0.0", "name": "web", "plugins": [
+        {"type": "overlay", "store": sim.etcd_url(), "node": "node1", "pinRoot": sim.pin_root}
+    ]});
+    std::fs::write(conf_dir.join("web.conflist"), conflist.to_string()).expect("conflist");
+    let containers_conf = w.join("containers.conf");
+    std::fs::write(
+        &containers_conf,
+        format!(
+            "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"{CNI_PATH}\"]\nnetwork_config_dir = \"{}\"\n\
+             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nevents_logfile_path = \"{}\"\n",
+            bin_dir.display(),
+            conf_dir.display(),
+            w.join("events.log").display()
+        ),
+    )
+    .expect("containers.conf");
+    let h1 = overlay::netlink::netns_path(&sim.host_ns(1));
+    let podman = |args: &[&str]| {
+        Command::new("nsenter")
+            .arg(format!("--net={}", h1.display()))
+            .arg("podman")
+            .arg("--root")
+            .arg(w.join("root"))
+            .arg("--runroot")
+            .arg(w.join("run"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .env("CONTAINERS_CONF", &containers_conf)
+            .output()
+            .expect("podman")
+    };
+    // The image: busybox-static, imported.
+    let rootfs = w.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).expect("rootfs");
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");
+    for a in ["sh", "ping", "ip", "sleep"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).expect("applet");
+    }
+    let tar = w.join("rootfs.tar");
+    assert!(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status().expect("tar").success());
+    let o = podman(&["import", &tar.display().to_string(), "ovbusybox:test"]);
+    assert!(o.status.success(), "podman import: {}", String::from_utf8_lossy(&o.stderr));
+
+    // A namespace endpoint on host 2 to reach.
+    let x2 = sim.add_ns("x2").expect("ns");
+    let out = sim.overlay(&sim.host_ns(2), &["endpoint", "add", "--network", "web", "--netns", &x2]).expect("endpoint add");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ip_x = String::from_utf8_lossy(&out.stdout).split_whitespace().nth(3).expect("ip").to_string();
+    // Podman asks for nofile/nproc limits above what this process may raise to: keep the host's.
+    let o = podman(&["run", "--rm", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--network", "web", "ovbusybox:test", "sh", "-c", &format!("ip -4 addr show eth0 && ping -c 2 -W 2 {ip_x}")]);
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success() && text.contains("inet 10.0.0."), "podman container on the overlay pings host 2:\n{text}\n{}", sim.agent_logs(2));
+    // --rm ran CNI DEL: only the namespace endpoint is left.
+    let eps = String::from_utf8_lossy(&sim.overlay(&sim.host_ns(1), &["endpoint", "ls"]).expect("ls").stdout).to_string();
+    assert_eq!(eps.lines().count(), 2, "the container's endpoint was removed:\n{eps}");
+}

@@ -58,6 +58,17 @@ fn import_busybox(docker: &Docker, dir: &Path) {
 #[test]
 fn docker_containers_on_the_plugin_network_reach_each_other_and_another_host() {
     require_root();
+    // dockerd 20.10 writes its trust key to /etc/docker/key.json whatever its data root: remove it
+    // afterwards if this test is what created it.
+    struct RemoveIfNew(Vec<&'static str>);
+    impl Drop for RemoveIfNew {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p).or_else(|_| std::fs::remove_dir(p));
+            }
+        }
+    }
+    let _key = RemoveIfNew(["/etc/docker/key.json", "/etc/docker"].into_iter().filter(|p| !Path::new(p).exists()).collect());
     let mut sim = Sim::new("d", Path::new(OVERLAY_BIN)).expect("simulation");
     sim.start_store_cluster(2, 3, "web").expect("store cluster");
     let h1 = sim.host_ns(1);
@@ -70,10 +81,10 @@ fn docker_containers_on_the_plugin_network_reach_each_other_and_another_host() {
     let o = docker.run(&["network", "create", "-d", &plugin, "--subnet", "10.0.1.0/24", "-o", "vni=4096", "bad-net"]);
     assert!(!o.status.success() && text(&o).contains("VNI 4096 is in use by network web"), "{}", text(&o));
 
-    docker.ok(&["network", "create", "-d", &plugin, "--subnet", "10.0.1.0/24", "-o", "vni=5001", "nginx-net"]);
+    docker.ok(&["network", "create", "-d", &plugin, "--subnet", "10.0.1.0/24", "--gateway", "10.0.1.254", "-o", "vni=5001", "-o", "mtu=1400", "nginx-net"]);
     let nets = String::from_utf8_lossy(&sim.overlay(&h1, &["network", "ls"]).expect("ls").stdout).to_string();
     let line = nets.lines().find(|l| l.contains(" 5001 ")).unwrap_or_else(|| panic!("no VNI 5001 network:\n{nets}"));
-    assert!(line.contains("10.0.1.0/24") && line.contains("10.0.1.1"), "{line}");
+    assert!(line.contains("10.0.1.0/24") && line.contains("10.0.1.254") && line.contains(" 1400 "), "--subnet, --gateway, -o vni, -o mtu honoured: {line}");
     let store_net = line.split_whitespace().next().expect("name").to_string();
 
     for c in ["ca", "cb"] {
@@ -86,6 +97,7 @@ fn docker_containers_on_the_plugin_network_reach_each_other_and_another_host() {
         assert!(wired, "{addr} wired on node1 and known on node2:\n{}", sim.agent_logs(2));
     }
     let ping = |from: &str, to: Ipv4Addr| docker.run(&["exec", from, "ping", "-c", "2", "-W", "2", &to.to_string()]);
+    assert_eq!(docker.ok(&["exec", "ca", "cat", "/sys/class/net/eth0/mtu"]), "1400", "container MTU from -o mtu");
     let o = ping("ca", ip_b);
     assert!(o.status.success(), "container a -> b:\n{}", text(&o));
 

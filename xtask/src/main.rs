@@ -56,6 +56,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // plugin test imports (nothing can be pulled here).
     ("docker.io", "dockerd"),
     ("busybox-static", "/bin/busybox"),
+    // Podman 4.3 with its CNI backend (no netavark here), for one container through our plugin.
+    ("podman", "podman"),
 ];
 
 fn root() -> PathBuf {
