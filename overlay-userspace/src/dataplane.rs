@@ -230,27 +230,6 @@ pub struct Dataplane {
     attached: std::collections::HashSet<PathBuf>,
 }
 
-/// Diff of one table against what the map holds now (read back first): writes what is new or
-/// different, then lists what is stale for removal.
-fn sync_hash<K, V>(
-    name: &'static str,
-    map: &mut HashMap<MapData, K, V>,
-    want: &BTreeMap<K, V>,
-    sum: &mut DiffSummary,
-    removals: &mut Vec<K>,
-) -> Result<()>
-where
-    K: aya::Pod + Ord,
-    V: aya::Pod + PartialEq,
-{
-    let mut have = BTreeMap::new();
-    for kv in map.iter() {
-        let (k, v) = kv.map_err(map_err(name))?;
-        have.insert(k, v);
-    }
-    sync_cached(name, map, &have, want, sum, removals)
-}
-
 /// Diff of one table against the copy of what the map holds: writes only what differs.
 fn sync_cached<K, V>(
     name: &'static str,
@@ -353,33 +332,28 @@ impl Dataplane {
     }
 
     fn write_diff(&mut self, prev: Option<&MapState>, want: &MapState) -> Result<DiffSummary> {
+        // Without a copy of what was applied (first apply of this process, or after an error),
+        // read the maps back: what a previous agent left is adopted, only the difference written.
+        let read;
+        let have = match prev {
+            Some(p) => p,
+            None => {
+                read = self.read_state()?;
+                &read
+            }
+        };
         let mut sum = DiffSummary::default();
         let m = &mut self.maps;
-        let cfg = match prev {
-            Some(p) => p.config,
-            None => m.config.get(&0, 0).map_err(map_err(MAP_CONFIG))?,
-        };
-        if cfg != want.config {
+        if have.config != want.config {
             m.config.set(0, want.config, 0).map_err(map_err(MAP_CONFIG))?;
             sum.changed += 1;
         }
         let (mut rv, mut rm, mut rn, mut re, mut rf) = (vec![], vec![], vec![], vec![], vec![]);
-        match prev {
-            Some(p) => {
-                sync_cached(MAP_VNIS, &mut m.vnis, &p.vnis, &want.vnis, &mut sum, &mut rv)?;
-                sync_cached(MAP_MEMBERS, &mut m.members, &p.members, &want.members, &mut sum, &mut rm)?;
-                sync_cached(MAP_NEIGH, &mut m.neigh, &p.neigh, &want.neigh, &mut sum, &mut rn)?;
-                sync_cached(MAP_ENDPOINTS, &mut m.endpoints, &p.endpoints, &want.endpoints, &mut sum, &mut re)?;
-                sync_cached(MAP_FDB, &mut m.fdb, &p.fdb, &want.fdb, &mut sum, &mut rf)?;
-            }
-            None => {
-                sync_hash(MAP_VNIS, &mut m.vnis, &want.vnis, &mut sum, &mut rv)?;
-                sync_hash(MAP_MEMBERS, &mut m.members, &want.members, &mut sum, &mut rm)?;
-                sync_hash(MAP_NEIGH, &mut m.neigh, &want.neigh, &mut sum, &mut rn)?;
-                sync_hash(MAP_ENDPOINTS, &mut m.endpoints, &want.endpoints, &mut sum, &mut re)?;
-                sync_hash(MAP_FDB, &mut m.fdb, &want.fdb, &mut sum, &mut rf)?;
-            }
-        }
+        sync_cached(MAP_VNIS, &mut m.vnis, &have.vnis, &want.vnis, &mut sum, &mut rv)?;
+        sync_cached(MAP_MEMBERS, &mut m.members, &have.members, &want.members, &mut sum, &mut rm)?;
+        sync_cached(MAP_NEIGH, &mut m.neigh, &have.neigh, &want.neigh, &mut sum, &mut rn)?;
+        sync_cached(MAP_ENDPOINTS, &mut m.endpoints, &have.endpoints, &want.endpoints, &mut sum, &mut re)?;
+        sync_cached(MAP_FDB, &mut m.fdb, &have.fdb, &want.fdb, &mut sum, &mut rf)?;
         // Per-VNI counters exist for exactly the configured VNIs.
         if prev.is_none_or(|p| !p.vnis.keys().eq(want.vnis.keys())) {
             let cpus = nr_cpus().map_err(|(_, e)| io_err("counting CPUs", Path::new("/sys/devices/system/cpu/possible"))(e))?;
