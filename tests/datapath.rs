@@ -14,9 +14,7 @@ use overlay::{
 use overlay_common::{Direction, Reason};
 use support::*;
 
-const TC_ACT_OK: i32 = 0;
-const TC_ACT_SHOT: i32 = 2;
-const TC_ACT_REDIRECT: i32 = 7;
+use overlay_common::wire::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 
 /// Test-run packets arrive on loopback (ifindex 1): the local endpoint 10.0.1.3 sits there.
 const LOCAL_IFINDEX: u32 = 1;

@@ -28,6 +28,12 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const ARP_OP_REQUEST: u16 = 1;
 pub const ARP_OP_REPLY: u16 = 2;
 
+/// TC verdicts as userspace sees them in `BPF_PROG_TEST_RUN` results (the programs use aya's
+/// bindings of the same uapi values).
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+pub const TC_ACT_REDIRECT: i32 = 7;
+
 /// The 32-bit "VNI + reserved" word of the VXLAN header, host order (`vni << 8`).
 #[inline(always)]
 pub const fn vxlan_vni_field(vni: u32) -> u32 {

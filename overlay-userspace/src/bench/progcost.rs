@@ -17,8 +17,7 @@ use crate::{
     desired, frames,
 };
 
-const TC_ACT_OK: i32 = 0;
-const TC_ACT_REDIRECT: i32 = 7;
+use overlay_common::wire::{TC_ACT_OK, TC_ACT_REDIRECT};
 
 /// The node the programs play (node2), with its local endpoint on loopback's ifindex, which is
 /// where test-run packets arrive.

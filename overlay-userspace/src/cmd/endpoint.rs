@@ -5,11 +5,11 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::bail;
 use clap::{Args, Subcommand};
 
-use super::state::{StateArgs, parse_ip};
+use super::state::{StateArgs, parse_ip, remove_each};
 use crate::{
     attach::{attach, this_node},
     netlink::netns_path,
-    store::{EndpointSpec, StoreError},
+    store::EndpointSpec,
 };
 
 #[derive(Args, Debug)]
@@ -88,17 +88,7 @@ pub async fn run(args: EndpointArgs) -> anyhow::Result<()> {
         }
         EndpointCommand::Rm { names } => {
             let store = state.writable("endpoint rm")?;
-            let mut failed = Vec::new();
-            for name in &names {
-                match store.endpoint_rm(name).await {
-                    Ok(_) => println!("{name}"),
-                    Err(e @ StoreError::Unreachable { .. }) => return Err(e.into()),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            if !failed.is_empty() {
-                bail!("{}", failed.join("\n"));
-            }
+            remove_each(&names, |n| async move { store.endpoint_rm(&n).await }).await?;
         }
         EndpointCommand::Ls { network } => {
             if let Some(n) = &network {

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::state::{StateArgs, rfc3339};
-use crate::store::{NetworkSpec, StoreError};
+use super::state::{StateArgs, remove_each, rfc3339};
+use crate::store::NetworkSpec;
 
 #[derive(Args, Debug)]
 pub struct NetworkArgs {
@@ -113,17 +113,7 @@ pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
         }
         NetworkCommand::Rm { names } => {
             let store = state.writable("network rm")?;
-            let mut failed = Vec::new();
-            for name in &names {
-                match store.network_rm(name).await {
-                    Ok(_) => println!("{name}"),
-                    Err(e @ StoreError::Unreachable { .. }) => return Err(e.into()),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            if !failed.is_empty() {
-                anyhow::bail!("{}", failed.join("\n"));
-            }
+            remove_each(&names, |n| async move { store.network_rm(&n).await }).await?;
         }
     }
     Ok(())

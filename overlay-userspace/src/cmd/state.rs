@@ -125,6 +125,27 @@ fn warn_malformed(bad: &[store::Malformed]) {
     }
 }
 
+/// Runs `remove` for each name, printing the ones removed; stops at once if the store is
+/// unreachable, otherwise reports every refusal together at the end.
+pub async fn remove_each<F, Fut, T>(names: &[String], remove: F) -> anyhow::Result<()>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, store::StoreError>>,
+{
+    let mut failed = Vec::new();
+    for name in names {
+        match remove(name.clone()).await {
+            Ok(_) => println!("{name}"),
+            Err(e @ store::StoreError::Unreachable { .. }) => return Err(e.into()),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\n"));
+    }
+    Ok(())
+}
+
 /// `2026-11-22T10:00:00Z` from seconds since the epoch (UTC, no time-zone database needed).
 pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;

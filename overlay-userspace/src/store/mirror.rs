@@ -258,15 +258,6 @@ impl Mirror {
         [NETWORKS, NODES, ALIVE, ENDPOINTS].iter().any(|p| key.starts_with(p))
     }
 
-    /// Names of live nodes.
-    pub fn alive(&self) -> impl Iterator<Item = &str> {
-        self.alive.iter().map(String::as_str)
-    }
-
-    pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.get(name).and_then(|e| e.value.as_ref().ok())
-    }
-
     /// The cluster as node `me` sees it: every network, the live nodes (always including `me`,
     /// whatever the store says about it right now), and the endpoints of live nodes. Returns the
     /// conflicts not warned about before.
