@@ -254,6 +254,30 @@ fn bad_cluster_file_edit_while_traffic_flows_changes_nothing() {
     assert!(!sim.has_address(&web4.netns, web4.ip), "web4's interface was removed");
 }
 
+/// A runtime that re-attaches a container after a crash publishes the same endpoint with a new
+/// namespace: the agent replaces the veth whose container end is in the old one.
+#[test]
+fn endpoint_moved_to_another_namespace_is_rewired_there() {
+    let mut sim = new_sim("m");
+    let (cs, file) = sim::start_standard(&mut sim, 2).expect("cluster up");
+    let by_name = |n: &str| cs.iter().find(|c| c.name == n).expect("in the cluster");
+    let (web2, web4) = (by_name("web2"), by_name("web4"));
+    let fresh = sim.add_ns("web4b").expect("ns");
+    let good = std::fs::read_to_string(&file).expect("read");
+    let moved = good.replace(&format!("netns: {}}}", web4.netns), &format!("netns: {fresh}}}"));
+    assert_ne!(moved, good, "test bug: edit did not apply");
+    sim.write_file("cluster.yaml", &moved).expect("write");
+    assert!(
+        wait_for(Duration::from_secs(5), || sim.has_address(&fresh, web4.ip)),
+        "web4 must be wired in its new namespace; node1 log:\n{}",
+        std::fs::read_to_string(sim.agent_log("node1")).unwrap_or_default()
+    );
+    assert!(!sim.has_address(&web4.netns, web4.ip), "the old namespace lost its interface");
+    assert!(sim.ping(&fresh, web2.ip, 2, None), "web4 in its new namespace reaches web2 across hosts");
+    let log = std::fs::read_to_string(sim.agent_log("node1")).unwrap_or_default();
+    assert!(log.contains("replacing a veth whose container end is not in the endpoint's namespace"), "{log}");
+}
+
 #[test]
 fn agent_restart_keeps_forwarding_from_the_pins() {
     let mut sim = new_sim("r");

@@ -132,10 +132,11 @@ fn cni_add_check_del_with_store_and_host_local_ipam_and_a_chained_plugin() {
     assert!(wait_for(Duration::from_secs(10), || !sim.has_address(&ns2.replace("/run/netns/", ""), ip2)), "ctr2's interface removed");
     assert!(!endpoints(&sim).contains("cni-ctr2-eth0"), "no store key left");
 
-    // ADD after a crash mid-way: a leftover endpoint of the same attachment is replaced.
+    // ADD after a crash mid-way: a leftover endpoint of the same attachment, already wired into
+    // another namespace, is replaced: the agent moves it (a new veth) into the fresh namespace.
     let ns3 = sim.add_ns("c3").expect("ns");
-    let leftover = sim.overlay(&h1, &["endpoint", "add", "--network", "web", "--netns", &ns3, "--name", "cni-ctr3-eth0", "--no-wait"]).expect("leftover");
-    assert!(leftover.status.success());
+    let leftover = sim.overlay(&h1, &["endpoint", "add", "--network", "web", "--netns", &ns3, "--name", "cni-ctr3-eth0"]).expect("leftover");
+    assert!(leftover.status.success(), "leftover: {}", String::from_utf8_lossy(&leftover.stderr));
     let ns4 = format!("/run/netns/{}", sim.add_ns("c4").expect("ns"));
     let (ok, r3, err) = cni(&h1, OVERLAY_BIN, "ADD", "ctr3", &ns4, &conf(&sim, json!({})));
     assert!(ok, "ADD over a leftover: {r3} {err}");
@@ -143,6 +144,10 @@ fn cni_add_check_del_with_store_and_host_local_ipam_and_a_chained_plugin() {
     let line = eps.lines().find(|l| l.starts_with("cni-ctr3-eth0")).expect("ctr3 listed");
     assert!(line.ends_with(&ns4), "the fresh attachment replaced the leftover: {line}");
     assert_eq!(eps.matches("cni-ctr3-eth0").count(), 1);
+    let ip3: Ipv4Addr = r3["ips"][0]["address"].as_str().and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok()).expect("ctr3 address");
+    assert!(sim.has_address(&ns4.replace("/run/netns/", ""), ip3), "the fresh namespace has the address");
+    assert!(!sim.has_address(&ns3, ip3), "the old namespace lost its interface");
+    assert!(sim.ping(&ns4.replace("/run/netns/", ""), ip1, 2, None), "ping ctr3 (moved) -> ctr1");
     let (ok, _, _) = cni(&h1, OVERLAY_BIN, "DEL", "ctr3", &ns4, &conf(&sim, json!({})));
     assert!(ok);
     let (ok, _, _) = cni(&h1, OVERLAY_BIN, "DEL", "ctr1", &ns1, &conf(&sim, json!({})));

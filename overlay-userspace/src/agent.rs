@@ -114,7 +114,21 @@ impl Agent {
         if !ns.exists() {
             return Err(fail(format!("network namespace {} does not exist", ep.netns)));
         }
-        let host = match self.nl.link(&ep.host_ifname).await? {
+        let inside = Netlink::in_netns(&ns)?;
+        // The container end of an existing host veth must be in this namespace, or still here
+        // (the Docker plugin creates the pair and Docker moves it). An endpoint moved to another
+        // namespace under the same name (a runtime re-attaching after a crash) leaves a veth
+        // whose other end is in the old one: that veth is replaced.
+        let mut host = self.nl.link(&ep.host_ifname).await?;
+        if let Some(h) = &host {
+            let here = self.nl.links().await?.iter().any(|l| Some(l.index) == h.peer && l.name == ep.peer_ifname);
+            if !here && !inside.links().await?.iter().any(|l| l.peer == Some(h.index)) {
+                info!(endpoint = %ep.name, ifname = %h.name, netns = %ep.netns, "replacing a veth whose container end is not in the endpoint's namespace");
+                self.nl.delete(h.index).await?;
+                host = None;
+            }
+        }
+        let host = match host {
             Some(l) => l,
             None => {
                 netlink::disable_ipv6_in(&ns).map_err(|e| fail(format!("disabling IPv6 in {}: {e}", ep.netns)))?;
@@ -128,13 +142,12 @@ impl Agent {
                 self.nl.link(&ep.host_ifname).await?.ok_or_else(|| NetlinkError::NoSuchLink(ep.host_ifname.clone()))?
             }
         };
-        // Container side: found under its temporary name (just moved) or as eth0 (wired before).
-        let inside = Netlink::in_netns(&ns)?;
+        // Container side: the other end of the host veth (under its temporary name if just moved,
+        // as eth0 if wired before).
         let links = inside.links().await?;
         let c = links
             .iter()
-            .find(|l| l.name == ep.peer_ifname)
-            .or_else(|| links.iter().find(|l| l.name == CONTAINER_IFNAME))
+            .find(|l| l.peer == Some(host.index) && (l.name == ep.peer_ifname || l.name == CONTAINER_IFNAME))
             .ok_or_else(|| fail(format!("no {CONTAINER_IFNAME} in namespace {}", ep.netns)))?;
         if c.name != CONTAINER_IFNAME || c.mtu != mtu {
             inside.configure(c.index, CONTAINER_IFNAME, Some(ep.mac), mtu).await?;

@@ -60,14 +60,17 @@ pub struct Link {
     pub index: u32,
     pub name: String,
     pub mtu: u32,
+    /// IFLA_LINK: for a veth, its peer's ifindex (in the peer's namespace).
+    pub peer: Option<u32>,
 }
 
 fn link_of(msg: &LinkMessage) -> Link {
-    let mut l = Link { index: msg.header.index, name: String::new(), mtu: 0 };
+    let mut l = Link { index: msg.header.index, name: String::new(), mtu: 0, peer: None };
     for a in &msg.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n.clone(),
             LinkAttribute::Mtu(m) => l.mtu = *m,
+            LinkAttribute::Link(i) => l.peer = Some(*i),
             _ => {}
         }
     }
