@@ -54,8 +54,12 @@ pub struct Agent {
     wired: HashMap<String, (LocalEndpoint, u32)>,
     /// The (wired endpoints, endpoints of this node without a namespace, underlay) the last
     /// sweep kept; the next sweep runs when it differs.
-    swept: Option<(Vec<(String, u32)>, Vec<String>, u32)>,
+    swept: Option<Swept>,
 }
+
+/// What a sweep kept: (host veth, ifindex) of wired endpoints, names of this node's endpoints
+/// without a namespace yet, underlay ifindex.
+type Swept = (Vec<(String, u32)>, Vec<String>, u32);
 
 impl Agent {
     pub fn new(node: &str, pin_dir: &Path) -> Result<Self, AgentError> {

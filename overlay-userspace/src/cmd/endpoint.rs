@@ -95,7 +95,7 @@ pub async fn run(args: EndpointArgs) -> anyhow::Result<()> {
                 state.network(n).await?;
             }
             let eps = state.endpoints(network.as_deref()).await?;
-            println!("{:<20} {:<20} {:<20} {:<15} {:<17} {}", "NAME", "NETWORK", "NODE", "IP", "MAC", "NETNS");
+            println!("{:<20} {:<20} {:<20} {:<15} {:<17} NETNS", "NAME", "NETWORK", "NODE", "IP", "MAC");
             for e in eps {
                 println!("{:<20} {:<20} {:<20} {:<15} {:<17} {}", e.name, e.network, e.node, e.ip, e.mac, e.netns.as_deref().unwrap_or("-"));
             }

@@ -23,7 +23,7 @@ pub async fn run(args: NodeCmdArgs) -> anyhow::Result<()> {
         NodeCommand::Ls => {
             let nodes = state.nodes().await?;
             let eps = state.endpoints(None).await?;
-            println!("{:<20} {:<15} {:<10} {:<6} {:>9}  {}", "NAME", "VTEP", "UNDERLAY", "STATUS", "ENDPOINTS", "SINCE");
+            println!("{:<20} {:<15} {:<10} {:<6} {:>9}  SINCE", "NAME", "VTEP", "UNDERLAY", "STATUS", "ENDPOINTS");
             for (n, live) in nodes {
                 let count = eps.iter().filter(|e| e.node == n.name).count();
                 let (status, since) = match live {

@@ -22,14 +22,15 @@ pub struct StateArgs {
 
 /// Cluster state opened for the CLI.
 pub enum State {
-    Store(Store),
+    /// Boxed: the etcd client is large, and this is built once per command.
+    Store(Box<Store>),
     File(PathBuf, config::Cluster),
 }
 
 impl StateArgs {
     pub async fn open(&self) -> anyhow::Result<State> {
         match (&self.store, &self.cluster) {
-            (Some(url), _) => Ok(State::Store(Store::connect(url).await?)),
+            (Some(url), _) => Ok(State::Store(Box::new(Store::connect(url).await?))),
             (None, Some(path)) => Ok(State::File(path.clone(), config::load(path)?)),
             (None, None) => bail!("no cluster state given: pass --store etcd://HOST:PORT (or set OVERLAY_STORE), or --cluster FILE"),
         }
