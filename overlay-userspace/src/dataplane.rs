@@ -533,9 +533,18 @@ pub fn remove_pins(dir: &Path) -> std::result::Result<(), Vec<String>> {
         }
     }
     match fs::remove_dir(dir) {
-        Ok(()) => {}
+        Ok(()) => remove_pin_root_if_empty(dir),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => errors.push(format!("{}: {e}", dir.display())),
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// After `dir` (a pin directory, or a group of them) was removed: removes the shared
+/// `<bpffs>/overlay` above it too when nothing else lives there.
+pub fn remove_pin_root_if_empty(dir: &Path) {
+    if let Some(parent) = dir.parent().filter(|p| p.file_name().is_some_and(|n| n == PIN_SUBDIR)) {
+        // Fails (and is left) when another node's or test's pins are there.
+        let _ = fs::remove_dir(parent);
+    }
 }

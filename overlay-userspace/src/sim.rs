@@ -444,7 +444,7 @@ impl Sim {
             }
         }
         match fs::remove_dir(&self.pin_root) {
-            Ok(()) => {}
+            Ok(()) => dataplane::remove_pin_root_if_empty(&self.pin_root),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => errors.push(format!("{}: {e}", self.pin_root.display())),
         }
