@@ -254,28 +254,36 @@ fn bad_cluster_file_edit_while_traffic_flows_changes_nothing() {
     assert!(!sim.has_address(&web4.netns, web4.ip), "web4's interface was removed");
 }
 
-/// A runtime that re-attaches a container after a crash publishes the same endpoint with a new
-/// namespace: the agent replaces the veth whose container end is in the old one.
+/// A runtime that re-attaches a container after a crash publishes the same endpoint again, with
+/// a new namespace or a new address: the agent replaces the veth whose container end is in the
+/// old namespace, and gives a reused interface the new address and MAC (and drops the old).
 #[test]
-fn endpoint_moved_to_another_namespace_is_rewired_there() {
+fn endpoint_re_published_with_another_namespace_or_address_is_rewired() {
     let mut sim = new_sim("m");
     let (cs, file) = sim::start_standard(&mut sim, 2).expect("cluster up");
     let by_name = |n: &str| cs.iter().find(|c| c.name == n).expect("in the cluster");
-    let (web2, web4) = (by_name("web2"), by_name("web4"));
+    let (web1, web2, web4) = (by_name("web1"), by_name("web2"), by_name("web4"));
     let fresh = sim.add_ns("web4b").expect("ns");
+    let new_ip: Ipv4Addr = "10.0.1.20".parse().expect("ip");
     let good = std::fs::read_to_string(&file).expect("read");
-    let moved = good.replace(&format!("netns: {}}}", web4.netns), &format!("netns: {fresh}}}"));
-    assert_ne!(moved, good, "test bug: edit did not apply");
-    sim.write_file("cluster.yaml", &moved).expect("write");
-    assert!(
-        wait_for(Duration::from_secs(5), || sim.has_address(&fresh, web4.ip)),
-        "web4 must be wired in its new namespace; node1 log:\n{}",
-        std::fs::read_to_string(sim.agent_log("node1")).unwrap_or_default()
-    );
+    let edited = good
+        .replace(&format!("netns: {}}}", web4.netns), &format!("netns: {fresh}}}"))
+        .replace(&format!("ip: {}, netns: {}}}", web1.ip, web1.netns), &format!("ip: {new_ip}, netns: {}}}", web1.netns));
+    assert_eq!(edited.lines().zip(good.lines()).filter(|(a, b)| a != b).count(), 2, "test bug: edit did not apply");
+    // One write: the agent sees both changes in one apply.
+    sim.write_file("cluster.yaml", &edited).expect("write");
+    let log = || std::fs::read_to_string(sim.agent_log("node1")).unwrap_or_default();
+    assert!(wait_for(Duration::from_secs(5), || sim.has_address(&fresh, web4.ip)), "web4 must be wired in its new namespace; node1 log:\n{}", log());
     assert!(!sim.has_address(&web4.netns, web4.ip), "the old namespace lost its interface");
     assert!(sim.ping(&fresh, web2.ip, 2, None), "web4 in its new namespace reaches web2 across hosts");
-    let log = std::fs::read_to_string(sim.agent_log("node1")).unwrap_or_default();
-    assert!(log.contains("replacing a veth whose container end is not in the endpoint's namespace"), "{log}");
+    assert!(log().contains("replacing a veth whose container end is not in the endpoint's namespace"), "{}", log());
+
+    assert!(wait_for(Duration::from_secs(5), || sim.has_address(&web1.netns, new_ip)), "web1 must get its new address; node1 log:\n{}", log());
+    assert!(!sim.has_address(&web1.netns, web1.ip), "web1's old address is gone");
+    let link = sim.exec(&web1.netns, &["ip", "-o", "link", "show", "dev", "eth0"]).expect("ip link");
+    let mac = sim::docker_mac(new_ip);
+    assert!(String::from_utf8_lossy(&link.stdout).contains(&mac), "web1's MAC follows its address ({mac}): {}", String::from_utf8_lossy(&link.stdout));
+    assert!(sim.ping(&web2.netns, new_ip, 2, None), "web2 reaches web1 at its new address");
 }
 
 #[test]

@@ -153,11 +153,13 @@ impl Agent {
             .iter()
             .find(|l| l.peer == Some(host.index) && (l.name == ep.peer_ifname || l.name == CONTAINER_IFNAME))
             .ok_or_else(|| fail(format!("no {CONTAINER_IFNAME} in namespace {}", ep.netns)))?;
-        if c.name != CONTAINER_IFNAME || c.mtu != mtu {
+        if c.name != CONTAINER_IFNAME || c.mtu != mtu || c.mac != Some(ep.mac.0) {
             inside.configure(c.index, CONTAINER_IFNAME, Some(ep.mac), mtu).await?;
         } else {
             inside.set_up(c.index).await?;
         }
+        // Old addresses go first: deleting a primary address takes its secondaries with it.
+        inside.remove_ipv4_except(c.index, ep.ip).await?;
         inside.add_address(c.index, ep.ip, ep.prefix_len).await?;
         if let Some(lo) = links.iter().find(|l| l.name == "lo") {
             inside.set_up(lo.index).await?;

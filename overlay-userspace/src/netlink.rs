@@ -62,15 +62,17 @@ pub struct Link {
     pub mtu: u32,
     /// IFLA_LINK: for a veth, its peer's ifindex (in the peer's namespace).
     pub peer: Option<u32>,
+    pub mac: Option<[u8; 6]>,
 }
 
 fn link_of(msg: &LinkMessage) -> Link {
-    let mut l = Link { index: msg.header.index, name: String::new(), mtu: 0, peer: None };
+    let mut l = Link { index: msg.header.index, name: String::new(), mtu: 0, peer: None, mac: None };
     for a in &msg.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n.clone(),
             LinkAttribute::Mtu(m) => l.mtu = *m,
             LinkAttribute::Link(i) => l.peer = Some(*i),
+            LinkAttribute::Address(a) => l.mac = a.as_slice().try_into().ok(),
             _ => {}
         }
     }
@@ -128,6 +130,26 @@ impl Netlink {
             }
         }
         Ok(false)
+    }
+
+    /// Removes every IPv4 address of interface `index` but `keep` (an endpoint re-published
+    /// under the same name with another address).
+    pub async fn remove_ipv4_except(&self, index: u32, keep: Ipv4Addr) -> Result<()> {
+        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut stale = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
+            let v4 = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) => Some(*a),
+                _ => None,
+            });
+            if m.header.index == index && v4.is_some_and(|a| a != keep) {
+                stale.push(m);
+            }
+        }
+        for m in stale {
+            self.handle.address().del(m).execute().await.map_err(req(format!("removing an old address of link {index}")))?;
+        }
+        Ok(())
     }
 
     /// The interface that holds `ip`.
