@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use rtnetlink::{
     Handle, LinkUnspec, LinkVeth,
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressMessage},
         link::{LinkAttribute, LinkMessage},
     },
 };
@@ -79,6 +79,21 @@ fn link_of(msg: &LinkMessage) -> Link {
     l
 }
 
+/// The (local) IPv4 address an address message is about: IFA_LOCAL, else IFA_ADDRESS (they
+/// differ only on point-to-point links, where IFA_ADDRESS is the peer).
+fn ipv4_of(m: &AddressMessage) -> Option<Ipv4Addr> {
+    let local = m.attributes.iter().find_map(|a| match *a {
+        AddressAttribute::Local(IpAddr::V4(v4)) => Some(v4),
+        _ => None,
+    });
+    local.or_else(|| {
+        m.attributes.iter().find_map(|a| match *a {
+            AddressAttribute::Address(IpAddr::V4(v4)) => Some(v4),
+            _ => None,
+        })
+    })
+}
+
 pub struct Netlink {
     handle: Handle,
 }
@@ -125,7 +140,7 @@ impl Netlink {
     pub async fn has_address(&self, index: u32, ip: Ipv4Addr) -> Result<bool> {
         let mut s = self.handle.address().get().set_link_index_filter(index).execute();
         while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
-            if m.header.index == index && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) | AddressAttribute::Local(IpAddr::V4(a)) if *a == ip)) {
+            if m.header.index == index && ipv4_of(&m) == Some(ip) {
                 return Ok(true);
             }
         }
@@ -138,11 +153,7 @@ impl Netlink {
         let mut s = self.handle.address().get().set_link_index_filter(index).execute();
         let mut stale = Vec::new();
         while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
-            let v4 = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) => Some(*a),
-                _ => None,
-            });
-            if m.header.index == index && v4.is_some_and(|a| a != keep) {
+            if m.header.index == index && ipv4_of(&m).is_some_and(|a| a != keep) {
                 stale.push(m);
             }
         }
@@ -156,8 +167,7 @@ impl Netlink {
     pub async fn interface_with_address(&self, ip: Ipv4Addr) -> Result<Link> {
         let mut s = self.handle.address().get().execute();
         while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
-            let holds = m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) | AddressAttribute::Local(IpAddr::V4(a)) if *a == ip));
-            if holds {
+            if ipv4_of(&m) == Some(ip) {
                 let idx = m.header.index;
                 return self.links().await?.into_iter().find(|l| l.index == idx).ok_or(NetlinkError::NoInterfaceWithAddress(ip));
             }
