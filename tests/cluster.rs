@@ -11,10 +11,10 @@ use std::{
 };
 
 use overlay::{
-    cmd::demo::matrix,
+    cli::demo::matrix,
     dataplane::Dataplane,
-    netlink::{enter_netns, netns_path},
-    sim::{self, Container, Sim, ip, wait_for},
+    host::netlink::{enter_netns, netns_path},
+    lab::sim::{self, Container, Sim, ip, wait_for},
 };
 use overlay_common::{Direction, Reason};
 use support::*;
@@ -24,7 +24,7 @@ fn new_sim(tag: &str) -> Sim {
     Sim::new(tag, Path::new(OVERLAY_BIN)).expect("simulation")
 }
 
-fn state(sim: &Sim, node: &str) -> overlay::desired::MapState {
+fn state(sim: &Sim, node: &str) -> overlay::control::desired::MapState {
     Dataplane::open_pinned(&sim.pin_dir(node)).expect("pinned maps").read_state().expect("read")
 }
 
@@ -239,7 +239,7 @@ fn bad_cluster_file_edit_while_traffic_flows_changes_nothing() {
 
     // A good edit (web4 removed) is picked up everywhere.
     let web4 = cs.iter().find(|c| c.name == "web4").expect("web4 in the cluster");
-    let web4_mac = overlay::config::Mac::from_ip(web4.ip).0;
+    let web4_mac = overlay::model::Mac::from_ip(web4.ip).0;
     let without = good.lines().filter(|l| !l.contains("name: web4,")).collect::<Vec<_>>().join("\n") + "\n";
     let t0 = Instant::now();
     sim.write_file("cluster.yaml", &without).expect("write good");

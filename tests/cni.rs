@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use overlay::sim::{Sim, wait_for};
+use overlay::lab::sim::{Sim, wait_for};
 use serde_json::{Value, json};
 use support::*;
 
@@ -197,7 +197,7 @@ fn podman_runs_a_container_on_the_overlay_through_cni() {
         ),
     )
     .expect("containers.conf");
-    let h1 = overlay::netlink::netns_path(&sim.host_ns(1));
+    let h1 = overlay::host::netlink::netns_path(&sim.host_ns(1));
     let podman = |args: &[&str]| {
         Command::new("nsenter")
             .arg(format!("--net={}", h1.display()))

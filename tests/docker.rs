@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use overlay::sim::{Sim, wait_for};
+use overlay::lab::sim::{Sim, wait_for};
 use overlay_common::FDB_LOCAL;
 use support::*;
 
@@ -72,8 +72,11 @@ fn docker_containers_on_the_plugin_network_reach_each_other_and_another_host() {
     let mut sim = Sim::new("d", Path::new(OVERLAY_BIN)).expect("simulation");
     sim.start_store_cluster(2, 3, "web").expect("store cluster");
     let h1 = sim.host_ns(1);
-    let plugin = format!("{}-ovl", sim.prefix);
-    sim.spawn_docker_plugin("node1", &h1, &plugin).expect("plugin");
+    // The plugin under its default name, as the README runs it: `-d ebpf-overlay` must reach it
+    // (under `overlay`, Docker's built-in swarm driver answered instead).
+    let plugin = overlay::defaults::DOCKER_PLUGIN_NAME.to_string();
+    assert_ne!(plugin, "overlay", "Docker's built-in overlay driver shadows a plugin named overlay");
+    sim.spawn_docker_plugin("node1", &h1, None).expect("plugin");
     let docker = Docker(sim.start_dockerd(1).expect("dockerd"));
     import_busybox(&docker, &sim.workdir.join("rootfs"));
 

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use overlay::sim::{Sim, host_vtep, wait_for};
+use overlay::lab::sim::{Sim, host_vtep, wait_for};
 use overlay_common::{FDB_LOCAL, FDB_REMOTE, ip_to_map};
 use support::*;
 
@@ -324,7 +324,7 @@ fn a_partitioned_agent_resyncs_after_compaction_and_registers_again() {
     // the overlay's own underlay traffic is untouched).
     let h2 = sim.host_ns(2);
     let etcd_ip = sim.etcd_addr().ip().to_string();
-    overlay::sim::ip(&["-n", &h2, "route", "add", "blackhole", &format!("{etcd_ip}/32")]).expect("blackhole");
+    overlay::lab::sim::ip(&["-n", &h2, "route", "add", "blackhole", &format!("{etcd_ip}/32")]).expect("blackhole");
     assert!(wait_for(Duration::from_secs(15), || std::fs::read_to_string(sim.agent_log("node2")).unwrap_or_default().contains("lost etcd")), "node2 notices");
     // Meanwhile: an endpoint comes, another goes, and etcd compacts its history.
     let (_, ip3) = attach(&mut sim, "c3", 1);
@@ -341,7 +341,7 @@ fn a_partitioned_agent_resyncs_after_compaction_and_registers_again() {
     assert!(down, "node2's lease expires during the partition");
     // The partition heals: node2 finds its revision compacted away, reads everything again and
     // ends up with exactly the store's state; its lease expired meanwhile, so it registers again.
-    overlay::sim::ip(&["-n", &h2, "route", "del", "blackhole", &format!("{etcd_ip}/32")]).expect("heal");
+    overlay::lab::sim::ip(&["-n", &h2, "route", "del", "blackhole", &format!("{etcd_ip}/32")]).expect("heal");
     let c1_ip = Ipv4Addr::new(10, 0, 0, 2);
     let synced = wait_for(Duration::from_secs(20), || fdb(&sim, "node2", 4096, ip3).is_some() && fdb(&sim, "node2", 4096, c1_ip).is_none());
     let log = std::fs::read_to_string(sim.agent_log("node2")).unwrap_or_default();

@@ -20,6 +20,12 @@ pub const SRC_PORT_MIN: u16 = 32768;
 pub const SRC_PORT_MAX: u16 = 60999;
 /// VXLAN + outer headers over IPv4: container MTU = underlay MTU - this.
 pub const OVERLAY_OVERHEAD: u32 = 50;
+/// The Docker plugin's default name (`docker network create -d ebpf-overlay`). Not `overlay`:
+/// Docker's built-in drivers win over a plugin of the same name, so `-d overlay` would reach
+/// Docker's own swarm driver ("This node is not a swarm manager").
+pub const DOCKER_PLUGIN_NAME: &str = "ebpf-overlay";
+/// Driver names Docker keeps for itself; a plugin under one of them is never reached.
+pub const DOCKER_BUILTIN_DRIVERS: &[&str] = &["bridge", "host", "overlay", "macvlan", "ipvlan", "null", "none"];
 /// How often the agent looks at the cluster file.
 pub const FILE_POLL: Duration = Duration::from_millis(200);
 /// How often a partly failed apply (e.g. a namespace not there yet, or a container interface

@@ -1,6 +1,6 @@
 //! `overlay`: agent and CLI of the kernel-accelerated VXLAN overlay.
 use clap::{Parser, Subcommand};
-use overlay::cmd;
+use overlay::cli;
 use tracing_subscriber::EnvFilter;
 
 /// A VXLAN overlay for containers whose datapath is eBPF (TC programs written with aya).
@@ -18,29 +18,29 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the node agent: load the datapath and keep it equal to the cluster file or store.
-    Agent(cmd::agent::AgentArgs),
+    Agent(cli::agent::AgentArgs),
     /// Create, list, inspect and remove networks (in the etcd store).
-    Network(cmd::network::NetworkArgs),
+    Network(cli::network::NetworkArgs),
     /// Attach network namespaces to networks, detach and list them.
-    Endpoint(cmd::endpoint::EndpointArgs),
+    Endpoint(cli::endpoint::EndpointArgs),
     /// List the cluster's nodes and whether they are up.
-    Node(cmd::node::NodeCmdArgs),
+    Node(cli::node::NodeCmdArgs),
     /// Show per-VNI and per-verdict counters from the node's pinned maps.
-    Stats(cmd::stats::StatsArgs),
+    Stats(cli::stats::StatsArgs),
     /// Show the node's tables: FDB, neighbours, endpoints, members, VNIs.
-    Fdb(cmd::fdb::FdbArgs),
+    Fdb(cli::fdb::FdbArgs),
     /// Build a simulated 3-host cluster here, show connectivity, isolation, MTU, a VXLAN frame
     /// and counters, then remove it all.
-    Demo(cmd::demo::DemoArgs),
+    Demo(cli::demo::DemoArgs),
     /// Measure native routing, Docker's kernel-vxlan overlay and this datapath side by side.
-    Bench(cmd::bench::BenchArgs),
+    Bench(cli::bench::BenchArgs),
     /// Serve Docker's remote network driver API (libnetwork) for this node, beside its agent.
-    DockerPlugin(cmd::docker_plugin::DockerPluginArgs),
+    DockerPlugin(cli::docker_plugin::DockerPluginArgs),
     /// Act as a CNI plugin (spec 1.0.0): CNI_* environment, configuration on stdin. Runtimes
     /// call the binary without arguments; this form is for trying it by hand.
     Cni,
     /// Remove a node's datapath: endpoint veths, programs and pinned maps.
-    Down(cmd::down::DownArgs),
+    Down(cli::down::DownArgs),
 }
 
 /// Whether this process was started as a CNI plugin: `overlay cni`, or the runtime's call of the
@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(EnvFilter::new("warn")).with_writer(std::io::stderr).with_ansi(false).init();
         let _ = overlay::dataplane::join_host_mount_ns();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let code = rt.block_on(cmd::cni::run());
+        let code = rt.block_on(cli::cni::run());
         std::process::exit(if code == std::process::ExitCode::SUCCESS { 0 } else { 1 });
     }
     let cli = Cli::parse();
@@ -79,8 +79,8 @@ fn main() -> anyhow::Result<()> {
         _ => None,
     };
     if let Some(ns) = netns {
-        let path = overlay::netlink::netns_path(&ns);
-        overlay::netlink::enter_netns(&path).map_err(|e| anyhow::anyhow!("entering network namespace {}: {e}", path.display()))?;
+        let path = overlay::host::netlink::netns_path(&ns);
+        overlay::host::netlink::enter_netns(&path).map_err(|e| anyhow::anyhow!("entering network namespace {}: {e}", path.display()))?;
     }
     // `ip netns exec` remounts /sys: find the host's bpffs (and pins) again while still
     // single-threaded.
@@ -92,16 +92,16 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Agent(a) => cmd::agent::run(a).await,
-            Command::Network(a) => cmd::network::run(a).await,
-            Command::Endpoint(a) => cmd::endpoint::run(a).await,
-            Command::Node(a) => cmd::node::run(a).await,
-            Command::Stats(a) => cmd::stats::run(a),
-            Command::Fdb(a) => cmd::fdb::run(a),
-            Command::Demo(a) => cmd::demo::run(a).await,
-            Command::Down(a) => cmd::down::run(a).await,
-            Command::Bench(a) => cmd::bench::run(a).await,
-            Command::DockerPlugin(a) => cmd::docker_plugin::run(a).await,
+            Command::Agent(a) => cli::agent::run(a).await,
+            Command::Network(a) => cli::network::run(a).await,
+            Command::Endpoint(a) => cli::endpoint::run(a).await,
+            Command::Node(a) => cli::node::run(a).await,
+            Command::Stats(a) => cli::stats::run(a),
+            Command::Fdb(a) => cli::fdb::run(a),
+            Command::Demo(a) => cli::demo::run(a).await,
+            Command::Down(a) => cli::down::run(a).await,
+            Command::Bench(a) => cli::bench::run(a).await,
+            Command::DockerPlugin(a) => cli::docker_plugin::run(a).await,
             Command::Cni => unreachable!("handled before argument parsing"),
         }
     })

@@ -60,9 +60,9 @@ pub fn outer_src(frame: &[u8]) -> Ipv4Addr {
 }
 
 #[allow(unused_imports, reason = "not every test file builds frames")]
-pub use overlay::frames::*;
+pub use overlay::lab::frames::*;
 
 pub fn mac(s: &str) -> [u8; 6] {
-    s.parse::<overlay::config::Mac>().expect("valid MAC").0
+    s.parse::<overlay::model::Mac>().expect("valid MAC").0
 }
 

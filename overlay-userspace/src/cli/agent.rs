@@ -1,0 +1,61 @@
+//! `overlay agent`: keep this node's datapath equal to the cluster file or the etcd store.
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::Args;
+
+use super::{NodeArgs, state::parse_ip};
+use crate::{model, source::store::follow::Registration};
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The cluster file every node shares (YAML; see docs/config.md). Edits are picked up
+    /// within a second; a bad edit is rejected whole and the datapath keeps its last good state.
+    #[arg(long, env = "OVERLAY_CLUSTER", conflicts_with = "store", required_unless_present = "store")]
+    pub cluster: Option<PathBuf>,
+    /// The etcd store instead of a file: etcd://HOST:PORT[,HOST:PORT...]. The agent registers
+    /// this node under a lease and follows networks, nodes and endpoints from it.
+    #[arg(long, env = "OVERLAY_STORE")]
+    pub store: Option<String>,
+    /// This node's VTEP address (with --store; a file names it per node).
+    #[arg(long, requires = "store")]
+    pub vtep: Option<String>,
+    /// The underlay interface [default: the interface holding the VTEP address].
+    #[arg(long, requires = "store")]
+    pub underlay: Option<String>,
+    /// Lease TTL in seconds: other nodes drop this one this long after its agent stops renewing.
+    #[arg(long, default_value_t = 10, requires = "store")]
+    pub lease_ttl: i64,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Run in this named network namespace (the host's, in a simulated cluster) without
+    /// leaving the host's mount namespace, so pins stay where other processes look.
+    #[arg(long, env = "OVERLAY_NETNS")]
+    pub netns: Option<String>,
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let pin_dir = args.node.pin_dir()?;
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    match (&args.cluster, &args.store) {
+        (Some(file), _) => crate::control::agent::run_with_file(&args.node.node, file, &pin_dir, stop).await?,
+        (None, Some(url)) => {
+            let Some(vtep) = &args.vtep else { bail!("--store needs --vtep: this node's underlay address") };
+            if !(1..=3600).contains(&args.lease_ttl) {
+                bail!("--lease-ttl {} is not between 1 and 3600 seconds", args.lease_ttl);
+            }
+            parse_ip("vtep", vtep)?;
+            let node = model::node_entry("agent", args.node.node.clone(), vtep, args.underlay.clone())?;
+            let reg = Registration { node, ttl: args.lease_ttl };
+            crate::control::agent::run_with_store(url, reg, &pin_dir, stop).await?
+        }
+        (None, None) => bail!("pass --cluster FILE or --store etcd://HOST:PORT"),
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! `overlay bench`: native vs kernel-vxlan vs eBPF, side by side.
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::lab::bench::{self, BenchConfig, Mode, Test};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Short run (3 rounds of 1 s measurements, under two minutes) instead of the full one
+    /// (7 rounds of 3 s, under ten).
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds (each measures every mode once, in turn) [default: 3 quick, 7 full].
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Seconds per TCP and UDP measurement [default: 1 quick, 3 full].
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Modes to build, comma-separated: native, kernel-vxlan, ebpf-tc.
+    #[arg(long, value_delimiter = ',', default_value = "native,kernel-vxlan,ebpf-tc")]
+    pub modes: Vec<String>,
+    /// Traffic tests to run, comma-separated: tcp, udp, latency.
+    #[arg(long, value_delimiter = ',', default_value = "tcp,udp,latency")]
+    pub tests: Vec<String>,
+    /// Write the full results (samples, summaries, ratios, targets) as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the chart (SVG) here.
+    #[arg(long, default_value = "overlay-bench.svg")]
+    pub chart: PathBuf,
+    /// Measure the control plane instead (etcd): convergence with 3 agents, and one agent's
+    /// initial sync, memory and single-change cost at scale.
+    #[arg(long)]
+    pub control_plane: bool,
+    /// Control plane: convergence samples of each kind (after `endpoint add`, after
+    /// `endpoint add --no-wait`).
+    #[arg(long, default_value_t = 100, requires = "control_plane")]
+    pub samples: usize,
+    /// Control plane: nodes in the scale test.
+    #[arg(long, default_value_t = 100, requires = "control_plane")]
+    pub nodes: usize,
+    /// Control plane: endpoints in the scale test.
+    #[arg(long, default_value_t = 10_000, requires = "control_plane")]
+    pub endpoints: usize,
+    /// Control plane: single changes timed at scale.
+    #[arg(long, default_value_t = 40, requires = "control_plane")]
+    pub changes: usize,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            bench::INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    tokio::task::spawn_blocking(move || run_blocking(args)).await?
+}
+
+fn run_blocking(args: BenchArgs) -> anyhow::Result<()> {
+    if args.control_plane {
+        return run_control(args);
+    }
+    let mut cfg = if args.quick { BenchConfig::quick() } else { BenchConfig::full() };
+    cfg.modes = args
+        .modes
+        .iter()
+        .map(|s| Mode::parse(s).with_context(|| format!("unknown mode {s:?} (expected native, kernel-vxlan or ebpf-tc)")))
+        .collect::<anyhow::Result<_>>()?;
+    cfg.tests = args
+        .tests
+        .iter()
+        .map(|s| Test::parse(s).with_context(|| format!("unknown test {s:?} (expected tcp, udp or latency)")))
+        .collect::<anyhow::Result<_>>()?;
+    if cfg.modes.is_empty() {
+        bail!("--modes is empty");
+    }
+    if let Some(r) = args.rounds {
+        if r == 0 || r > 50 {
+            bail!("--rounds {r}: expected 1 to 50");
+        }
+        cfg.rounds = r;
+    }
+    if let Some(s) = args.seconds {
+        if !(0.2..=60.0).contains(&s) {
+            bail!("--seconds {s}: expected 0.2 to 60");
+        }
+        cfg.seconds = s;
+    }
+    let exe = std::env::current_exe().context("finding the overlay binary")?;
+    let report = bench::run(&cfg, &exe, |line| println!("{line}"))?;
+    println!("\n{}", bench::report::table(&report));
+    if let Some(p) = &args.json {
+        bench::report::write_json(&report, p)?;
+        println!("JSON: {}", p.display());
+    }
+    bench::report::write_chart(&report, &args.chart)?;
+    println!("chart: {}", args.chart.display());
+    println!("took {:.0} s", report.duration_seconds);
+    Ok(())
+}
+
+fn run_control(args: BenchArgs) -> anyhow::Result<()> {
+    if !(1..=10_000).contains(&args.samples) {
+        bail!("--samples {}: expected 1 to 10000", args.samples);
+    }
+    if !(2..=1000).contains(&args.nodes) {
+        bail!("--nodes {}: expected 2 to 1000", args.nodes);
+    }
+    if !(1..=75_000).contains(&args.endpoints) {
+        bail!("--endpoints {}: expected 1 to 75000", args.endpoints);
+    }
+    if !(2..=10_000).contains(&args.changes) {
+        bail!("--changes {}: expected 2 to 10000", args.changes);
+    }
+    let cfg = bench::control::ControlConfig { samples: args.samples, nodes: args.nodes, endpoints: args.endpoints, changes: args.changes };
+    let exe = std::env::current_exe().context("finding the overlay binary")?;
+    let t0 = std::time::Instant::now();
+    let mut progress = |line: &str| println!("{line}");
+    let (waited, published, remote) = bench::control::convergence(&cfg, &exe, &mut progress)?;
+    let mut report = bench::control::scale(&cfg, &exe, &mut progress)?;
+    report.convergence = waited;
+    report.convergence_from_publish = published;
+    report.convergence_remote_from_publish = remote;
+    println!("\n{}", bench::control::table(&report));
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
+        println!("JSON: {}", p.display());
+    }
+    println!("took {:.0} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}

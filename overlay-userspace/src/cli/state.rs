@@ -1,0 +1,181 @@
+//! Where the CLI finds cluster state: an etcd store (read and written) or a cluster file (read
+//! only: it is edited by hand). Both are shown through the same records.
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::{
+    model,
+    source::store::{self, AliveRecord, EndpointRecord, NetworkRecord, NodeRecord, Store},
+};
+
+#[derive(Args, Debug, Clone)]
+pub struct StateArgs {
+    /// The etcd store: etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "OVERLAY_STORE", conflicts_with = "cluster", global = true)]
+    pub store: Option<String>,
+    /// A cluster file instead of a store (read only).
+    #[arg(long, env = "OVERLAY_CLUSTER", global = true)]
+    pub cluster: Option<PathBuf>,
+}
+
+/// Cluster state opened for the CLI.
+pub enum State {
+    /// Boxed: the etcd client is large, and this is built once per command.
+    Store(Box<Store>),
+    File(PathBuf, model::Cluster),
+}
+
+impl StateArgs {
+    pub async fn open(&self) -> anyhow::Result<State> {
+        match (&self.store, &self.cluster) {
+            (Some(url), _) => Ok(State::Store(Box::new(Store::connect(url).await?))),
+            (None, Some(path)) => Ok(State::File(path.clone(), model::load(path)?)),
+            (None, None) => bail!("no cluster state given: pass --store etcd://HOST:PORT (or set OVERLAY_STORE), or --cluster FILE"),
+        }
+    }
+}
+
+impl State {
+    /// The store, for commands that change state.
+    pub fn writable(&self, what: &str) -> anyhow::Result<&Store> {
+        match self {
+            State::Store(s) => Ok(s),
+            State::File(p, _) => bail!("{what} needs a store (--store etcd://...): the cluster file {} is edited by hand (see docs/config.md)", p.display()),
+        }
+    }
+
+    pub async fn networks(&self) -> anyhow::Result<Vec<NetworkRecord>> {
+        match self {
+            State::Store(s) => {
+                let (ok, bad, _) = s.networks().await?;
+                warn_malformed(&bad);
+                Ok(ok)
+            }
+            State::File(_, c) => Ok(c
+                .networks
+                .iter()
+                .map(|n| NetworkRecord {
+                    name: n.name.clone(),
+                    vni: n.vni,
+                    subnet: n.subnet.to_string(),
+                    gateway: store::gateway_of(n.subnet).to_string(),
+                    mtu: n.mtu,
+                    attachable: true,
+                    created: 0,
+                })
+                .collect()),
+        }
+    }
+
+    pub async fn network(&self, name: &str) -> anyhow::Result<NetworkRecord> {
+        self.networks().await?.into_iter().find(|n| n.name == name).ok_or_else(|| store::StoreError::UnknownNetwork(name.to_string()).into())
+    }
+
+    pub async fn endpoints(&self, network: Option<&str>) -> anyhow::Result<Vec<EndpointRecord>> {
+        match self {
+            State::Store(s) => {
+                let (ok, bad) = s.endpoints(network).await?;
+                warn_malformed(&bad);
+                Ok(ok)
+            }
+            State::File(_, c) => Ok(c
+                .endpoints
+                .iter()
+                .filter(|e| network.is_none_or(|n| n == e.network))
+                .map(|e| EndpointRecord {
+                    name: e.name.clone(),
+                    network: e.network.clone(),
+                    node: e.node.clone(),
+                    ip: e.ip.to_string(),
+                    mac: e.mac.to_string(),
+                    netns: e.netns.clone(),
+                })
+                .collect()),
+        }
+    }
+
+    /// Nodes and, for a store, whether each is live (a file says nothing about liveness).
+    pub async fn nodes(&self) -> anyhow::Result<Vec<(NodeRecord, Liveness)>> {
+        match self {
+            State::Store(s) => {
+                let (ok, bad) = s.nodes().await?;
+                warn_malformed(&bad);
+                Ok(ok.into_iter().map(|(n, a)| (n, a.map_or(Liveness::Down, Liveness::Up))).collect())
+            }
+            State::File(_, c) => Ok(c
+                .nodes
+                .iter()
+                .map(|n| (NodeRecord { name: n.name.clone(), vtep: n.vtep.to_string(), underlay: n.underlay.clone() }, Liveness::Unknown))
+                .collect()),
+        }
+    }
+}
+
+pub enum Liveness {
+    Up(AliveRecord),
+    Down,
+    /// From a cluster file.
+    Unknown,
+}
+
+fn warn_malformed(bad: &[store::Malformed]) {
+    for b in bad {
+        eprintln!("warning: skipping malformed store entry {b}");
+    }
+}
+
+/// Runs `remove` for each name, printing the ones removed; stops at once if the store is
+/// unreachable, otherwise reports every refusal together at the end.
+pub async fn remove_each<F, Fut, T>(names: &[String], remove: F) -> anyhow::Result<()>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, store::StoreError>>,
+{
+    let mut failed = Vec::new();
+    for name in names {
+        match remove(name.clone()).await {
+            Ok(_) => println!("{name}"),
+            Err(e @ store::StoreError::Unreachable { .. }) => return Err(e.into()),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\n"));
+    }
+    Ok(())
+}
+
+/// `2026-11-22T10:00:00Z` from seconds since the epoch (UTC, no time-zone database needed).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Parses an IPv4 flag value with the flag's name in the error.
+pub fn parse_ip(flag: &str, v: &str) -> anyhow::Result<std::net::Ipv4Addr> {
+    v.parse().with_context(|| format!("--{flag} {v:?} is not an IPv4 address"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_305_600 + 3661), "2026-11-22T01:01:01Z");
+    }
+}

@@ -1,0 +1,225 @@
+//! From a cluster description to what one node's datapath must hold. Pure functions: the
+//! description source (file today, a store tomorrow) does not matter here.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use overlay_common::{
+    EndpointInfo, FdbEntry, FdbKey, MemberInfo, NeighEntry, NeighKey, NodeConfig, VniInfo,
+    ip_to_map,
+};
+
+use crate::{
+    model::{Cluster, Mac},
+    defaults::{HOST_VETH_PREFIX, OVERLAY_OVERHEAD, PEER_VETH_PREFIX, SRC_PORT_MAX, SRC_PORT_MIN},
+};
+
+/// Everything the maps of one node hold: the unit the dataplane reconciles.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapState {
+    pub config: NodeConfig,
+    pub vnis: BTreeMap<u32, VniInfo>,
+    pub fdb: BTreeMap<FdbKey, FdbEntry>,
+    pub endpoints: BTreeMap<u32, EndpointInfo>,
+    pub neigh: BTreeMap<NeighKey, NeighEntry>,
+    pub members: BTreeMap<u32, MemberInfo>,
+}
+
+/// A local endpoint the agent wires into its namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub name: String,
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mac: Mac,
+    /// Container MTU; `None`: underlay MTU - 50, known once the underlay is.
+    pub mtu: Option<u32>,
+    pub netns: String,
+    /// Host-side veth name (stable for the endpoint).
+    pub host_ifname: String,
+    /// Container-side name before it moves into the namespace.
+    pub peer_ifname: String,
+}
+
+impl LocalEndpoint {
+    pub fn mtu_for(&self, underlay_mtu: u32) -> u32 {
+        self.mtu.unwrap_or(underlay_mtu.saturating_sub(OVERLAY_OVERHEAD))
+    }
+}
+
+/// What the cluster asks of one node, before local interfaces exist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePlan {
+    pub node: String,
+    pub vtep: Ipv4Addr,
+    pub underlay: Option<String>,
+    pub vxlan_port: u16,
+    /// Everything but the local FDB and endpoint entries.
+    pub base: MapState,
+    pub local: Vec<LocalEndpoint>,
+    /// Local endpoints without a namespace to wire: published to peers, nothing to do here.
+    pub unwired: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("node {0:?} is not in the cluster description")]
+    UnknownNode(String),
+}
+
+/// A short stable suffix for interface names (names are limited to 15 bytes).
+fn ifname_suffix(endpoint: &str) -> String {
+    // FNV-1a: stable across runs and versions, unlike the std hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in endpoint.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{:08x}", (h ^ (h >> 32)) as u32)
+}
+
+/// Host-side veth name of an endpoint.
+pub fn host_ifname(endpoint: &str) -> String {
+    format!("{HOST_VETH_PREFIX}{}", ifname_suffix(endpoint))
+}
+
+/// Temporary name of the endpoint's container side, before it becomes `eth0` in its namespace.
+pub fn peer_ifname(endpoint: &str) -> String {
+    format!("{PEER_VETH_PREFIX}{}", ifname_suffix(endpoint))
+}
+
+/// Computes the plan of `node` in `cluster`.
+pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
+    let me = cluster.node(node).ok_or_else(|| PlanError::UnknownNode(node.to_string()))?;
+    let vtep_of: BTreeMap<&str, Ipv4Addr> =
+        cluster.nodes.iter().map(|n| (n.name.as_str(), n.vtep)).collect();
+    let mut base = MapState {
+        config: NodeConfig {
+            vtep: ip_to_map(me.vtep.octets()),
+            underlay_ifindex: 0,
+            vxlan_port: cluster.vxlan_port,
+            _pad0: 0,
+            src_port_min: SRC_PORT_MIN,
+            src_port_range: SRC_PORT_MAX - SRC_PORT_MIN + 1,
+        },
+        ..Default::default()
+    };
+    for net in &cluster.networks {
+        base.vnis.insert(net.vni, VniInfo { mtu: net.mtu.unwrap_or(0), _pad: 0 });
+    }
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        if n.name != me.name {
+            base.members.insert(ip_to_map(n.vtep.octets()), MemberInfo { node_id: i as u32, _pad: 0 });
+        }
+    }
+    let mut local = Vec::new();
+    let mut unwired = Vec::new();
+    for ep in &cluster.endpoints {
+        let net = cluster.network(&ep.network).expect("validated: endpoint network exists");
+        base.neigh.insert(
+            NeighKey { vni: net.vni, ip: ip_to_map(ep.ip.octets()) },
+            NeighEntry { mac: ep.mac.0, _pad: [0; 2] },
+        );
+        if ep.node != me.name {
+            let vtep = vtep_of[ep.node.as_str()];
+            base.fdb.insert(FdbKey::new(net.vni, ep.mac.0), FdbEntry::remote(ip_to_map(vtep.octets())));
+        } else if let Some(ns) = &ep.netns {
+            local.push(LocalEndpoint {
+                name: ep.name.clone(),
+                vni: net.vni,
+                ip: ep.ip,
+                prefix_len: net.subnet.prefix_len(),
+                mac: ep.mac,
+                mtu: net.mtu,
+                netns: ns.clone(),
+                host_ifname: host_ifname(&ep.name),
+                peer_ifname: peer_ifname(&ep.name),
+            });
+        } else {
+            unwired.push(ep.name.clone());
+        }
+    }
+    Ok(NodePlan {
+        node: me.name.clone(),
+        vtep: me.vtep,
+        underlay: me.underlay.clone(),
+        vxlan_port: cluster.vxlan_port,
+        base,
+        local,
+        unwired,
+    })
+}
+
+impl NodePlan {
+    /// The complete map state once the underlay and the local endpoints' host-side interfaces
+    /// are known: `wired` pairs an endpoint of `self.local` with its host-side ifindex.
+    pub fn map_state(&self, underlay_ifindex: u32, wired: &[(&LocalEndpoint, u32)]) -> MapState {
+        let mut s = self.base.clone();
+        s.config.underlay_ifindex = underlay_ifindex;
+        for (ep, ifindex) in wired {
+            s.fdb.insert(FdbKey::new(ep.vni, ep.mac.0), FdbEntry::local(*ifindex));
+            s.endpoints.insert(
+                *ifindex,
+                EndpointInfo { vni: ep.vni, ip: ip_to_map(ep.ip.octets()), mac: ep.mac.0, _pad: [0; 2] },
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse;
+
+    const FILE: &str = "
+nodes:
+  - {name: node1, vtep: 192.168.50.1}
+  - {name: node2, vtep: 192.168.50.2}
+  - {name: kernel, vtep: 192.168.50.9}
+networks:
+  - {name: a, vni: 10, subnet: 10.0.1.0/24}
+  - {name: b, vni: 11, subnet: 10.0.2.0/24, mtu: 1400}
+endpoints:
+  - {name: a1, network: a, node: node1, ip: 10.0.1.2, netns: c1}
+  - {name: a2, network: a, node: node2, ip: 10.0.1.3, netns: c2}
+  - {name: b1, network: b, node: node1, ip: 10.0.2.2}
+  - {name: k1, network: a, node: kernel, ip: 10.0.1.9}
+";
+
+    #[test]
+    fn plan_for_node1() {
+        let c = parse(FILE).expect("valid");
+        let p = plan(&c, "node1").expect("node exists");
+        assert_eq!(p.base.members.len(), 2, "every other node is a member, self is not");
+        assert!(!p.base.members.contains_key(&ip_to_map([192, 168, 50, 1])));
+        assert_eq!(p.base.vnis.len(), 2);
+        assert_eq!(p.base.neigh.len(), 4, "every endpoint is answerable by ARP");
+        assert_eq!(p.base.fdb.len(), 2, "remote endpoints only: a2 and k1");
+        let k1 = p.base.fdb[&FdbKey::new(10, [0x02, 0x42, 10, 0, 1, 9])];
+        assert_eq!(k1, FdbEntry::remote(ip_to_map([192, 168, 50, 9])));
+        assert_eq!(p.local.len(), 1);
+        assert_eq!(p.local[0].netns, "c1");
+        assert!(p.local[0].host_ifname.len() <= 15);
+        assert_eq!(p.unwired, vec!["b1".to_string()]);
+        let s = p.map_state(7, &[(&p.local[0], 42)]);
+        assert_eq!(s.config.underlay_ifindex, 7);
+        assert_eq!(s.fdb[&FdbKey::new(10, [0x02, 0x42, 10, 0, 1, 2])], FdbEntry::local(42));
+        assert_eq!(s.endpoints[&42].vni, 10);
+    }
+
+    #[test]
+    fn unknown_node_is_an_error() {
+        let c = parse(FILE).expect("valid");
+        match plan(&c, "nodeX") {
+            Ok(_) => panic!("expected an error for a node that is not listed"),
+            Err(e) => assert_eq!(e.to_string(), "node \"nodeX\" is not in the cluster description"),
+        }
+    }
+
+    #[test]
+    fn interface_names_are_stable_and_short() {
+        assert_eq!(host_ifname("web1"), host_ifname("web1"));
+        assert_ne!(host_ifname("web1"), host_ifname("web2"));
+        assert_eq!(host_ifname("a-very-long-endpoint-name-indeed").len(), 11);
+    }
+}

@@ -1,0 +1,4 @@
+//! The reconcile loop: a whole desired cluster in, a node plan, host wiring and a map diff out.
+pub mod agent;
+pub mod attach;
+pub mod desired;

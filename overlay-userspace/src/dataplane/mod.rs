@@ -1,0 +1,565 @@
+//! The one owner of the datapath: the loaded programs, the pinned maps and links. Everything
+//! else (agent, CLI, demo, tests) goes through this API and never touches a map directly.
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+    },
+    util::nr_cpus,
+};
+use overlay_common::{
+    Counter, Direction, EndpointInfo, FdbEntry, FdbKey, MemberInfo, NeighEntry, NeighKey,
+    NodeConfig, Reason, VniCounters, VniInfo, stats_index,
+};
+
+use crate::{
+    defaults::{BPFFS, LINKS_SUBDIR, PIN_SUBDIR},
+    control::desired::MapState,
+};
+
+/// The compiled programs, built by build.rs with aya-build.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay-ebpf"));
+
+/// Program names in the object.
+pub const PROG_EGRESS: &str = "overlay_egress";
+pub const PROG_INGRESS: &str = "overlay_ingress";
+pub const PROG_PASS: &str = "overlay_pass";
+
+const MAP_FDB: &str = "FDB";
+const MAP_VNIS: &str = "VNIS";
+const MAP_ENDPOINTS: &str = "ENDPOINTS";
+const MAP_NEIGH: &str = "NEIGH";
+const MAP_MEMBERS: &str = "MEMBERS";
+const MAP_CONFIG: &str = "CONFIG";
+const MAP_STATS: &str = "STATS";
+const MAP_VNI_STATS: &str = "VNI_STATS";
+const ALL_MAPS: [&str; 8] =
+    [MAP_FDB, MAP_VNIS, MAP_ENDPOINTS, MAP_NEIGH, MAP_MEMBERS, MAP_CONFIG, MAP_STATS, MAP_VNI_STATS];
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("no bpffs at {BPFFS} and mounting one failed; mount it with `mount -t bpf bpf {BPFFS}`")]
+    NoBpffs,
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: String, source: io::Error },
+    #[error("loading the eBPF programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("map {0} is missing from the object or pin directory")]
+    MissingMap(&'static str),
+    #[error("no pinned datapath for this node at {0} (has its agent ever run?)")]
+    NotPinned(String),
+    #[error("link {path}: {message}")]
+    Link { path: String, message: String },
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DataplaneError {
+    let path = path.display().to_string();
+    move |source| DataplaneError::Io { what, path, source }
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    unsafe {
+        let mut s: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Parent PID of `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// When this process sees no bpffs at `/sys/fs/bpf` because it runs in a mount namespace that
+/// remounted `/sys` (`ip netns exec` does), joins the mount namespace of the nearest ancestor
+/// (or PID 1) that sees one, so pins are where every other process looks. The network
+/// namespace is left alone. Must run while the process is single-threaded. Returns whether it
+/// switched.
+pub fn join_host_mount_ns() -> io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    if is_bpffs(Path::new(BPFFS)) {
+        return Ok(false);
+    }
+    let own = fs::read_link("/proc/self/ns/mnt")?;
+    let mut candidates = Vec::new();
+    let mut pid = std::os::unix::process::parent_id();
+    while pid > 1 && candidates.len() < 32 {
+        candidates.push(pid);
+        pid = parent_of(pid).unwrap_or(0);
+    }
+    candidates.push(1);
+    for pid in candidates {
+        let ns = format!("/proc/{pid}/ns/mnt");
+        if fs::read_link(&ns).ok().is_none_or(|n| n == own) {
+            continue;
+        }
+        if !is_bpffs(&Path::new(&format!("/proc/{pid}/root")).join(BPFFS.trim_start_matches('/'))) {
+            continue;
+        }
+        let f = fs::File::open(&ns)?;
+        // SAFETY: setns on a valid mount-namespace fd; the caller guarantees a single thread.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// The bpffs at `/sys/fs/bpf`, mounted there if none is (call [`join_host_mount_ns`] first).
+pub fn host_bpffs() -> Result<PathBuf> {
+    if is_bpffs(Path::new(BPFFS)) {
+        return Ok(PathBuf::from(BPFFS));
+    }
+    // None mounted yet (a fresh machine): mount it where systemd would.
+    let target = std::ffi::CString::new(BPFFS).expect("no NUL");
+    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
+    // SAFETY: plain mount(2) with NUL-terminated strings and no data.
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 && is_bpffs(Path::new(BPFFS)) {
+        tracing::info!("mounted bpffs at {BPFFS}");
+        return Ok(PathBuf::from(BPFFS));
+    }
+    Err(DataplaneError::NoBpffs)
+}
+
+/// Pin directory of `node` below `root` (default root: `<bpffs>/overlay`).
+pub fn node_pin_dir(root: Option<&Path>, node: &str) -> Result<PathBuf> {
+    let root = match root {
+        Some(r) => r.to_path_buf(),
+        None => host_bpffs()?.join(PIN_SUBDIR),
+    };
+    Ok(root.join(node))
+}
+
+/// Typed handles on the eight maps.
+struct Maps {
+    fdb: HashMap<MapData, FdbKey, FdbEntry>,
+    vnis: HashMap<MapData, u32, VniInfo>,
+    endpoints: HashMap<MapData, u32, EndpointInfo>,
+    neigh: HashMap<MapData, NeighKey, NeighEntry>,
+    members: HashMap<MapData, u32, MemberInfo>,
+    config: Array<MapData, NodeConfig>,
+    stats: PerCpuArray<MapData, Counter>,
+    vni_stats: PerCpuHashMap<MapData, u32, VniCounters>,
+}
+
+impl Maps {
+    fn from_source(mut take: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+        Ok(Maps {
+            fdb: HashMap::try_from(take(MAP_FDB)?).map_err(map_err(MAP_FDB))?,
+            vnis: HashMap::try_from(take(MAP_VNIS)?).map_err(map_err(MAP_VNIS))?,
+            endpoints: HashMap::try_from(take(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?,
+            neigh: HashMap::try_from(take(MAP_NEIGH)?).map_err(map_err(MAP_NEIGH))?,
+            members: HashMap::try_from(take(MAP_MEMBERS)?).map_err(map_err(MAP_MEMBERS))?,
+            config: Array::try_from(take(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?,
+            stats: PerCpuArray::try_from(take(MAP_STATS)?).map_err(map_err(MAP_STATS))?,
+            vni_stats: PerCpuHashMap::try_from(take(MAP_VNI_STATS)?).map_err(map_err(MAP_VNI_STATS))?,
+        })
+    }
+}
+
+/// How many entries one reconcile added, changed and removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiffSummary {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+}
+
+impl DiffSummary {
+    pub fn is_empty(&self) -> bool {
+        self.added + self.changed + self.removed == 0
+    }
+}
+
+impl std::fmt::Display for DiffSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "+{} ~{} -{}", self.added, self.changed, self.removed)
+    }
+}
+
+/// Counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// (reason, direction) -> counter, only non-zero ones.
+    pub reasons: Vec<(Reason, Direction, Counter)>,
+    pub vnis: BTreeMap<u32, VniCounters>,
+}
+
+impl Stats {
+    pub fn get(&self, reason: Reason, dir: Direction) -> Counter {
+        self.reasons.iter().find(|(r, d, _)| *r == reason && *d == dir).map(|x| x.2).unwrap_or_default()
+    }
+}
+
+/// The datapath of one node.
+pub struct Dataplane {
+    ebpf: Option<Ebpf>,
+    maps: Maps,
+    dir: PathBuf,
+    /// What the maps hold after the last successful apply by this process. The first apply
+    /// reads the maps instead (adopting what a previous agent left: mark and sweep); later ones
+    /// diff against this copy, so one change costs a few syscalls whatever the table sizes.
+    applied: Option<MapState>,
+    /// Link pins this process attached (or re-attached) its programs to.
+    attached: std::collections::HashSet<PathBuf>,
+}
+
+/// Diff of one table against the copy of what the map holds: writes only what differs.
+fn sync_cached<K, V>(
+    name: &'static str,
+    map: &mut HashMap<MapData, K, V>,
+    have: &BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+    sum: &mut DiffSummary,
+    removals: &mut Vec<K>,
+) -> Result<()>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod + PartialEq,
+{
+    for (k, v) in want {
+        match have.get(k) {
+            Some(old) if old == v => continue,
+            Some(_) => sum.changed += 1,
+            None => sum.added += 1,
+        }
+        map.insert(k, v, 0).map_err(map_err(name))?;
+    }
+    removals.extend(have.keys().filter(|k| !want.contains_key(k)).copied());
+    Ok(())
+}
+
+fn remove_all<K: aya::Pod, V: aya::Pod>(
+    name: &'static str,
+    map: &mut HashMap<MapData, K, V>,
+    keys: Vec<K>,
+    sum: &mut DiffSummary,
+) -> Result<()> {
+    for k in keys {
+        match map.remove(&k) {
+            Ok(()) | Err(MapError::KeyNotFound) => sum.removed += 1,
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(())
+}
+
+impl Dataplane {
+    /// Loads the programs, reusing the maps pinned in `dir` (or creating and pinning them).
+    pub fn load(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir.join(LINKS_SUBDIR)).map_err(io_err("creating pin directory", dir))?;
+        let mut ebpf = EbpfLoader::new().default_map_pin_directory(dir).load(EBPF_OBJECT)?;
+        if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
+            tracing::debug!("eBPF logger not started: {e}");
+        }
+        for name in [PROG_EGRESS, PROG_INGRESS, PROG_PASS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Program { name, source: ProgramError::NotLoaded })?
+                .try_into()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+            prog.load().map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        let maps = Maps::from_source(|name| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name)))?;
+        Ok(Dataplane { ebpf: Some(ebpf), maps, dir: dir.to_path_buf(), applied: None, attached: Default::default() })
+    }
+
+    /// Opens the pinned maps of a node without loading programs (for `stats`, `fdb`).
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        if !dir.join(MAP_FDB).exists() {
+            return Err(DataplaneError::NotPinned(dir.display().to_string()));
+        }
+        let maps = Maps::from_source(|name| {
+            let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
+            Map::from_map_data(data).map_err(map_err(name))
+        })?;
+        Ok(Dataplane { ebpf: None, maps, dir: dir.to_path_buf(), applied: None, attached: Default::default() })
+    }
+
+    /// Reads everything the maps hold.
+    pub fn read_state(&self) -> Result<MapState> {
+        fn collect<K: aya::Pod + Ord, V: aya::Pod>(name: &'static str, m: &HashMap<MapData, K, V>) -> Result<BTreeMap<K, V>> {
+            m.iter().map(|kv| kv.map_err(map_err(name))).collect()
+        }
+        let config = match self.maps.config.get(&0, 0) {
+            Ok(c) => c,
+            Err(e) => return Err(map_err(MAP_CONFIG)(e)),
+        };
+        Ok(MapState {
+            config,
+            vnis: collect(MAP_VNIS, &self.maps.vnis)?,
+            fdb: collect(MAP_FDB, &self.maps.fdb)?,
+            endpoints: collect(MAP_ENDPOINTS, &self.maps.endpoints)?,
+            neigh: collect(MAP_NEIGH, &self.maps.neigh)?,
+            members: collect(MAP_MEMBERS, &self.maps.members)?,
+        })
+    }
+
+    /// Makes the maps equal to `want`, writing only the difference. Additions and changes go
+    /// first, removals last, so no packet of a surviving flow meets a half-updated table.
+    pub fn apply(&mut self, want: &MapState) -> Result<DiffSummary> {
+        let prev = self.applied.take();
+        let sum = self.write_diff(prev.as_ref(), want)?;
+        // Only a complete apply is remembered: after an error the next one reads the maps again.
+        self.applied = Some(want.clone());
+        Ok(sum)
+    }
+
+    fn write_diff(&mut self, prev: Option<&MapState>, want: &MapState) -> Result<DiffSummary> {
+        // Without a copy of what was applied (first apply of this process, or after an error),
+        // read the maps back: what a previous agent left is adopted, only the difference written.
+        let read;
+        let have = match prev {
+            Some(p) => p,
+            None => {
+                read = self.read_state()?;
+                &read
+            }
+        };
+        let mut sum = DiffSummary::default();
+        let m = &mut self.maps;
+        if have.config != want.config {
+            m.config.set(0, want.config, 0).map_err(map_err(MAP_CONFIG))?;
+            sum.changed += 1;
+        }
+        let (mut rv, mut rm, mut rn, mut re, mut rf) = (vec![], vec![], vec![], vec![], vec![]);
+        sync_cached(MAP_VNIS, &mut m.vnis, &have.vnis, &want.vnis, &mut sum, &mut rv)?;
+        sync_cached(MAP_MEMBERS, &mut m.members, &have.members, &want.members, &mut sum, &mut rm)?;
+        sync_cached(MAP_NEIGH, &mut m.neigh, &have.neigh, &want.neigh, &mut sum, &mut rn)?;
+        sync_cached(MAP_ENDPOINTS, &mut m.endpoints, &have.endpoints, &want.endpoints, &mut sum, &mut re)?;
+        sync_cached(MAP_FDB, &mut m.fdb, &have.fdb, &want.fdb, &mut sum, &mut rf)?;
+        // Per-VNI counters exist for exactly the configured VNIs.
+        if prev.is_none_or(|p| !p.vnis.keys().eq(want.vnis.keys())) {
+            let cpus = nr_cpus().map_err(|(_, e)| io_err("counting CPUs", Path::new("/sys/devices/system/cpu/possible"))(e))?;
+            let have: Vec<u32> = m.vni_stats.keys().collect::<std::result::Result<_, _>>().map_err(map_err(MAP_VNI_STATS))?;
+            for vni in want.vnis.keys() {
+                if !have.contains(vni) {
+                    let zero = PerCpuValues::try_from(vec![VniCounters::default(); cpus])
+                        .map_err(io_err("sizing per-CPU values", Path::new(MAP_VNI_STATS)))?;
+                    m.vni_stats.insert(vni, zero, 0).map_err(map_err(MAP_VNI_STATS))?;
+                }
+            }
+            for vni in have.iter().filter(|v| !want.vnis.contains_key(v)) {
+                let _ = m.vni_stats.remove(vni);
+            }
+        }
+        remove_all(MAP_FDB, &mut m.fdb, rf, &mut sum)?;
+        remove_all(MAP_ENDPOINTS, &mut m.endpoints, re, &mut sum)?;
+        remove_all(MAP_NEIGH, &mut m.neigh, rn, &mut sum)?;
+        remove_all(MAP_MEMBERS, &mut m.members, rm, &mut sum)?;
+        remove_all(MAP_VNIS, &mut m.vnis, rv, &mut sum)?;
+        Ok(sum)
+    }
+
+    /// One FDB entry, looked up directly (without reading the whole table).
+    pub fn fdb_entry(&self, vni: u32, mac: [u8; 6]) -> Result<Option<FdbEntry>> {
+        match self.maps.fdb.get(&FdbKey::new(vni, mac), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_FDB)(e)),
+        }
+    }
+
+    /// Memory the kernel accounts to the datapath's maps (`memlock` of each map), in bytes.
+    pub fn map_memory(&self) -> Result<u64> {
+        let mut total = 0;
+        for name in ALL_MAPS {
+            let data = MapData::from_pin(self.dir.join(name)).map_err(map_err(name))?;
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            let fd = data.fd().as_fd().as_raw_fd();
+            let path = PathBuf::from(format!("/proc/self/fdinfo/{fd}"));
+            let info = fs::read_to_string(&path).map_err(io_err("reading", &path))?;
+            total += info
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// Counters summed over CPUs.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut out = Stats::default();
+        for dir in Direction::ALL {
+            for r in Reason::ALL {
+                let v = self.maps.stats.get(&stats_index(*r, *dir), 0).map_err(map_err(MAP_STATS))?;
+                let c = v.iter().fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes });
+                if c.packets != 0 {
+                    out.reasons.push((*r, *dir, c));
+                }
+            }
+        }
+        for kv in self.maps.vni_stats.iter() {
+            let (vni, per_cpu) = kv.map_err(map_err(MAP_VNI_STATS))?;
+            let mut t = VniCounters::default();
+            for c in per_cpu.iter() {
+                t.rx.packets += c.rx.packets;
+                t.rx.bytes += c.rx.bytes;
+                t.tx.packets += c.tx.packets;
+                t.tx.bytes += c.tx.bytes;
+            }
+            out.vnis.insert(vni, t);
+        }
+        Ok(out)
+    }
+
+    fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
+        let ebpf = self.ebpf.as_mut().ok_or(DataplaneError::Program { name, source: ProgramError::NotLoaded })?;
+        ebpf.program_mut(name)
+            .ok_or(DataplaneError::Program { name, source: ProgramError::NotLoaded })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })
+    }
+
+    fn link_pin(&self, kind: &str, ifname: &str, ifindex: u32) -> PathBuf {
+        self.dir.join(LINKS_SUBDIR).join(format!("{kind}-{ifname}-{ifindex}"))
+    }
+
+    /// Attaches `prog` to TC ingress of `ifname` through a TCX link pinned under the node's
+    /// directory. If a pinned link for that interface exists (a previous agent), its program is
+    /// replaced atomically: no packet goes unprocessed during an agent restart.
+    fn attach(&mut self, prog: &'static str, kind: &str, ifname: &str, ifindex: u32) -> Result<()> {
+        let pin = self.link_pin(kind, ifname, ifindex);
+        if self.attached.contains(&pin) && pin.exists() {
+            return Ok(());
+        }
+        let link_err = |message: String| DataplaneError::Link { path: pin.display().to_string(), message };
+        let program = self.program(prog)?;
+        let replaced = match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link = FdLink::from(old).try_into().map_err(|e: aya::programs::links::LinkError| link_err(e.to_string()))?;
+                match program.attach_to_link(link) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        // The pin outlived its device (an interface deleted and re-created under
+                        // the same name, possibly the same ifindex, while no agent ran): the link
+                        // is defunct and can never be updated. Drop it and attach afresh.
+                        tracing::info!(pin = %pin.display(), "dropping a pinned link that cannot be updated ({e}); attaching afresh");
+                        fs::remove_file(&pin).map_err(io_err("unpinning", &pin))?;
+                        None
+                    }
+                }
+            }
+            Err(_) => None,
+        };
+        let program = self.program(prog)?;
+        let id = match replaced {
+            Some(id) => id,
+            None => program
+                .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(|e| link_err(format!("attaching to {ifname}: {e}")))?,
+        };
+        let link = program.take_link(id).map_err(|e| link_err(e.to_string()))?;
+        let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| link_err(e.to_string()))?;
+        if !pin.exists() {
+            fd.pin(&pin).map_err(|e| link_err(format!("pinning: {e}")))?;
+        }
+        self.attached.insert(pin);
+        Ok(())
+    }
+
+    /// Egress program on an endpoint's host-side veth.
+    pub fn attach_egress(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+        self.attach(PROG_EGRESS, "egress", ifname, ifindex)
+    }
+
+    /// Ingress program on the underlay interface.
+    pub fn attach_ingress(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+        self.attach(PROG_INGRESS, "ingress", ifname, ifindex)
+    }
+
+    /// Removes link pins whose (interface, ifindex) is not in `keep`; their attachments go with
+    /// them (or went already with the interface).
+    pub fn sweep_links(&self, keep: &[(&str, u32)]) -> Result<usize> {
+        let dir = self.dir.join(LINKS_SUBDIR);
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).map_err(io_err("reading", &dir))? {
+            let entry = entry.map_err(io_err("reading", &dir))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            let wanted = keep.iter().any(|(ifn, idx)| {
+                name == format!("egress-{ifn}-{idx}") || name == format!("ingress-{ifn}-{idx}")
+            });
+            if !wanted {
+                fs::remove_file(entry.path()).map_err(io_err("unpinning", &entry.path()))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Runs a program once with `BPF_PROG_TEST_RUN` (or `repeat` times) on `frame`.
+    /// Returns (verdict, frame out, mean duration per run).
+    pub fn test_run(&mut self, prog: &'static str, frame: &[u8], repeat: u32) -> Result<(i32, Vec<u8>, std::time::Duration)> {
+        let program = self.program(prog)?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: repeat.max(1), ..Default::default() };
+        let r = program.test_run(opts).map_err(|source| DataplaneError::Program { name: prog, source })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value as i32, out, r.duration))
+    }
+}
+
+/// Removes a node's pins: maps, links (which detaches the programs) and the directory.
+/// Keeps going past errors and reports them all.
+pub fn remove_pins(dir: &Path) -> std::result::Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    let links = dir.join(LINKS_SUBDIR);
+    if let Ok(rd) = fs::read_dir(&links) {
+        for e in rd.flatten() {
+            if let Err(err) = fs::remove_file(e.path()) {
+                errors.push(format!("{}: {err}", e.path().display()));
+            }
+        }
+    }
+    let _ = fs::remove_dir(&links);
+    for m in ALL_MAPS {
+        let p = dir.join(m);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("{}: {e}", p.display())),
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => remove_pin_root_if_empty(dir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(format!("{}: {e}", dir.display())),
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// After `dir` (a pin directory, or a group of them) was removed: removes the shared
+/// `<bpffs>/overlay` above it too when nothing else lives there.
+pub fn remove_pin_root_if_empty(dir: &Path) {
+    if let Some(parent) = dir.parent().filter(|p| p.file_name().is_some_and(|n| n == PIN_SUBDIR)) {
+        // Fails (and is left) when another node's or test's pins are there.
+        let _ = fs::remove_dir(parent);
+    }
+}

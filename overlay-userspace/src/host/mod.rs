@@ -1,0 +1,2 @@
+//! The node's kernel outside BPF: links, addresses, routes and namespaces over netlink.
+pub mod netlink;

@@ -1,0 +1,257 @@
+//! Interfaces, addresses and namespaces through rtnetlink. One `Netlink` talks to one network
+//! namespace: the one of the thread that created its socket.
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use futures::TryStreamExt;
+use rtnetlink::{
+    Handle, LinkUnspec, LinkVeth,
+    packet_route::{
+        address::{AddressAttribute, AddressMessage},
+        link::{LinkAttribute, LinkMessage},
+    },
+};
+
+use crate::{model::Mac, defaults::NETNS_DIR};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error("network namespace {path}: {source}")]
+    Netns { path: String, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Request { what: String, source: rtnetlink::Error },
+    #[error("interface {0} not found")]
+    NoSuchLink(String),
+    #[error("no interface holds address {0}")]
+    NoInterfaceWithAddress(Ipv4Addr),
+}
+
+type Result<T> = std::result::Result<T, NetlinkError>;
+
+fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError::Request { what, source }
+}
+
+/// Path of a network namespace: a name under `/run/netns`, or an absolute path as is.
+pub fn netns_path(name: &str) -> PathBuf {
+    if name.starts_with('/') { PathBuf::from(name) } else { Path::new(NETNS_DIR).join(name) }
+}
+
+/// Enters the network namespace at `path` for the calling thread only.
+pub fn enter_netns(path: &Path) -> std::io::Result<()> {
+    let f = File::open(path)?;
+    // SAFETY: setns on a valid namespace fd; affects only the calling thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A link as the agent cares about it.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    /// IFLA_LINK: for a veth, its peer's ifindex (in the peer's namespace).
+    pub peer: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+}
+
+fn link_of(msg: &LinkMessage) -> Link {
+    let mut l = Link { index: msg.header.index, name: String::new(), mtu: 0, peer: None, mac: None };
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Mtu(m) => l.mtu = *m,
+            LinkAttribute::Link(i) => l.peer = Some(*i),
+            LinkAttribute::Address(a) => l.mac = a.as_slice().try_into().ok(),
+            _ => {}
+        }
+    }
+    l
+}
+
+/// The (local) IPv4 address an address message is about: IFA_LOCAL, else IFA_ADDRESS (they
+/// differ only on point-to-point links, where IFA_ADDRESS is the peer).
+fn ipv4_of(m: &AddressMessage) -> Option<Ipv4Addr> {
+    let local = m.attributes.iter().find_map(|a| match *a {
+        AddressAttribute::Local(IpAddr::V4(v4)) => Some(v4),
+        _ => None,
+    });
+    local.or_else(|| {
+        m.attributes.iter().find_map(|a| match *a {
+            AddressAttribute::Address(IpAddr::V4(v4)) => Some(v4),
+            _ => None,
+        })
+    })
+}
+
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// A connection in the calling thread's namespace. Needs a Tokio runtime.
+    pub fn new() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A connection inside the namespace at `path`: the socket is opened by a helper thread that
+    /// entered the namespace, and stays bound to it.
+    pub fn in_netns(path: &Path) -> Result<Self> {
+        let rt = tokio::runtime::Handle::current();
+        let p = path.to_path_buf();
+        let res = std::thread::spawn(move || {
+            enter_netns(&p).map_err(|source| NetlinkError::Netns { path: p.display().to_string(), source })?;
+            let _guard = rt.enter();
+            rtnetlink::new_connection().map_err(NetlinkError::Socket)
+        })
+        .join()
+        .map_err(|_| NetlinkError::Socket(std::io::Error::other("netns helper thread panicked")))?;
+        let (conn, handle, _) = res?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let mut s = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("listing links"))? {
+            out.push(link_of(&m));
+        }
+        Ok(out)
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+    }
+
+    /// Whether interface `index` holds `ip`.
+    pub async fn has_address(&self, index: u32, ip: Ipv4Addr) -> Result<bool> {
+        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
+            if m.header.index == index && ipv4_of(&m) == Some(ip) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Removes every IPv4 address of interface `index` but `keep` (an endpoint re-published
+    /// under the same name with another address).
+    pub async fn remove_ipv4_except(&self, index: u32, keep: Ipv4Addr) -> Result<()> {
+        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut stale = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
+            if m.header.index == index && ipv4_of(&m).is_some_and(|a| a != keep) {
+                stale.push(m);
+            }
+        }
+        for m in stale {
+            self.handle.address().del(m).execute().await.map_err(req(format!("removing an old address of link {index}")))?;
+        }
+        Ok(())
+    }
+
+    /// The interface that holds `ip`.
+    pub async fn interface_with_address(&self, ip: Ipv4Addr) -> Result<Link> {
+        let mut s = self.handle.address().get().execute();
+        while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
+            if ipv4_of(&m) == Some(ip) {
+                let idx = m.header.index;
+                return self.links().await?.into_iter().find(|l| l.index == idx).ok_or(NetlinkError::NoInterfaceWithAddress(ip));
+            }
+        }
+        Err(NetlinkError::NoInterfaceWithAddress(ip))
+    }
+
+    pub async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<()> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(req(format!("creating veth {name}/{peer}")))
+    }
+
+    pub async fn move_to_netns(&self, index: u32, netns: &Path) -> Result<()> {
+        let f = File::open(netns).map_err(|source| NetlinkError::Netns { path: netns.display().to_string(), source })?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).setns_by_fd(f.as_raw_fd()).build())
+            .execute()
+            .await
+            .map_err(req(format!("moving link {index} to {}", netns.display())))
+    }
+
+    /// Renames, sets MAC and MTU, and brings the link up, in one request.
+    pub async fn configure(&self, index: u32, name: &str, mac: Option<Mac>, mtu: u32) -> Result<()> {
+        let mut b = LinkUnspec::new_with_index(index).name(name.to_string()).mtu(mtu);
+        if let Some(m) = mac {
+            b = b.address(m.0.to_vec());
+        }
+        self.handle.link().set(b.build()).execute().await.map_err(req(format!("configuring {name}")))?;
+        self.set_up(index).await
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(req(format!("setting link {index} up")))
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(req(format!("setting MTU of link {index}")))
+    }
+
+    /// Adds (or keeps) `ip/prefix`; the kernel adds the subnet route with it.
+    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(ip), prefix)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("adding {ip}/{prefix} to link {index}")))
+    }
+
+    pub async fn delete(&self, index: u32) -> Result<()> {
+        self.handle.link().del(index).execute().await.map_err(req(format!("deleting link {index}")))
+    }
+}
+
+/// Turns IPv6 off for new interfaces of a namespace: the overlay is IPv4-only (as Docker's is by
+/// default), and router solicitations would only show up as drops.
+pub fn disable_ipv6_in(netns: &Path) -> std::io::Result<()> {
+    let p = netns.to_path_buf();
+    std::thread::spawn(move || -> std::io::Result<()> {
+        enter_netns(&p)?;
+        for k in ["default", "all"] {
+            let f = format!("/proc/sys/net/ipv6/conf/{k}/disable_ipv6");
+            if Path::new(&f).exists() {
+                std::fs::write(f, "1")?;
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("netns helper thread panicked"))?
+}

@@ -1,0 +1,269 @@
+//! The Docker network plugin: libnetwork's remote driver protocol (as Docker 20.10 speaks it)
+//! over a unix socket in `/run/docker/plugins/`, backed by the etcd store.
+//!
+//! Docker's default IPAM chooses subnets and addresses; the plugin publishes them in the store
+//! (so every other node, the CLI and the CNI plugin see them). At `Join` the plugin creates the
+//! endpoint's veth pair under the agent's names and hands the container end to Docker, which
+//! moves it into the container as `eth0` and configures it; the node's agent then finds it there
+//! and programs the datapath, as for any endpoint.
+use std::{net::Ipv4Addr, path::PathBuf, sync::Arc};
+
+use axum::{Router, body::Bytes, extract::State, http::header, response::IntoResponse, routing::post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::{
+    model::Mac,
+    defaults::OVERLAY_OVERHEAD,
+    control::desired::{host_ifname, peer_ifname},
+    host::netlink::Netlink,
+    source::store::{EndpointSpec, NetworkSpec, Store, StoreError, records::PREFIX},
+};
+
+/// Where a Docker network's store network is recorded: `{"network": NAME, "owned": BOOL}`.
+fn mapping_key(network_id: &str) -> String {
+    format!("{PREFIX}docker/networks/{network_id}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct Mapping {
+    network: String,
+    /// Created for this Docker network (removed with it), not adopted with `-o network=NAME`.
+    owned: bool,
+}
+
+/// The store endpoint of a Docker endpoint.
+pub fn endpoint_name(endpoint_id: &str) -> String {
+    format!("dk-{}", &endpoint_id[..endpoint_id.len().min(20)])
+}
+
+pub struct Plugin {
+    pub store: Store,
+    pub node: String,
+    /// The scope reported to Docker: "local" (each daemon keeps its own network objects; the
+    /// overlay's state is shared through etcd anyway) or "global" (swarm managers only: Docker
+    /// 20.10 outside swarm refuses to create global-scope networks, "This node is not a swarm
+    /// manager"). Connectivity scope is always global.
+    pub scope: String,
+}
+
+type Shared = Arc<Plugin>;
+
+#[derive(Debug)]
+struct DriverError(String);
+
+impl From<StoreError> for DriverError {
+    fn from(e: StoreError) -> Self {
+        DriverError(e.to_string())
+    }
+}
+
+type Reply = Result<Value, DriverError>;
+
+fn field<'a>(req: &'a Value, name: &str) -> Result<&'a str, DriverError> {
+    req.get(name).and_then(Value::as_str).ok_or_else(|| DriverError(format!("request has no {name}")))
+}
+
+/// `-o key=value` options of `docker network create`.
+fn generic_option<'a>(req: &'a Value, key: &str) -> Option<&'a str> {
+    req.get("Options")?.get("com.docker.network.generic")?.get(key)?.as_str()
+}
+
+impl Plugin {
+    async fn mapping(&self, network_id: &str) -> Result<Mapping, DriverError> {
+        let raw = self.store.get_raw(&mapping_key(network_id)).await?;
+        let raw = raw.ok_or_else(|| DriverError(format!("network {network_id} is not an overlay network of this store (was it created with another plugin?)")))?;
+        serde_json::from_slice(&raw).map_err(|e| DriverError(format!("{}: malformed: {e}", mapping_key(network_id))))
+    }
+
+    async fn create_network(&self, req: &Value) -> Reply {
+        let id = field(req, "NetworkID")?;
+        let v4 = req.get("IPv4Data").and_then(|d| d.get(0)).ok_or_else(|| DriverError("no IPv4 pool: the overlay needs an IPv4 subnet".into()))?;
+        let pool = v4.get("Pool").and_then(Value::as_str).ok_or_else(|| DriverError("no IPv4 pool".into()))?;
+        let gateway = v4
+            .get("Gateway")
+            .and_then(Value::as_str)
+            .map(|g| g.split('/').next().unwrap_or(g).parse::<Ipv4Addr>().map_err(|_| DriverError(format!("gateway {g:?} is not IPv4"))))
+            .transpose()?;
+        let vni = generic_option(req, "vni").map(|v| v.parse::<u32>().map_err(|_| DriverError(format!("-o vni={v}: not a number")))).transpose()?;
+        let mtu = generic_option(req, "mtu")
+            .or_else(|| generic_option(req, "com.docker.network.driver.mtu"))
+            .map(|v| v.parse::<u32>().map_err(|_| DriverError(format!("-o mtu={v}: not a number"))))
+            .transpose()?;
+        let (name, adopt) = match generic_option(req, "network") {
+            Some(n) => (n.to_string(), true),
+            None => (format!("docker-{}", &id[..id.len().min(12)]), false),
+        };
+        let owned = match self.store.network(&name).await {
+            Ok((existing, _)) if adopt => {
+                if existing.subnet != pool {
+                    return Err(DriverError(format!("overlay network {name} has subnet {}, not {pool}", existing.subnet)));
+                }
+                false
+            }
+            Ok(_) => return Err(DriverError(format!("overlay network {name} already exists"))),
+            Err(StoreError::UnknownNetwork(_)) => {
+                let spec = NetworkSpec { name: name.clone(), vni, subnet: Some(pool.to_string()), gateway, mtu, attachable: true };
+                let r = self.store.network_create(&spec).await?;
+                info!(network = %name, vni = r.vni, subnet = %r.subnet, docker_id = id, "created overlay network for Docker");
+                true
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let m = serde_json::to_vec(&Mapping { network: name, owned }).expect("serialises");
+        self.store.put_raw(&mapping_key(id), m).await?;
+        Ok(json!({}))
+    }
+
+    async fn delete_network(&self, req: &Value) -> Reply {
+        let id = field(req, "NetworkID")?;
+        let m = match self.mapping(id).await {
+            Ok(m) => m,
+            Err(_) => return Ok(json!({})),
+        };
+        if m.owned {
+            match self.store.network_rm(&m.network).await {
+                Ok(_) | Err(StoreError::UnknownNetwork(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.store.delete_raw(&mapping_key(id)).await?;
+        Ok(json!({}))
+    }
+
+    async fn create_endpoint(&self, req: &Value) -> Reply {
+        let m = self.mapping(field(req, "NetworkID")?).await?;
+        let name = endpoint_name(field(req, "EndpointID")?);
+        let iface = req.get("Interface").cloned().unwrap_or(Value::Null);
+        let ip = match iface.get("Address").and_then(Value::as_str).filter(|a| !a.is_empty()) {
+            Some(a) => Some(a.split('/').next().unwrap_or(a).parse::<Ipv4Addr>().map_err(|_| DriverError(format!("address {a:?} is not IPv4")))?),
+            None => None,
+        };
+        let spec = EndpointSpec { name: name.clone(), network: m.network.clone(), node: self.node.clone(), netns: None, ip };
+        let r = self.store.endpoint_add(&spec).await?;
+        let given_mac = iface.get("MacAddress").and_then(Value::as_str).unwrap_or("");
+        if !given_mac.is_empty() && !given_mac.eq_ignore_ascii_case(&r.mac) {
+            let _ = self.store.endpoint_rm(&name).await;
+            return Err(DriverError(format!("MAC address {given_mac} is not supported: the overlay derives it from the IP ({})", r.mac)));
+        }
+        info!(endpoint = %name, network = %m.network, ip = %r.ip, "endpoint created for Docker");
+        // Docker takes the MAC from the reply when it did not choose one.
+        let interface = if given_mac.is_empty() { json!({"MacAddress": r.mac}) } else { json!({}) };
+        Ok(json!({"Interface": interface}))
+    }
+
+    async fn delete_endpoint(&self, req: &Value) -> Reply {
+        let name = endpoint_name(field(req, "EndpointID")?);
+        match self.store.endpoint_rm(&name).await {
+            Ok(_) | Err(StoreError::UnknownEndpoint(_)) => Ok(json!({})),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The container MTU: the network's, else the underlay's minus the VXLAN overhead.
+    async fn mtu(&self, network: &str) -> Result<u32, DriverError> {
+        let (net, _) = self.store.network(network).await?;
+        if let Some(m) = net.mtu {
+            return Ok(m);
+        }
+        let (nodes, _) = self.store.nodes().await?;
+        let vtep: Option<Ipv4Addr> = nodes.iter().find(|(n, _)| n.name == self.node).and_then(|(n, _)| n.vtep.parse().ok());
+        let nl = Netlink::new().map_err(|e| DriverError(e.to_string()))?;
+        let underlay = match vtep {
+            Some(v) => nl.interface_with_address(v).await.map(|l| l.mtu).unwrap_or(1500),
+            None => 1500,
+        };
+        Ok(underlay.saturating_sub(OVERLAY_OVERHEAD))
+    }
+
+    async fn join(&self, req: &Value) -> Reply {
+        let name = endpoint_name(field(req, "EndpointID")?);
+        let sandbox = field(req, "SandboxKey")?.to_string();
+        let (r, _) = self.store.endpoint(&name).await?;
+        let mtu = self.mtu(&r.network).await?;
+        let (host, peer) = (host_ifname(&name), peer_ifname(&name));
+        let nl = Netlink::new().map_err(|e| DriverError(e.to_string()))?;
+        for stale in [&host, &peer] {
+            if let Some(l) = nl.link(stale).await.map_err(|e| DriverError(e.to_string()))? {
+                nl.delete(l.index).await.map_err(|e| DriverError(e.to_string()))?;
+            }
+        }
+        nl.create_veth(&host, &peer, mtu).await.map_err(|e| DriverError(format!("creating the veth pair: {e}")))?;
+        let p = nl.link(&peer).await.map_err(|e| DriverError(e.to_string()))?.ok_or_else(|| DriverError(format!("{peer} vanished")))?;
+        let mac: Mac = r.mac.parse().map_err(|_| DriverError(format!("endpoint {name} has MAC {:?}", r.mac)))?;
+        nl.configure(p.index, &peer, Some(mac), mtu).await.map_err(|e| DriverError(e.to_string()))?;
+        // The agent wires it once Docker has moved it into the sandbox.
+        self.store.endpoint_set_netns(&name, Some(&sandbox)).await?;
+        info!(endpoint = %name, %sandbox, ifname = %peer, "joined");
+        Ok(json!({
+            "InterfaceName": {"SrcName": peer, "DstPrefix": "eth"},
+            // No gateway in the overlay, and no docker_gwbridge: the network is container-to-container.
+            "DisableGatewayService": true,
+            "StaticRoutes": [],
+        }))
+    }
+
+    async fn leave(&self, req: &Value) -> Reply {
+        let name = endpoint_name(field(req, "EndpointID")?);
+        match self.store.endpoint_set_netns(&name, None).await {
+            Ok(_) | Err(StoreError::UnknownEndpoint(_)) => Ok(json!({})),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Handles one call of the protocol by its path.
+    pub async fn call(&self, method: &str, body: &[u8]) -> Value {
+        let req: Value = if body.is_empty() { json!({}) } else { serde_json::from_slice(body).unwrap_or(json!({})) };
+        tracing::debug!(method, request = %req, "call");
+        let r = match method {
+            "Plugin.Activate" => Ok(json!({"Implements": ["NetworkDriver"]})),
+            "NetworkDriver.GetCapabilities" => Ok(json!({"Scope": self.scope, "ConnectivityScope": "global"})),
+            "NetworkDriver.CreateNetwork" => self.create_network(&req).await,
+            "NetworkDriver.DeleteNetwork" => self.delete_network(&req).await,
+            "NetworkDriver.CreateEndpoint" => self.create_endpoint(&req).await,
+            "NetworkDriver.DeleteEndpoint" => self.delete_endpoint(&req).await,
+            "NetworkDriver.EndpointOperInfo" => Ok(json!({"Value": {}})),
+            "NetworkDriver.Join" => self.join(&req).await,
+            "NetworkDriver.Leave" => self.leave(&req).await,
+            "NetworkDriver.DiscoverNew"
+            | "NetworkDriver.DiscoverDelete"
+            | "NetworkDriver.ProgramExternalConnectivity"
+            | "NetworkDriver.RevokeExternalConnectivity"
+            | "NetworkDriver.AllocateNetwork"
+            | "NetworkDriver.FreeNetwork" => Ok(json!({})),
+            other => Err(DriverError(format!("{other} is not implemented by the overlay plugin"))),
+        };
+        match r {
+            Ok(v) => v,
+            Err(DriverError(e)) => {
+                warn!(method, "refused: {e}");
+                json!({"Err": e})
+            }
+        }
+    }
+}
+
+async fn handle(State(p): State<Shared>, uri: axum::http::Uri, body: Bytes) -> impl IntoResponse {
+    let method = uri.path().trim_start_matches('/').to_string();
+    let v = p.call(&method, &body).await;
+    ([(header::CONTENT_TYPE, "application/vnd.docker.plugins.v1+json")], v.to_string())
+}
+
+/// Serves the protocol on `socket` until `stop` resolves; removes the socket afterwards.
+pub async fn serve(plugin: Plugin, socket: PathBuf, stop: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = tokio::net::UnixListener::bind(&socket)?;
+    info!(socket = %socket.display(), node = %plugin.node, "Docker network plugin listening");
+    let app = Router::new().route("/{*method}", post(handle)).with_state(Arc::new(plugin));
+    let r = axum::serve(listener, app).with_graceful_shutdown(stop).await;
+    let _ = std::fs::remove_file(&socket);
+    r
+}

@@ -1,0 +1,300 @@
+//! The agent's side of the store: register the node under a lease and keep it alive, mirror the
+//! overlay's keys with one watch, and publish the resulting [`Cluster`] to the reconcile loop.
+//!
+//! Losing etcd changes nothing on the node: the last published cluster stays, the datapath keeps
+//! forwarding, and this loop reconnects by itself. It resumes the watch from the last revision it
+//! saw; if etcd compacted that revision away, it reads everything again (a full resync: the
+//! reconcile loop then repairs only the difference).
+use std::{sync::Arc, time::Duration};
+
+use etcd_client::{EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use futures::FutureExt as _;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::{
+    Store, StoreError,
+    mirror::{Mirror, Step},
+    records::{AliveRecord, NodeRecord, PREFIX, alive_key, node_key, now_secs},
+};
+use crate::model::{Cluster, Node};
+
+/// How long to wait before reconnecting, at first and at most.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What the agent registers.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub node: Node,
+    /// Lease TTL in seconds: a node whose agent stops renewing disappears after this long.
+    pub ttl: i64,
+}
+
+/// Why following the store stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("node {node}: {message}")]
+    Conflict { node: String, message: String },
+}
+
+enum SessionEnd {
+    /// Connection lost or a request failed: reconnect.
+    Disconnected(String),
+    /// The receivers are gone: stop.
+    Closed,
+}
+
+/// Follows the store at `url` until every receiver of `tx` is dropped. Returns an error only
+/// when the node cannot be registered at all (another live agent has its name or VTEP).
+pub async fn follow(url: String, reg: Registration, tx: watch::Sender<Option<Arc<Cluster>>>) -> Result<(), FollowError> {
+    let mut mirror = Mirror::new();
+    let mut backoff = BACKOFF_MIN;
+    let mut warned_down = false;
+    loop {
+        if tx.is_closed() {
+            return Ok(());
+        }
+        let store = match Store::connect(&url).await {
+            Ok(s) => s,
+            Err(e) => {
+                if !warned_down {
+                    warn!("{e}; the datapath keeps its last state, retrying");
+                    warned_down = true;
+                } else {
+                    debug!("{e}; retrying");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        if warned_down {
+            info!(addrs = %store.addrs, revision = mirror.revision, "etcd reachable again; resuming");
+            warned_down = false;
+        }
+        let lease = match register(&store, &reg).await {
+            Ok(l) => l,
+            Err(Registered::Conflict(message)) => return Err(FollowError::Conflict { node: reg.node.name.clone(), message }),
+            Err(Registered::Store(e)) => {
+                warn!("registering node {}: {e}; retrying", reg.node.name);
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        match session(&store, &reg, lease, &mut mirror, &tx).await {
+            SessionEnd::Closed => return Ok(()),
+            SessionEnd::Disconnected(why) => {
+                warn!(addrs = %store.addrs, revision = mirror.revision, "lost etcd ({why}); the datapath keeps its last state, reconnecting");
+                warned_down = true;
+                tokio::time::sleep(BACKOFF_MIN).await;
+            }
+        }
+    }
+}
+
+enum Registered {
+    Conflict(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Registered {
+    fn from(e: StoreError) -> Self {
+        Registered::Store(e)
+    }
+}
+
+/// Writes the node record and the liveness key under a fresh lease. Refuses to take a name or a
+/// VTEP that another live node holds with a different identity.
+async fn register(store: &Store, reg: &Registration) -> Result<i64, Registered> {
+    let me = &reg.node;
+    let (nodes, _) = store.nodes().await?;
+    for (n, alive) in &nodes {
+        if alive.is_none() {
+            continue;
+        }
+        let same_vtep = n.vtep == me.vtep.to_string();
+        if n.name == me.name && !same_vtep {
+            return Err(Registered::Conflict(format!(
+                "already live with VTEP {} (another agent runs under this name?); stop it or wait {} s for its lease to expire",
+                n.vtep, reg.ttl
+            )));
+        }
+        if n.name != me.name && same_vtep {
+            return Err(Registered::Conflict(format!("VTEP {} is already live node {}'s", me.vtep, n.name)));
+        }
+    }
+    let mut c = store.client();
+    let lease = c.lease_grant(reg.ttl, None).await.map_err(|e| StoreError::Unreachable { addrs: store.addrs.clone(), message: super::short(&e) })?.id();
+    let rec = NodeRecord { name: me.name.clone(), vtep: me.vtep.to_string(), underlay: me.underlay.clone() };
+    let alive = AliveRecord { since: now_secs(), ttl: reg.ttl };
+    let txn = Txn::new().and_then([
+        TxnOp::put(node_key(&me.name), serde_json::to_vec(&rec).expect("records serialise"), None),
+        TxnOp::put(alive_key(&me.name), serde_json::to_vec(&alive).expect("records serialise"), Some(PutOptions::new().with_lease(lease))),
+    ]);
+    c.txn(txn).await.map_err(|e| StoreError::Unreachable { addrs: store.addrs.clone(), message: super::short(&e) })?;
+    info!(node = %me.name, vtep = %me.vtep, lease, ttl = reg.ttl, "registered in the store");
+    Ok(lease)
+}
+
+/// Rebuilds the cluster from the mirror and hands it to the reconcile loop.
+fn publish(mirror: &mut Mirror, me: &Node, tx: &watch::Sender<Option<Arc<Cluster>>>) -> bool {
+    let t0 = std::time::Instant::now();
+    let (cluster, warnings) = mirror.cluster(me);
+    debug!(revision = mirror.revision, took_us = t0.elapsed().as_micros() as u64, "cluster rebuilt from the mirror");
+    for w in warnings {
+        warn!("store entry {w}");
+    }
+    tx.send(Some(Arc::new(cluster))).is_ok()
+}
+
+/// Applies the in-place steps of [`Mirror::event`] to a published cluster.
+pub fn apply_steps(c: &mut Cluster, steps: Vec<Step>) {
+    for s in steps {
+        match s {
+            Step::Add(ep) => c.endpoints.push(ep),
+            Step::Remove(name) => c.endpoints.retain(|e| e.name != name),
+            Step::Nothing | Step::Rebuild => {}
+        }
+    }
+}
+
+/// Reads every key again into an empty mirror.
+async fn resync(store: &Store, mirror: &mut Mirror) -> Result<(), StoreError> {
+    let snap = store.snapshot(PREFIX, 0).await?;
+    mirror.clear();
+    for kv in &snap.kvs {
+        if let Some(bad) = mirror.put(&String::from_utf8_lossy(kv.key()), kv.value(), kv.create_revision()) {
+            warn!("store entry {bad}; skipped");
+        }
+    }
+    mirror.revision = snap.revision;
+    info!(keys = snap.kvs.len(), revision = snap.revision, "read the whole store");
+    Ok(())
+}
+
+async fn session(store: &Store, reg: &Registration, mut lease: i64, mirror: &mut Mirror, tx: &watch::Sender<Option<Arc<Cluster>>>) -> SessionEnd {
+    let lost = |e: &dyn std::fmt::Display| SessionEnd::Disconnected(e.to_string());
+    let mut c = store.client();
+    if mirror.revision == 0 {
+        if let Err(e) = resync(store, mirror).await {
+            return lost(&e);
+        }
+        if !publish(mirror, &reg.node, tx) {
+            return SessionEnd::Closed;
+        }
+    }
+    let (mut keeper, mut kstream) = match c.lease_keep_alive(lease).await {
+        Ok(k) => k,
+        Err(e) => return lost(&e),
+    };
+    let mut watch_from = mirror.revision + 1;
+    'watch: loop {
+        let opts = WatchOptions::new().with_prefix().with_start_revision(watch_from).with_progress_notify();
+        let mut ws = match c.watch(PREFIX, Some(opts)).await {
+            Ok(w) => w,
+            Err(e) => return lost(&e),
+        };
+        let period = Duration::from_millis((reg.ttl as u64 * 1000 / 3).max(200));
+        let mut tick = tokio::time::interval(period);
+        // A silent partition shows first as keep-alives going unanswered (TCP still accepts the
+        // writes): two missed answers end the session well before the lease could expire.
+        let mut answered = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if answered.elapsed() > period * 2 + Duration::from_millis(200) {
+                        return lost(&format!("no keep-alive answer for {:.1} s", answered.elapsed().as_secs_f64()));
+                    }
+                    if let Err(e) = keeper.keep_alive().await {
+                        return lost(&e);
+                    }
+                }
+                _ = tx.closed() => return SessionEnd::Closed,
+                k = kstream.message() => match k {
+                    Ok(Some(r)) if r.ttl() > 0 => answered = std::time::Instant::now(),
+                    Ok(Some(_)) => {
+                        // The lease expired (etcd was away longer than the TTL): register again.
+                        warn!(node = %reg.node.name, "lease expired; registering again");
+                        lease = match register(store, reg).await {
+                            Ok(l) => l,
+                            Err(Registered::Conflict(m)) => return SessionEnd::Disconnected(m),
+                            Err(Registered::Store(e)) => return lost(&e),
+                        };
+                        (keeper, kstream) = match c.lease_keep_alive(lease).await {
+                            Ok(k) => k,
+                            Err(e) => return lost(&e),
+                        };
+                        answered = std::time::Instant::now();
+                    }
+                    Ok(None) => return lost(&"keep-alive stream ended"),
+                    Err(e) => return lost(&e),
+                },
+                m = ws.message() => {
+                    let mut next = match m {
+                        Ok(Some(r)) => Some(r),
+                        Ok(None) => return lost(&"watch stream ended"),
+                        Err(e) => return lost(&e),
+                    };
+                    let mut rebuild = false;
+                    let mut steps = Vec::new();
+                    // Take everything already waiting before publishing once.
+                    while let Some(r) = next.take() {
+                        if r.compact_revision() > 0 {
+                            warn!(wanted = watch_from, compacted = r.compact_revision(), "watch revision compacted away; full resync");
+                            if let Err(e) = resync(store, mirror).await {
+                                return lost(&e);
+                            }
+                            if !publish(mirror, &reg.node, tx) {
+                                return SessionEnd::Closed;
+                            }
+                            watch_from = mirror.revision + 1;
+                            continue 'watch;
+                        }
+                        if r.canceled() {
+                            return lost(&format!("watch canceled: {}", r.cancel_reason()));
+                        }
+                        for ev in r.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            let key = String::from_utf8_lossy(kv.key());
+                            let value = (ev.event_type() == EventType::Put).then(|| kv.value());
+                            let (step, bad) = mirror.event(&key, value, kv.create_revision());
+                            if let Some(bad) = bad {
+                                warn!("store entry {bad}; skipped");
+                            }
+                            match step {
+                                Step::Nothing => {}
+                                Step::Rebuild => rebuild = true,
+                                s => steps.push(s),
+                            }
+                        }
+                        if let Some(h) = r.header() {
+                            mirror.revision = mirror.revision.max(h.revision());
+                        }
+                        next = match ws.message().now_or_never() {
+                            Some(Ok(Some(r))) => Some(r),
+                            Some(Ok(None)) => return lost(&"watch stream ended"),
+                            Some(Err(e)) => return lost(&e),
+                            None => None,
+                        };
+                    }
+                    watch_from = mirror.revision + 1;
+                    if rebuild {
+                        if !publish(mirror, &reg.node, tx) {
+                            return SessionEnd::Closed;
+                        }
+                    } else if !steps.is_empty() {
+                        // In place: the reconcile loop holds no copy between applies, so this
+                        // does not clone the cluster.
+                        tx.send_modify(|c| {
+                            if let Some(c) = c {
+                                apply_steps(Arc::make_mut(c), steps);
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The agent's copy of the store: every key under the overlay prefix that matters to the
+//! datapath, parsed once when it arrives, and turned into the same [`Cluster`] the file backend
+//! produces. Pure: no I/O, so it is tested without etcd.
+//!
+//! Unlike a cluster file, the store is never rejected whole: a malformed or conflicting entry is
+//! skipped with a warning naming its key, and everything else is used. Entries are taken in the
+//! order they were created, so when two conflict (same VNI, same IP) the older one wins.
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use overlay_common::wire::VXLAN_PORT;
+
+use super::records::{
+    ALIVE, AliveRecord, ENDPOINTS, EndpointRecord, Malformed, NETWORKS, NODES, NetworkRecord, NodeRecord,
+};
+use crate::model::{Cluster, Endpoint, Mac, Network, Node};
+
+struct Entry<T> {
+    create_rev: i64,
+    value: Result<T, Malformed>,
+}
+
+/// An endpoint record with the fields that do not depend on its network already checked, so a
+/// rebuild does not parse 10,000 addresses again.
+struct Parsed {
+    rec: EndpointRecord,
+    ip: std::net::Ipv4Addr,
+    mac: Mac,
+}
+
+fn parse_endpoint(key: &str, value: &[u8]) -> Result<Parsed, Malformed> {
+    let rec = EndpointRecord::parse(key, value)?;
+    let bad = |message: String| Malformed { key: key.to_string(), message };
+    let ip = rec.ip.parse().map_err(|_| bad(format!("ip: {:?} is not an IPv4 address", rec.ip)))?;
+    let mac: Mac = rec.mac.parse().map_err(|_| bad(format!("mac: {:?} is not a MAC address", rec.mac)))?;
+    if mac.0[0] & 1 != 0 || mac.0 == [0; 6] {
+        return Err(bad(format!("mac: {mac} is not a unicast address")));
+    }
+    if let Some(ns) = &rec.netns {
+        if !crate::model::valid_netns(ns) {
+            return Err(bad(format!("netns: {ns:?} is not a namespace name or absolute path")));
+        }
+    }
+    Ok(Parsed { rec, ip, mac })
+}
+
+/// Keys of one kind, by the name at the end of the key.
+type Table<T> = BTreeMap<String, Entry<T>>;
+
+#[derive(Default)]
+pub struct Mirror {
+    networks: Table<Network>,
+    nodes: Table<Node>,
+    alive: BTreeSet<String>,
+    endpoints: Table<Parsed>,
+    /// The store revision this copy reflects.
+    pub revision: i64,
+    /// Conflict warnings already given, so a rebuild does not repeat them.
+    warned: HashSet<String>,
+    /// What the last full build admitted, so that the common change (an endpoint added or
+    /// removed) extends the published cluster in place instead of rebuilding it.
+    index: Option<Index>,
+}
+
+/// The admitted endpoints of the last build, by what must stay unique.
+#[derive(Default)]
+struct Index {
+    live: HashSet<String>,
+    networks: HashMap<String, (usize, ipnet::Ipv4Net)>,
+    ips: HashMap<(usize, std::net::Ipv4Addr), String>,
+    macs: HashMap<(usize, Mac), String>,
+    spaces: HashMap<(String, String), String>,
+    included: HashSet<String>,
+    /// Some endpoint lost a uniqueness conflict: removing another could admit it, which only a
+    /// full build gets right.
+    conflicted: bool,
+}
+
+enum Admit {
+    Yes(Endpoint),
+    /// Its node is down: left out until it is back.
+    Out,
+    /// Skipped with a warning; `conflict` when another endpoint holds its IP, MAC or namespace.
+    No { warning: String, conflict: bool },
+}
+
+impl Index {
+    fn admit(&self, name: &str, p: &Parsed) -> Admit {
+        let r = &p.rec;
+        let no = |warning: String, conflict: bool| Admit::No { warning, conflict };
+        if !self.live.contains(&r.node) {
+            return Admit::Out;
+        }
+        let Some(&(ni, subnet)) = self.networks.get(&r.network) else {
+            return no(format!("{ENDPOINTS}{name}: skipped: unknown network {:?}", r.network), false);
+        };
+        if !subnet.contains(&p.ip) || p.ip == subnet.network() || p.ip == subnet.broadcast() {
+            return no(format!("{ENDPOINTS}{name}: ip: {} is outside subnet {subnet} of network {} (or not a host address)", p.ip, r.network), false);
+        }
+        if let Some(o) = self.ips.get(&(ni, p.ip)) {
+            return no(format!("{ENDPOINTS}{name}: skipped: IP {} in network {} is already endpoint {o}'s", p.ip, r.network), true);
+        }
+        if let Some(o) = self.macs.get(&(ni, p.mac)) {
+            return no(format!("{ENDPOINTS}{name}: skipped: MAC {} in network {} is already endpoint {o}'s", p.mac, r.network), true);
+        }
+        if let Some(ns) = &r.netns {
+            if let Some(o) = self.spaces.get(&(r.node.clone(), ns.clone())) {
+                return no(format!("{ENDPOINTS}{name}: skipped: namespace {ns} on node {} already holds endpoint {o}", r.node), true);
+            }
+        }
+        Admit::Yes(Endpoint { name: r.name.clone(), network: r.network.clone(), node: r.node.clone(), ip: p.ip, mac: p.mac, netns: r.netns.clone() })
+    }
+
+    fn insert(&mut self, p: &Parsed) {
+        let r = &p.rec;
+        let ni = self.networks[&r.network].0;
+        self.ips.insert((ni, p.ip), r.name.clone());
+        self.macs.insert((ni, p.mac), r.name.clone());
+        if let Some(ns) = &r.netns {
+            self.spaces.insert((r.node.clone(), ns.clone()), r.name.clone());
+        }
+        self.included.insert(r.name.clone());
+    }
+
+    fn remove(&mut self, p: &Parsed) {
+        let r = &p.rec;
+        if let Some(&(ni, _)) = self.networks.get(&r.network) {
+            self.ips.remove(&(ni, p.ip));
+            self.macs.remove(&(ni, p.mac));
+        }
+        if let Some(ns) = &r.netns {
+            self.spaces.remove(&(r.node.clone(), ns.clone()));
+        }
+        self.included.remove(&r.name);
+    }
+}
+
+/// How one store event changes the published cluster.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// Not at all (a key the cluster is not built from, or an endpoint of a node that is down).
+    Nothing,
+    /// One endpoint joins (it is the newest, so it goes last, as a full build would put it).
+    Add(Endpoint),
+    /// One endpoint leaves.
+    Remove(String),
+    /// Anything else: build it again from the mirror.
+    Rebuild,
+}
+
+fn put<T>(t: &mut Table<T>, name: &str, create_rev: i64, value: Result<T, Malformed>) -> Option<Malformed> {
+    let warn = value.as_ref().err().cloned();
+    t.insert(name.to_string(), Entry { create_rev, value });
+    warn
+}
+
+/// Entries that parsed, oldest first.
+fn by_age<T>(t: &Table<T>) -> Vec<(&str, &T)> {
+    let mut v: Vec<(i64, &str, &T)> =
+        t.iter().filter_map(|(k, e)| e.value.as_ref().ok().map(|v| (e.create_rev, k.as_str(), v))).collect();
+    v.sort_by_key(|(rev, name, _)| (*rev, *name));
+    v.into_iter().map(|(_, k, v)| (k, v)).collect()
+}
+
+impl Mirror {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets everything (before a full resync).
+    pub fn clear(&mut self) {
+        self.index = None;
+        self.networks.clear();
+        self.nodes.clear();
+        self.alive.clear();
+        self.endpoints.clear();
+    }
+
+    /// Records a put. Returns the problem if the value is malformed (it is kept as such, so a
+    /// later valid value replaces it and a delete removes it).
+    pub fn put(&mut self, key: &str, value: &[u8], create_rev: i64) -> Option<Malformed> {
+        if let Some(name) = key.strip_prefix(NETWORKS) {
+            put(&mut self.networks, name, create_rev, NetworkRecord::parse(key, value).map(|(_, n)| n))
+        } else if let Some(name) = key.strip_prefix(NODES) {
+            put(&mut self.nodes, name, create_rev, NodeRecord::parse(key, value))
+        } else if let Some(name) = key.strip_prefix(ALIVE) {
+            // The key's existence is the liveness; a bad value is worth a warning only.
+            self.alive.insert(name.to_string());
+            AliveRecord::parse(key, value).err()
+        } else if let Some(name) = key.strip_prefix(ENDPOINTS) {
+            put(&mut self.endpoints, name, create_rev, parse_endpoint(key, value))
+        } else {
+            None
+        }
+    }
+
+    pub fn delete(&mut self, key: &str) {
+        if let Some(name) = key.strip_prefix(NETWORKS) {
+            self.networks.remove(name);
+        } else if let Some(name) = key.strip_prefix(NODES) {
+            self.nodes.remove(name);
+        } else if let Some(name) = key.strip_prefix(ALIVE) {
+            self.alive.remove(name);
+        } else if let Some(name) = key.strip_prefix(ENDPOINTS) {
+            self.endpoints.remove(name);
+        }
+    }
+
+    /// Records a put (`value` given) or a delete, and says how the published cluster changes.
+    /// Also returns the problem of a malformed value.
+    pub fn event(&mut self, key: &str, value: Option<&[u8]>, create_rev: i64) -> (Step, Option<Malformed>) {
+        if !Self::relevant(key) {
+            return (Step::Nothing, None);
+        }
+        let fast = self.index.as_ref().is_some_and(|i| !i.conflicted);
+        let Some(name) = key.strip_prefix(ENDPOINTS).filter(|_| fast) else {
+            let bad = match value {
+                Some(v) => self.put(key, v, create_rev),
+                None => {
+                    self.delete(key);
+                    None
+                }
+            };
+            return (Step::Rebuild, bad);
+        };
+        let index = self.index.as_mut().expect("fast path has an index");
+        match value {
+            Some(v) => {
+                let existed = self.endpoints.contains_key(name);
+                let parsed = parse_endpoint(key, v);
+                let bad = parsed.as_ref().err().cloned();
+                let step = match &parsed {
+                    _ if existed => Step::Rebuild,
+                    Err(_) => Step::Nothing,
+                    Ok(p) => match index.admit(name, p) {
+                        Admit::Yes(ep) => {
+                            index.insert(p);
+                            Step::Add(ep)
+                        }
+                        Admit::Out => Step::Nothing,
+                        Admit::No { .. } => Step::Rebuild,
+                    },
+                };
+                self.endpoints.insert(name.to_string(), Entry { create_rev, value: parsed });
+                (step, bad)
+            }
+            None => match self.endpoints.remove(name) {
+                Some(Entry { value: Ok(p), .. }) if index.included.contains(name) => {
+                    index.remove(&p);
+                    (Step::Remove(name.to_string()), None)
+                }
+                _ => (Step::Nothing, None),
+            },
+        }
+    }
+
+    /// Whether a key is one the cluster is built from (others, like IPAM's, are not).
+    pub fn relevant(key: &str) -> bool {
+        [NETWORKS, NODES, ALIVE, ENDPOINTS].iter().any(|p| key.starts_with(p))
+    }
+
+    /// The cluster as node `me` sees it: every network, the live nodes (always including `me`,
+    /// whatever the store says about it right now), and the endpoints of live nodes. Returns the
+    /// conflicts not warned about before.
+    pub fn cluster(&mut self, me: &Node) -> (Cluster, Vec<String>) {
+        let mut warnings = Vec::new();
+        let mut warn = |w: String, seen: &mut HashSet<String>| {
+            if seen.insert(w.clone()) {
+                warnings.push(w);
+            }
+        };
+
+        let mut networks: Vec<Network> = Vec::new();
+        let (mut vnis, mut names) = (HashMap::new(), HashMap::new());
+        for (name, net) in by_age(&self.networks) {
+            let key = format!("{NETWORKS}{name}");
+            if let Some(other) = vnis.get(&net.vni) {
+                warn(format!("{key}: skipped: VNI {} is already network {other}'s", net.vni), &mut self.warned);
+                continue;
+            }
+            if let Some(o) = networks.iter().find(|o| o.subnet.contains(&net.subnet.network()) || net.subnet.contains(&o.subnet.network())) {
+                warn(format!("{key}: skipped: {} overlaps {} of network {}", net.subnet, o.subnet, o.name), &mut self.warned);
+                continue;
+            }
+            vnis.insert(net.vni, net.name.clone());
+            names.insert(net.name.clone(), networks.len());
+            networks.push(net.clone());
+        }
+
+        let mut nodes: Vec<Node> = vec![me.clone()];
+        let mut vteps: HashMap<_, String> = HashMap::from([(me.vtep, me.name.clone())]);
+        for (name, node) in by_age(&self.nodes) {
+            if name == me.name || !self.alive.contains(name) {
+                continue;
+            }
+            if let Some(other) = vteps.get(&node.vtep) {
+                warn(format!("{NODES}{name}: skipped: VTEP {} is already node {other}'s", node.vtep), &mut self.warned);
+                continue;
+            }
+            vteps.insert(node.vtep, node.name.clone());
+            nodes.push(node.clone());
+        }
+        let mut index = Index {
+            live: nodes.iter().map(|n| n.name.clone()).collect(),
+            networks: networks.iter().enumerate().map(|(i, n)| (n.name.clone(), (i, n.subnet))).collect(),
+            ..Default::default()
+        };
+        let mut endpoints = Vec::with_capacity(self.endpoints.len());
+        let mut conflicts = Vec::new();
+        for (name, p) in by_age(&self.endpoints) {
+            match index.admit(name, p) {
+                Admit::Yes(ep) => {
+                    index.insert(p);
+                    endpoints.push(ep);
+                }
+                Admit::Out => {}
+                Admit::No { warning, conflict } => {
+                    conflicts.push(warning);
+                    index.conflicted |= conflict;
+                }
+            }
+        }
+        self.index = Some(index);
+        for w in conflicts {
+            warn(w, &mut self.warned);
+        }
+        (Cluster { vxlan_port: VXLAN_PORT, nodes, networks, endpoints }, warnings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::store::records::{alive_key, endpoint_key, network_key, node_key};
+
+    fn me() -> Node {
+        Node { name: "a".into(), vtep: "192.168.50.1".parse().expect("ip"), underlay: None }
+    }
+
+    fn net(m: &mut Mirror, rev: i64, name: &str, vni: u32, subnet: &str) {
+        let v = format!(r#"{{"name":"{name}","vni":{vni},"subnet":"{subnet}","gateway":"{}"}}"#, subnet.replace(".0/24", ".1"));
+        assert_eq!(m.put(&network_key(name), v.as_bytes(), rev), None);
+    }
+
+    fn node(m: &mut Mirror, rev: i64, name: &str, vtep: &str, alive: bool) {
+        let v = format!(r#"{{"name":"{name}","vtep":"{vtep}"}}"#);
+        assert_eq!(m.put(&node_key(name), v.as_bytes(), rev), None);
+        if alive {
+            assert_eq!(m.put(&alive_key(name), br#"{"since":1,"ttl":10}"#, rev), None);
+        }
+    }
+
+    fn ep(m: &mut Mirror, rev: i64, name: &str, network: &str, node: &str, ip: &str) {
+        let mac = crate::model::Mac::from_ip(ip.parse().expect("ip"));
+        let v = format!(r#"{{"name":"{name}","network":"{network}","node":"{node}","ip":"{ip}","mac":"{mac}","netns":"{name}"}}"#);
+        assert_eq!(m.put(&endpoint_key(name), v.as_bytes(), rev), None);
+    }
+
+    #[test]
+    fn builds_the_cluster_of_live_nodes() {
+        let mut m = Mirror::new();
+        net(&mut m, 1, "n1", 4096, "10.0.0.0/24");
+        node(&mut m, 2, "b", "192.168.50.2", true);
+        node(&mut m, 3, "c", "192.168.50.3", false);
+        ep(&mut m, 4, "e1", "n1", "b", "10.0.0.2");
+        ep(&mut m, 5, "e2", "n1", "c", "10.0.0.3");
+        ep(&mut m, 6, "e3", "n1", "a", "10.0.0.4");
+        let (c, w) = m.cluster(&me());
+        assert!(w.is_empty(), "{w:?}");
+        let names: Vec<&str> = c.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "self always, c is down");
+        let eps: Vec<&str> = c.endpoints.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(eps, ["e1", "e3"], "the down node's endpoint is left out");
+        // The node comes back: its endpoint returns.
+        m.put(&alive_key("c"), br#"{"since":2,"ttl":10}"#, 7);
+        assert_eq!(m.cluster(&me()).0.endpoints.len(), 3);
+        m.delete(&alive_key("c"));
+        assert_eq!(m.cluster(&me()).0.endpoints.len(), 2);
+        // The result passes the same validation as a cluster file.
+        crate::control::desired::plan(&c, "a").expect("plannable");
+    }
+
+    #[test]
+    fn malformed_and_conflicting_entries_are_skipped_with_their_key() {
+        let mut m = Mirror::new();
+        net(&mut m, 1, "n1", 4096, "10.0.0.0/24");
+        let w = m.put(&network_key("bad"), b"garbage", 2).expect("warned");
+        assert!(w.to_string().starts_with("/overlay/networks/bad: not a valid record"), "{w}");
+        net(&mut m, 3, "n2", 4096, "10.0.1.0/24");
+        net(&mut m, 4, "n3", 4097, "10.0.0.0/24");
+        node(&mut m, 5, "b", "192.168.50.2", true);
+        node(&mut m, 6, "dup", "192.168.50.2", true);
+        ep(&mut m, 7, "e1", "n1", "b", "10.0.0.2");
+        ep(&mut m, 8, "e2", "n1", "b", "10.0.0.2");
+        ep(&mut m, 9, "e3", "nope", "b", "10.0.0.3");
+        ep(&mut m, 10, "e4", "n1", "b", "10.9.9.9");
+        let (c, w) = m.cluster(&me());
+        assert_eq!(c.networks.len(), 1, "only the oldest of conflicting networks");
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.endpoints.len(), 1);
+        let all = w.join("\n");
+        for needle in [
+            "/overlay/networks/n2: skipped: VNI 4096 is already network n1's",
+            "/overlay/networks/n3: skipped: 10.0.0.0/24 overlaps 10.0.0.0/24 of network n1",
+            "/overlay/nodes/dup: skipped: VTEP 192.168.50.2 is already node b's",
+            "/overlay/endpoints/e2: skipped: IP 10.0.0.2 in network n1 is already endpoint e1's",
+            "/overlay/endpoints/e3: skipped: unknown network \"nope\"",
+            "/overlay/endpoints/e4: ip: 10.9.9.9 is outside subnet 10.0.0.0/24 of network n1",
+        ] {
+            assert!(all.contains(needle), "missing warning {needle:?} in:\n{all}");
+        }
+        assert!(m.cluster(&me()).1.is_empty(), "warnings are given once");
+        // A valid value replaces the malformed one.
+        net(&mut m, 2, "bad", 4099, "10.0.5.0/24");
+        assert_eq!(m.cluster(&me()).0.networks.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod fast_path {
+    use super::*;
+    use crate::source::store::{
+        follow::apply_steps,
+        records::{alive_key, endpoint_key, network_key, node_key},
+    };
+
+    fn ep(name: &str, node: &str, ip: &str, netns: &str) -> Vec<u8> {
+        let mac = Mac::from_ip(ip.parse().expect("ip"));
+        format!(r#"{{"name":"{name}","network":"n","node":"{node}","ip":"{ip}","mac":"{mac}","netns":"{netns}"}}"#).into_bytes()
+    }
+
+    /// A published cluster changed step by step always equals a full build of the same mirror.
+    #[test]
+    fn in_place_steps_equal_a_full_build() {
+        let me = Node { name: "a".into(), vtep: "192.168.50.1".parse().expect("ip"), underlay: None };
+        let mut m = Mirror::new();
+        m.put(&network_key("n"), br#"{"name":"n","vni":7,"subnet":"10.0.0.0/24","gateway":"10.0.0.1"}"#, 1);
+        m.put(&node_key("b"), br#"{"name":"b","vtep":"192.168.50.2"}"#, 2);
+        m.put(&alive_key("b"), br#"{"since":1,"ttl":5}"#, 3);
+        m.put(&node_key("c"), br#"{"name":"c","vtep":"192.168.50.3"}"#, 4);
+        let (mut published, _) = m.cluster(&me);
+        let mut rev = 10;
+        let mut check = |m: &mut Mirror, key: &str, value: Option<Vec<u8>>, want: &str| {
+            rev += 1;
+            let (step, _) = m.event(key, value.as_deref(), rev);
+            let kind = match &step {
+                Step::Nothing => "nothing",
+                Step::Add(_) => "add",
+                Step::Remove(_) => "remove",
+                Step::Rebuild => "rebuild",
+            };
+            assert_eq!(kind, want, "step for {key}");
+            if step == Step::Rebuild {
+                published = m.cluster(&me).0;
+            } else {
+                apply_steps(&mut published, vec![step]);
+            }
+            assert_eq!(published, m.cluster(&me).0, "after {key}");
+        };
+        check(&mut m, &endpoint_key("e1"), Some(ep("e1", "b", "10.0.0.2", "x")), "add");
+        check(&mut m, &endpoint_key("e2"), Some(ep("e2", "a", "10.0.0.3", "y")), "add");
+        check(&mut m, &endpoint_key("e3"), Some(ep("e3", "c", "10.0.0.4", "z")), "nothing");
+        check(&mut m, &endpoint_key("bad"), Some(b"junk".to_vec()), "nothing");
+        check(&mut m, &endpoint_key("e1"), None, "remove");
+        check(&mut m, &endpoint_key("e3"), None, "nothing");
+        check(&mut m, &endpoint_key("e4"), Some(ep("e4", "b", "10.0.0.3", "w")), "rebuild");
+        // e4 lost to e2: removing e2 must admit e4, which only a rebuild does.
+        check(&mut m, &endpoint_key("e2"), None, "rebuild");
+        check(&mut m, &alive_key("c"), Some(br#"{"since":1,"ttl":5}"#.to_vec()), "rebuild");
+        check(&mut m, &endpoint_key("e5"), Some(ep("e5", "c", "10.0.0.9", "v")), "add");
+        check(&mut m, &endpoint_key("e5"), Some(ep("e5", "c", "10.0.0.10", "v")), "rebuild");
+        check(&mut m, "/overlay/ipam/n/10.0.0.9", Some(b"e5".to_vec()), "nothing");
+    }
+}

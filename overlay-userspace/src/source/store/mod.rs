@@ -1,0 +1,604 @@
+//! Cluster state in etcd: the records, the operations of the CLI (networks, endpoints, IPAM),
+//! and the agent's registration and watch ([`follow`]).
+//!
+//! Every allocation is one etcd transaction whose comparisons make it fail if anything it
+//! relied on changed since it was read; it is then retried on fresh data. So two concurrent
+//! `endpoint add` never get the same address, and two `network create` never the same VNI or
+//! overlapping subnets.
+pub mod follow;
+pub mod mirror;
+pub mod records;
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp};
+use ipnet::Ipv4Net;
+use overlay_common::wire::MAX_VNI;
+
+pub use records::{AliveRecord, EndpointRecord, Malformed, NetworkRecord, NodeRecord};
+use records::*;
+
+use crate::model::{self, Mac};
+
+/// VNIs given to networks created without one start here, as Docker swarm's do.
+pub const VNI_FIRST: u32 = 4096;
+/// Subnets given to networks created without one: 10.0.N.0/24 from this pool, as Docker's.
+pub const POOL: &str = "10.0.0.0/8";
+pub const POOL_PREFIX: u8 = 24;
+/// How long one request to etcd may take before the store counts as unreachable.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Keys fetched per page when reading a whole prefix.
+const PAGE: i64 = 2000;
+/// Attempts of one allocation before giving up (each lost race re-reads and tries again).
+const TXN_ATTEMPTS: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0:?} is not a store address: expected etcd://HOST:PORT[,HOST:PORT...]")]
+    BadUrl(String),
+    #[error("etcd unreachable at {addrs}: {message}")]
+    Unreachable { addrs: String, message: String },
+    #[error("etcd at {addrs}: {message}")]
+    Etcd { addrs: String, message: String },
+    #[error("no network named {0:?} (see `overlay network ls`)")]
+    UnknownNetwork(String),
+    #[error("a network named {0:?} already exists")]
+    DuplicateNetwork(String),
+    #[error("VNI {vni} is in use by network {network}")]
+    VniInUse { vni: u32, network: String },
+    #[error("subnet {subnet} overlaps {other} of network {network}")]
+    SubnetOverlap { subnet: Ipv4Net, other: Ipv4Net, network: String },
+    #[error("no free VNI left in {VNI_FIRST}-{MAX_VNI}")]
+    VnisExhausted,
+    #[error("no free /{POOL_PREFIX} left in the default pool {POOL}; pass --subnet")]
+    PoolExhausted,
+    #[error("network {network}: subnet {subnet} is exhausted (no free address left)")]
+    SubnetExhausted { network: String, subnet: Ipv4Net },
+    #[error("network {network} still has {count} endpoint(s) ({names}); remove them first")]
+    NetworkInUse { network: String, count: usize, names: String },
+    #[error("an endpoint named {name:?} already exists (network {network}, node {node})")]
+    DuplicateEndpoint { name: String, network: String, node: String },
+    #[error("no endpoint named {0:?} (see `overlay endpoint ls`)")]
+    UnknownEndpoint(String),
+    #[error("IP {ip} in network {network} is in use by endpoint {endpoint}")]
+    IpInUse { ip: Ipv4Addr, network: String, endpoint: String },
+    #[error("namespace {netns} on node {node} already holds endpoint {endpoint}")]
+    NetnsInUse { netns: String, node: String, endpoint: String },
+    #[error("unknown node {0:?}: no agent has registered it (see `overlay node ls`)")]
+    UnknownNode(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    #[error("gave up after {TXN_ATTEMPTS} attempts: the store kept changing under {0}")]
+    Contended(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// An etcd client error in a few words: gRPC's message and the innermost cause
+/// ("tcp connect error: Connection refused (os error 111)"), not the whole debug chain.
+pub fn short(e: &etcd_client::Error) -> String {
+    let mut last: Option<String> = None;
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        last = Some(s.to_string());
+        src = s.source();
+    }
+    let head = match e {
+        etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
+        other => other.to_string(),
+    };
+    match last {
+        Some(l) if l != head && !head.contains(&l) => format!("{head}: {l}"),
+        _ => head,
+    }
+}
+
+/// Parses `etcd://HOST:PORT[,HOST:PORT...]` into etcd client endpoints.
+pub fn parse_url(url: &str) -> Result<Vec<String>> {
+    let rest = url.strip_prefix("etcd://").ok_or_else(|| StoreError::BadUrl(url.to_string()))?;
+    let rest = rest.trim_end_matches('/');
+    let mut out = Vec::new();
+    for hp in rest.split(',') {
+        let ok = hp.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            return Err(StoreError::BadUrl(url.to_string()));
+        }
+        out.push(format!("http://{hp}"));
+    }
+    Ok(out)
+}
+
+/// A connection to the store.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    /// The addresses, for error messages.
+    pub addrs: String,
+}
+
+/// A whole prefix at one revision.
+pub struct Snapshot {
+    pub revision: i64,
+    pub kvs: Vec<KeyValue>,
+}
+
+fn str_of(kv: &KeyValue) -> String {
+    String::from_utf8_lossy(kv.key()).to_string()
+}
+
+fn first_free_subnet(taken: &[Ipv4Net]) -> Option<Ipv4Net> {
+    let pool: Ipv4Net = POOL.parse().expect("constant pool");
+    pool.subnets(POOL_PREFIX).ok()?.find(|s| !taken.iter().any(|t| t.contains(&s.network()) || s.contains(&t.network())))
+}
+
+/// The gateway Docker reserves: the first host address.
+pub fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+/// What `network create` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub vni: Option<u32>,
+    pub subnet: Option<String>,
+    /// [default: the first host address of the subnet]
+    pub gateway: Option<Ipv4Addr>,
+    pub mtu: Option<u32>,
+    pub attachable: bool,
+}
+
+/// What `endpoint add` asks for.
+#[derive(Clone, Debug)]
+pub struct EndpointSpec {
+    pub name: String,
+    pub network: String,
+    pub node: String,
+    pub netns: Option<String>,
+    pub ip: Option<Ipv4Addr>,
+}
+
+impl Store {
+    /// Connects and checks that etcd answers.
+    pub async fn connect(url: &str) -> Result<Store> {
+        let endpoints = parse_url(url)?;
+        let addrs = endpoints.iter().map(|e| e.trim_start_matches("http://")).collect::<Vec<_>>().join(",");
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            // etcd closes connections that ping more often than every 5 s (--grpc-keepalive-min-time).
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let client = match tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&endpoints, Some(opts))).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(StoreError::Unreachable { addrs, message: short(&e) }),
+            Err(_) => return Err(StoreError::Unreachable { addrs, message: format!("no answer within {REQUEST_TIMEOUT:?}") }),
+        };
+        let store = Store { client, addrs };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// One cheap read: fails with [`StoreError::Unreachable`] if etcd does not answer.
+    pub async fn ping(&self) -> Result<i64> {
+        let mut c = self.client.clone();
+        match tokio::time::timeout(REQUEST_TIMEOUT, c.get(PREFIX, Some(GetOptions::new().with_count_only()))).await {
+            Ok(Ok(r)) => Ok(r.header().map(|h| h.revision()).unwrap_or(0)),
+            Ok(Err(e)) => Err(self.unreachable(e)),
+            Err(_) => Err(StoreError::Unreachable { addrs: self.addrs.clone(), message: format!("no answer within {REQUEST_TIMEOUT:?}") }),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    fn unreachable(&self, e: etcd_client::Error) -> StoreError {
+        StoreError::Unreachable { addrs: self.addrs.clone(), message: short(&e) }
+    }
+
+    fn etcd(&self, e: etcd_client::Error) -> StoreError {
+        match &e {
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => self.unreachable(e),
+            // gRPC codes 1 (cancelled), 4 (deadline exceeded), 14 (unavailable): not reachable now.
+            etcd_client::Error::GRpcStatus(s) if matches!(s.code() as i32, 1 | 4 | 14) => self.unreachable(e),
+            _ => StoreError::Etcd { addrs: self.addrs.clone(), message: e.to_string() },
+        }
+    }
+
+    /// Every key under `prefix` at one revision (`revision` 0: the newest), page by page.
+    pub async fn snapshot(&self, prefix: &str, revision: i64) -> Result<Snapshot> {
+        let mut c = self.client.clone();
+        let end = range_end(prefix);
+        let mut from = prefix.as_bytes().to_vec();
+        let mut kvs = Vec::new();
+        let mut rev = revision;
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if rev > 0 {
+                opts = opts.with_revision(rev);
+            }
+            let mut r = tokio::time::timeout(REQUEST_TIMEOUT * 4, c.get(from.clone(), Some(opts)))
+                .await
+                .map_err(|_| StoreError::Unreachable { addrs: self.addrs.clone(), message: "read timed out".into() })?
+                .map_err(|e| self.etcd(e))?;
+            if rev == 0 {
+                rev = r.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let more = r.more();
+            let page = r.take_kvs();
+            if let Some(last) = page.last() {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            let empty = page.is_empty();
+            kvs.extend(page);
+            if !more || empty {
+                break;
+            }
+        }
+        Ok(Snapshot { revision: rev, kvs })
+    }
+
+    async fn get_one(&self, key: &str) -> Result<(Option<KeyValue>, i64)> {
+        let mut c = self.client.clone();
+        let mut r = tokio::time::timeout(REQUEST_TIMEOUT, c.get(key, None))
+            .await
+            .map_err(|_| StoreError::Unreachable { addrs: self.addrs.clone(), message: "read timed out".into() })?
+            .map_err(|e| self.etcd(e))?;
+        let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+        Ok((r.take_kvs().into_iter().next(), rev))
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<bool> {
+        let mut c = self.client.clone();
+        let r = tokio::time::timeout(REQUEST_TIMEOUT, c.txn(txn))
+            .await
+            .map_err(|_| StoreError::Unreachable { addrs: self.addrs.clone(), message: "transaction timed out".into() })?
+            .map_err(|e| self.etcd(e))?;
+        Ok(r.succeeded())
+    }
+
+    /// Networks, oldest first; malformed ones are returned apart.
+    pub async fn networks(&self) -> Result<(Vec<NetworkRecord>, Vec<Malformed>, i64)> {
+        let s = self.snapshot(NETWORKS, 0).await?;
+        let mut ok: Vec<(i64, NetworkRecord)> = Vec::new();
+        let mut bad = Vec::new();
+        for kv in &s.kvs {
+            match NetworkRecord::parse(&str_of(kv), kv.value()) {
+                Ok((r, _)) => ok.push((kv.create_revision(), r)),
+                Err(e) => bad.push(e),
+            }
+        }
+        ok.sort_by_key(|(rev, _)| *rev);
+        Ok((ok.into_iter().map(|(_, r)| r).collect(), bad, s.revision))
+    }
+
+    pub async fn network(&self, name: &str) -> Result<(NetworkRecord, i64)> {
+        let key = network_key(name);
+        match self.get_one(&key).await?.0 {
+            None => Err(StoreError::UnknownNetwork(name.to_string())),
+            Some(kv) => Ok((NetworkRecord::parse(&key, kv.value())?.0, kv.create_revision())),
+        }
+    }
+
+    /// Creates a network, allocating its VNI and subnet when not given.
+    pub async fn network_create(&self, spec: &NetworkSpec) -> Result<NetworkRecord> {
+        // Everything that does not depend on the store is checked first.
+        model::network_entry("network", spec.name.clone(), spec.vni.unwrap_or(VNI_FIRST) as i64, spec.subnet.as_deref().unwrap_or("10.0.0.0/24"), spec.mtu.map(i64::from))
+            .map_err(|e| StoreError::Invalid(e.to_string().replacen("network.", "", 1)))?;
+        for _ in 0..TXN_ATTEMPTS {
+            let (existing, _, rev) = self.networks().await?;
+            if existing.iter().any(|n| n.name == spec.name) {
+                return Err(StoreError::DuplicateNetwork(spec.name.clone()));
+            }
+            let vni = match spec.vni {
+                Some(v) => {
+                    if let Some(o) = existing.iter().find(|n| n.vni == v) {
+                        return Err(StoreError::VniInUse { vni: v, network: o.name.clone() });
+                    }
+                    v
+                }
+                None => (VNI_FIRST..=MAX_VNI).find(|v| !existing.iter().any(|n| n.vni == *v)).ok_or(StoreError::VnisExhausted)?,
+            };
+            let taken: Vec<(Ipv4Net, &str)> = existing.iter().filter_map(|n| n.subnet().map(|s| (s, n.name.as_str()))).collect();
+            let subnet = match &spec.subnet {
+                Some(s) => {
+                    let s: Ipv4Net = s.parse().map_err(|_| StoreError::Invalid(format!("subnet {s:?} is not an IPv4 CIDR")))?;
+                    if let Some((o, n)) = taken.iter().find(|(t, _)| t.contains(&s.network()) || s.contains(&t.network())) {
+                        return Err(StoreError::SubnetOverlap { subnet: s, other: *o, network: n.to_string() });
+                    }
+                    s
+                }
+                None => first_free_subnet(&taken.iter().map(|(s, _)| *s).collect::<Vec<_>>()).ok_or(StoreError::PoolExhausted)?,
+            };
+            let gateway = spec.gateway.unwrap_or(gateway_of(subnet));
+            if !subnet.contains(&gateway) || gateway == subnet.network() || gateway == subnet.broadcast() {
+                return Err(StoreError::Invalid(format!("gateway {gateway} is not a host address of {subnet}")));
+            }
+            let rec = NetworkRecord {
+                name: spec.name.clone(),
+                vni,
+                subnet: subnet.to_string(),
+                gateway: gateway.to_string(),
+                mtu: spec.mtu,
+                attachable: spec.attachable,
+                created: now_secs(),
+            };
+            let value = serde_json::to_vec(&rec).expect("records serialise");
+            // Fails if any network was created or changed since the read.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(NETWORKS, CompareOp::Less, rev + 1).with_range(range_end(NETWORKS))])
+                .and_then([TxnOp::put(network_key(&spec.name), value, None)]);
+            if self.txn(txn).await? {
+                return Ok(rec);
+            }
+        }
+        Err(StoreError::Contended(NETWORKS.to_string()))
+    }
+
+    /// Removes a network; refused while it has endpoints.
+    pub async fn network_rm(&self, name: &str) -> Result<NetworkRecord> {
+        for _ in 0..TXN_ATTEMPTS {
+            let key = network_key(name);
+            let Some(kv) = self.get_one(&key).await?.0 else { return Err(StoreError::UnknownNetwork(name.to_string())) };
+            let rec = NetworkRecord::parse(&key, kv.value()).map(|(r, _)| r).ok();
+            let used = self.snapshot(&ipam_prefix(name), 0).await?;
+            if !used.kvs.is_empty() {
+                let names: Vec<String> = used.kvs.iter().take(5).map(|kv| String::from_utf8_lossy(kv.value()).to_string()).collect();
+                let more = if used.kvs.len() > 5 { ", ..." } else { "" };
+                return Err(StoreError::NetworkInUse { network: name.to_string(), count: used.kvs.len(), names: format!("{}{more}", names.join(", ")) });
+            }
+            let ipam = ipam_prefix(name);
+            let txn = Txn::new()
+                .when([
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()),
+                    Compare::version(ipam.as_str(), CompareOp::Equal, 0).with_range(range_end(&ipam)),
+                ])
+                .and_then([TxnOp::delete(key.as_str(), None)]);
+            if self.txn(txn).await? {
+                return Ok(rec.unwrap_or(NetworkRecord {
+                    name: name.to_string(),
+                    vni: 0,
+                    subnet: String::new(),
+                    gateway: String::new(),
+                    mtu: None,
+                    attachable: false,
+                    created: 0,
+                }));
+            }
+        }
+        Err(StoreError::Contended(network_key(name)))
+    }
+
+    /// Nodes with liveness: (record, alive), by name; malformed ones apart.
+    pub async fn nodes(&self) -> Result<(Vec<(NodeRecord, Option<AliveRecord>)>, Vec<Malformed>)> {
+        let nodes = self.snapshot(NODES, 0).await?;
+        let alive = self.snapshot(ALIVE, nodes.revision).await?;
+        let mut bad = Vec::new();
+        let mut out = Vec::new();
+        for kv in &nodes.kvs {
+            let key = str_of(kv);
+            match NodeRecord::parse(&key, kv.value()) {
+                Ok(n) => {
+                    let a = alive.kvs.iter().find(|a| str_of(a) == alive_key(&n.name));
+                    let a = a.map(|a| AliveRecord::parse(&str_of(a), a.value()).unwrap_or(AliveRecord { since: 0, ttl: 0 }));
+                    out.push((NodeRecord { name: n.name, vtep: n.vtep.to_string(), underlay: n.underlay }, a));
+                }
+                Err(e) => bad.push(e),
+            }
+        }
+        Ok((out, bad))
+    }
+
+    /// Endpoints by name, optionally of one network; malformed ones apart.
+    pub async fn endpoints(&self, network: Option<&str>) -> Result<(Vec<EndpointRecord>, Vec<Malformed>)> {
+        let s = self.snapshot(ENDPOINTS, 0).await?;
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for kv in &s.kvs {
+            match EndpointRecord::parse(&str_of(kv), kv.value()) {
+                Ok(r) if network.is_none_or(|n| n == r.network) => ok.push(r),
+                Ok(_) => {}
+                Err(e) => bad.push(e),
+            }
+        }
+        Ok((ok, bad))
+    }
+
+    /// Publishes an endpoint, taking the next free address of its network (or the one asked
+    /// for) in the same transaction.
+    pub async fn endpoint_add(&self, spec: &EndpointSpec) -> Result<EndpointRecord> {
+        let bad = |m: String| StoreError::Invalid(m);
+        if spec.name.is_empty() || spec.name.contains(['/', ' ', '\0']) {
+            return Err(bad(format!("endpoint name {:?} must be non-empty, without '/' or spaces", spec.name)));
+        }
+        let (node, _) = self.get_one(&node_key(&spec.node)).await?;
+        if node.is_none() {
+            return Err(StoreError::UnknownNode(spec.node.clone()));
+        }
+        for _ in 0..TXN_ATTEMPTS {
+            let (rec, net_rev) = self.network(&spec.network).await?;
+            let net = rec.to_network().map_err(|m| Malformed { key: network_key(&rec.name), message: m })?;
+            let gateway: Ipv4Addr = rec.gateway.parse().unwrap_or(gateway_of(net.subnet));
+            if let (Some(kv), _) = self.get_one(&endpoint_key(&spec.name)).await? {
+                let o = EndpointRecord::parse(&str_of(&kv), kv.value())?;
+                return Err(StoreError::DuplicateEndpoint { name: o.name, network: o.network, node: o.node });
+            }
+            if let Some(ns) = &spec.netns {
+                if let (Some(kv), _) = self.get_one(&netns_key(&spec.node, ns)).await? {
+                    let endpoint = String::from_utf8_lossy(kv.value()).to_string();
+                    return Err(StoreError::NetnsInUse { netns: ns.clone(), node: spec.node.clone(), endpoint });
+                }
+            }
+            let used = self.snapshot(&ipam_prefix(&spec.network), 0).await?;
+            let taken = |ip: Ipv4Addr| used.kvs.iter().find(|kv| kv.key() == ipam_key(&spec.network, ip).as_bytes());
+            let ip = match spec.ip {
+                Some(ip) => {
+                    if !net.subnet.contains(&ip) || ip == net.subnet.network() || ip == net.subnet.broadcast() {
+                        return Err(bad(format!("IP {ip} is not a host address of network {} ({})", net.name, net.subnet)));
+                    }
+                    if ip == gateway {
+                        return Err(bad(format!("IP {ip} is the gateway of network {}", net.name)));
+                    }
+                    if let Some(kv) = taken(ip) {
+                        return Err(StoreError::IpInUse { ip, network: net.name.clone(), endpoint: String::from_utf8_lossy(kv.value()).to_string() });
+                    }
+                    ip
+                }
+                None => {
+                    let used: std::collections::HashSet<&[u8]> = used.kvs.iter().map(|kv| kv.key()).collect();
+                    net.subnet
+                        .hosts()
+                        .find(|ip| *ip != gateway && !used.contains(ipam_key(&spec.network, *ip).as_bytes()))
+                        .ok_or(StoreError::SubnetExhausted { network: net.name.clone(), subnet: net.subnet })?
+                }
+            };
+            let r = EndpointRecord {
+                name: spec.name.clone(),
+                network: spec.network.clone(),
+                node: spec.node.clone(),
+                ip: ip.to_string(),
+                mac: Mac::from_ip(ip).to_string(),
+                netns: spec.netns.clone(),
+            };
+            let mut when = vec![
+                Compare::create_revision(network_key(&spec.network), CompareOp::Equal, net_rev),
+                Compare::create_revision(endpoint_key(&spec.name), CompareOp::Equal, 0),
+                Compare::create_revision(ipam_key(&spec.network, ip), CompareOp::Equal, 0),
+            ];
+            let mut then = vec![
+                TxnOp::put(endpoint_key(&spec.name), serde_json::to_vec(&r).expect("records serialise"), None),
+                TxnOp::put(ipam_key(&spec.network, ip), spec.name.as_bytes(), None),
+            ];
+            if let Some(ns) = &spec.netns {
+                when.push(Compare::create_revision(netns_key(&spec.node, ns), CompareOp::Equal, 0));
+                then.push(TxnOp::put(netns_key(&spec.node, ns), spec.name.as_bytes(), None));
+            }
+            if self.txn(Txn::new().when(when).and_then(then)).await? {
+                return Ok(r);
+            }
+            // Lost a race: the next round re-reads and says what is taken.
+            tokio::time::sleep(Duration::from_millis(1 + (std::process::id() as u64 % 7))).await;
+        }
+        Err(StoreError::Contended(ipam_prefix(&spec.network)))
+    }
+
+    /// The endpoint named `name`.
+    pub async fn endpoint(&self, name: &str) -> Result<(EndpointRecord, i64)> {
+        let key = endpoint_key(name);
+        match self.get_one(&key).await?.0 {
+            None => Err(StoreError::UnknownEndpoint(name.to_string())),
+            Some(kv) => Ok((EndpointRecord::parse(&key, kv.value())?, kv.mod_revision())),
+        }
+    }
+
+    /// Attaches an endpoint to a namespace (or detaches it with `None`), moving its namespace
+    /// claim in the same transaction.
+    pub async fn endpoint_set_netns(&self, name: &str, netns: Option<&str>) -> Result<EndpointRecord> {
+        for _ in 0..TXN_ATTEMPTS {
+            let (mut r, rev) = self.endpoint(name).await?;
+            let key = endpoint_key(name);
+            let mut when = vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)];
+            let mut then = Vec::new();
+            if let Some(old) = &r.netns {
+                then.push(TxnOp::delete(netns_key(&r.node, old), None));
+            }
+            if let Some(ns) = netns {
+                if !model::valid_netns(ns) {
+                    return Err(StoreError::Invalid(format!("{ns:?} is not a namespace name or absolute path")));
+                }
+                if r.netns.as_deref() != Some(ns) {
+                    when.push(Compare::create_revision(netns_key(&r.node, ns), CompareOp::Equal, 0));
+                }
+                then.push(TxnOp::put(netns_key(&r.node, ns), name.as_bytes(), None));
+            }
+            r.netns = netns.map(str::to_string);
+            then.push(TxnOp::put(key.as_str(), serde_json::to_vec(&r).expect("records serialise"), None));
+            if self.txn(Txn::new().when(when).and_then(then)).await? {
+                return Ok(r);
+            }
+        }
+        Err(StoreError::Contended(endpoint_key(name)))
+    }
+
+    /// A raw value under `key` (for keys other than the overlay's records).
+    pub async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_one(key).await?.0.map(|kv| kv.value().to_vec()))
+    }
+
+    pub async fn put_raw(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        let mut c = self.client.clone();
+        tokio::time::timeout(REQUEST_TIMEOUT, c.put(key, value, None))
+            .await
+            .map_err(|_| StoreError::Unreachable { addrs: self.addrs.clone(), message: "write timed out".into() })?
+            .map_err(|e| self.etcd(e))?;
+        Ok(())
+    }
+
+    pub async fn delete_raw(&self, key: &str) -> Result<()> {
+        let mut c = self.client.clone();
+        tokio::time::timeout(REQUEST_TIMEOUT, c.delete(key, None))
+            .await
+            .map_err(|_| StoreError::Unreachable { addrs: self.addrs.clone(), message: "delete timed out".into() })?
+            .map_err(|e| self.etcd(e))?;
+        Ok(())
+    }
+
+    /// Removes an endpoint and frees its address and namespace.
+    pub async fn endpoint_rm(&self, name: &str) -> Result<EndpointRecord> {
+        let key = endpoint_key(name);
+        for _ in 0..TXN_ATTEMPTS {
+            let Some(kv) = self.get_one(&key).await?.0 else { return Err(StoreError::UnknownEndpoint(name.to_string())) };
+            let mut then = vec![TxnOp::delete(key.as_str(), None)];
+            let rec = EndpointRecord::parse(&key, kv.value());
+            if let Ok(r) = &rec {
+                if let Ok(ip) = r.ip.parse::<Ipv4Addr>() {
+                    then.push(TxnOp::delete(ipam_key(&r.network, ip), None));
+                }
+                if let Some(ns) = &r.netns {
+                    then.push(TxnOp::delete(netns_key(&r.node, ns), None));
+                }
+            }
+            let txn = Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())]).and_then(then);
+            if self.txn(txn).await? {
+                // A malformed record is still removed: that is how an operator clears one.
+                return Ok(rec.unwrap_or(EndpointRecord {
+                    name: name.to_string(),
+                    network: String::new(),
+                    node: String::new(),
+                    ip: String::new(),
+                    mac: String::new(),
+                    netns: None,
+                }));
+            }
+        }
+        Err(StoreError::Contended(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(parse_url("etcd://127.0.0.1:2379").expect("one"), vec!["http://127.0.0.1:2379"]);
+        assert_eq!(parse_url("etcd://a:1,b:2/").expect("two"), vec!["http://a:1", "http://b:2"]);
+        for bad in ["http://a:1", "etcd://a", "etcd://:1", "etcd://a:0", "etcd://a:99999", "etcd://a:1,"] {
+            let e = parse_url(bad).expect_err(bad).to_string();
+            assert!(e.contains("is not a store address: expected etcd://HOST:PORT"), "{e}");
+        }
+    }
+
+    #[test]
+    fn pool_and_gateway() {
+        let n = |s: &str| s.parse::<Ipv4Net>().expect("cidr");
+        assert_eq!(first_free_subnet(&[]), Some(n("10.0.0.0/24")));
+        assert_eq!(first_free_subnet(&[n("10.0.0.0/24"), n("10.0.2.0/24")]), Some(n("10.0.1.0/24")));
+        assert_eq!(first_free_subnet(&[n("10.0.0.0/22")]), Some(n("10.0.4.0/24")), "a wider subnet covers several");
+        assert_eq!(first_free_subnet(&[n("10.0.0.0/8")]), None);
+        assert_eq!(gateway_of(n("10.0.3.0/24")), Ipv4Addr::new(10, 0, 3, 1));
+    }
+}

@@ -1,0 +1,224 @@
+//! What the store holds: the key layout and the JSON value of each kind of key.
+//!
+//! ```text
+//! /overlay/networks/<name>        NetworkRecord   persistent
+//! /overlay/nodes/<name>           NodeRecord      persistent (what `node ls` lists)
+//! /overlay/alive/<name>           AliveRecord     under the agent's lease: liveness
+//! /overlay/endpoints/<name>       EndpointRecord  persistent
+//! /overlay/ipam/<network>/<ip>    endpoint name   the address is taken (IPAM)
+//! /overlay/netns/<node>/<netns>   endpoint name   the namespace on that node is taken
+//! ```
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{self, ConfigError, Endpoint, Network, Node};
+
+/// Every key of the overlay starts with this.
+pub const PREFIX: &str = "/overlay/";
+pub const NETWORKS: &str = "/overlay/networks/";
+pub const NODES: &str = "/overlay/nodes/";
+pub const ALIVE: &str = "/overlay/alive/";
+pub const ENDPOINTS: &str = "/overlay/endpoints/";
+pub const IPAM: &str = "/overlay/ipam/";
+pub const NETNS: &str = "/overlay/netns/";
+
+pub fn network_key(name: &str) -> String {
+    format!("{NETWORKS}{name}")
+}
+pub fn node_key(name: &str) -> String {
+    format!("{NODES}{name}")
+}
+pub fn alive_key(name: &str) -> String {
+    format!("{ALIVE}{name}")
+}
+pub fn endpoint_key(name: &str) -> String {
+    format!("{ENDPOINTS}{name}")
+}
+/// All addresses taken in `network`.
+pub fn ipam_prefix(network: &str) -> String {
+    format!("{IPAM}{network}/")
+}
+pub fn ipam_key(network: &str, ip: Ipv4Addr) -> String {
+    format!("{IPAM}{network}/{ip}")
+}
+pub fn netns_key(node: &str, netns: &str) -> String {
+    format!("{NETNS}{node}/{netns}")
+}
+
+/// The end of the key range holding every key that starts with `prefix` (etcd's convention).
+pub fn range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+/// A network, as `network create` writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRecord {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: String,
+    /// Reserved as Docker reserves it (first host address); never given to an endpoint.
+    pub gateway: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub attachable: bool,
+    /// Seconds since the Unix epoch.
+    #[serde(default)]
+    pub created: u64,
+}
+
+/// A node, as its agent registers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    pub name: String,
+    pub vtep: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay: Option<String>,
+}
+
+/// Written under the agent's lease: the node is up while this key exists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliveRecord {
+    /// Seconds since the Unix epoch when this agent registered.
+    pub since: u64,
+    pub ttl: i64,
+}
+
+/// An endpoint, as `endpoint add` publishes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRecord {
+    pub name: String,
+    pub network: String,
+    pub node: String,
+    pub ip: String,
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
+/// A value that is not what its key promises.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct Malformed {
+    pub key: String,
+    pub message: String,
+}
+
+fn malformed(key: &str, message: impl ToString) -> Malformed {
+    Malformed { key: key.to_string(), message: message.to_string() }
+}
+
+fn json<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, Malformed> {
+    serde_json::from_slice(value).map_err(|e| malformed(key, format!("not a valid record: {e}")))
+}
+
+/// The name a key ends with, which its record must repeat.
+fn check_name(key: &str, prefix: &str, name: &str) -> Result<(), Malformed> {
+    match key.strip_prefix(prefix) {
+        Some(n) if n == name => Ok(()),
+        _ => Err(malformed(key, format!("record names {name:?}, the key says otherwise"))),
+    }
+}
+
+fn checked<T>(key: &str, r: Result<T, ConfigError>) -> Result<T, Malformed> {
+    r.map_err(|e| match e {
+        ConfigError::Invalid { field, message, .. } => malformed(key, format!("{field}: {message}")),
+        other => malformed(key, other),
+    })
+}
+
+impl NetworkRecord {
+    pub fn parse(key: &str, value: &[u8]) -> Result<(NetworkRecord, Network), Malformed> {
+        let r: NetworkRecord = json(key, value)?;
+        check_name(key, NETWORKS, &r.name)?;
+        let net = r.to_network().map_err(|e| malformed(key, e))?;
+        Ok((r, net))
+    }
+
+    pub fn to_network(&self) -> Result<Network, String> {
+        let net = model::network_entry("network", self.name.clone(), self.vni as i64, &self.subnet, self.mtu.map(i64::from))
+            .map_err(|e| e.to_string())?;
+        let gw: Ipv4Addr = self.gateway.parse().map_err(|_| format!("gateway {:?} is not an IPv4 address", self.gateway))?;
+        if !net.subnet.contains(&gw) {
+            return Err(format!("gateway {gw} is outside {}", net.subnet));
+        }
+        Ok(net)
+    }
+
+    pub fn subnet(&self) -> Option<Ipv4Net> {
+        self.subnet.parse().ok()
+    }
+}
+
+impl NodeRecord {
+    pub fn parse(key: &str, value: &[u8]) -> Result<Node, Malformed> {
+        let r: NodeRecord = json(key, value)?;
+        check_name(key, NODES, &r.name)?;
+        checked(key, model::node_entry("node", r.name, &r.vtep, r.underlay))
+    }
+}
+
+impl AliveRecord {
+    pub fn parse(key: &str, value: &[u8]) -> Result<AliveRecord, Malformed> {
+        json(key, value)
+    }
+}
+
+impl EndpointRecord {
+    pub fn parse(key: &str, value: &[u8]) -> Result<EndpointRecord, Malformed> {
+        let r: EndpointRecord = json(key, value)?;
+        check_name(key, ENDPOINTS, &r.name)?;
+        Ok(r)
+    }
+
+    /// The endpoint, checked against its network.
+    pub fn to_endpoint(&self, key: &str, net: &Network) -> Result<Endpoint, Malformed> {
+        checked(key, model::endpoint_entry("endpoint", self.name.clone(), net, self.node.clone(), &self.ip, Some(&self.mac), self.netns.clone()))
+    }
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_end_is_the_prefix_successor() {
+        assert_eq!(range_end("/overlay/"), b"/overlay0".to_vec());
+        assert_eq!(range_end(&ipam_prefix("a")), b"/overlay/ipam/a0".to_vec());
+    }
+
+    #[test]
+    fn records_parse_and_malformed_ones_name_the_key() {
+        let k = network_key("n1");
+        let ok = br#"{"name":"n1","vni":4096,"subnet":"10.0.0.0/24","gateway":"10.0.0.1"}"#;
+        let (r, net) = NetworkRecord::parse(&k, ok).expect("valid record");
+        assert_eq!((r.vni, net.subnet.to_string()), (4096, "10.0.0.0/24".to_string()));
+        let e = NetworkRecord::parse(&k, b"{not json").expect_err("garbage");
+        assert!(e.to_string().starts_with("/overlay/networks/n1: not a valid record"), "{e}");
+        let e = NetworkRecord::parse(&network_key("n2"), ok).expect_err("name mismatch");
+        assert_eq!(e.key, "/overlay/networks/n2");
+        let bad_vni = br#"{"name":"n1","vni":0,"subnet":"10.0.0.0/24","gateway":"10.0.0.1"}"#;
+        let e = NetworkRecord::parse(&k, bad_vni).expect_err("VNI 0");
+        assert!(e.message.contains("VNI range"), "{e}");
+        let e = NodeRecord::parse(&node_key("a"), br#"{"name":"a","vtep":"banana"}"#).expect_err("bad vtep");
+        assert_eq!(e.to_string(), "/overlay/nodes/a: vtep: \"banana\" is not an IPv4 address");
+        let ep = EndpointRecord::parse(&endpoint_key("e"), br#"{"name":"e","network":"n1","node":"a","ip":"10.0.1.5","mac":"02:42:0a:00:01:05"}"#)
+            .expect("endpoint record");
+        let e = ep.to_endpoint("k", &net).expect_err("IP outside the subnet");
+        assert!(e.message.contains("outside subnet 10.0.0.0/24"), "{e}");
+    }
+}
