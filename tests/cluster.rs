@@ -333,3 +333,33 @@ fn cli_finds_the_pins_from_inside_ip_netns_exec_and_down_removes_everything() {
     assert!(!dir.exists(), "pins of node1 removed");
     assert!(!sim.has_address(&web1.netns, web1.ip), "web1's veth removed");
 }
+
+/// The underlay of a stopped node is deleted and re-created under the same name and ifindex (a
+/// re-created namespace, a NIC re-plugged): the pinned link on the old device can never be
+/// updated. The restarted agent must drop it and attach afresh, not retry it forever.
+#[test]
+fn restarted_agent_reattaches_to_a_re_created_underlay() {
+    let mut sim = new_sim("r");
+    let (cs, file) = sim::start_standard(&mut sim, 2).expect("cluster up");
+    let (web1, web2) = (&cs[0], &cs[1]);
+    assert!(sim.ping(&web1.netns, web2.ip, 1, None), "web1 -> web2 before");
+    sim.stop_agent("node1").expect("stop agent");
+    let (h1, sw) = (sim.host_ns(1), sim.ns_name("sw"));
+    let o = sim.exec(&h1, &["cat", "/sys/class/net/eth0/ifindex"]).expect("exec");
+    let index = String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().expect("underlay ifindex").to_string();
+    ip(&["-n", &h1, "link", "del", "eth0"]).expect("delete underlay");
+    ip(&["-n", &h1, "link", "add", "eth0", "index", &index, "type", "veth", "peer", "name", "p1", "netns", &sw]).expect("re-create underlay");
+    ip(&["-n", &sw, "link", "set", "p1", "master", "br0", "up"]).expect("switch port");
+    ip(&["-n", &h1, "addr", "add", &format!("{}/24", sim::host_vtep(1)), "dev", "eth0"]).expect("address");
+    ip(&["-n", &h1, "link", "set", "eth0", "up"]).expect("up");
+    let again = sim.exec(&h1, &["cat", "/sys/class/net/eth0/ifindex"]).expect("exec");
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), index, "the test wants the same ifindex (the pin's name)");
+    let before = std::fs::read_to_string(sim.agent_log("node1")).unwrap_or_default().len();
+    sim.spawn_agent("node1", &h1, &file).expect("restart agent");
+    let ok = wait_for(Duration::from_secs(10), || sim.ping(&web1.netns, web2.ip, 1, None) && sim.ping(&web2.netns, web1.ip, 1, None));
+    let log = std::fs::read_to_string(sim.agent_log("node1")).unwrap_or_default();
+    let log = &log[before..];
+    assert!(ok, "traffic must cross the re-created underlay after the restart; agent log:\n{log}");
+    assert!(!log.contains("apply failed"), "the restarted agent applied at once:\n{log}");
+    assert!(log.contains("dropping a pinned link that cannot be updated"), "the stale link was dropped:\n{log}");
+}
