@@ -7,7 +7,6 @@ mod support;
 use std::net::Ipv4Addr;
 
 use overlay::{
-    model,
     dataplane::{PROG_EGRESS, PROG_INGRESS, PROG_PASS},
     control::desired,
 };
@@ -36,7 +35,7 @@ endpoints:
 
 fn host2() -> TestDataplane {
     let mut t = TestDataplane::new("prog");
-    let cluster = model::parse(CLUSTER).expect("valid cluster");
+    let cluster = overlay::source::file::parse(CLUSTER).expect("valid cluster");
     let plan = desired::plan(&cluster, "node2").expect("node2 exists");
     let state = plan.map_state(LOCAL_IFINDEX, &[(&plan.local[0], LOCAL_IFINDEX)]);
     let diff = t.dp.apply(&state).expect("apply");
@@ -181,7 +180,7 @@ fn encapsulation_matches_golden_bytes_and_the_kernel_driver() {
 fn local_destination_is_switched_without_encapsulation() {
     let mut t = host2();
     // A second local endpoint in the same VNI: add its FDB entry by hand-built state.
-    let cluster = model::parse(&CLUSTER.replace(
+    let cluster = overlay::source::file::parse(&CLUSTER.replace(
         "  - {name: web3, network: nginx-net, node: node3, ip: 10.0.1.4}",
         "  - {name: web3, network: nginx-net, node: node2, ip: 10.0.1.4, netns: c3}",
     ))
@@ -256,7 +255,7 @@ fn egress_drops_are_counted_by_reason() {
     expect_drop(&mut t, PROG_EGRESS, &arp_reply, Reason::ArpUnanswered, "an ARP reply (nothing asks)");
 
     // No endpoint on this interface: nothing is forwarded from it.
-    let cluster = model::parse(CLUSTER).expect("valid");
+    let cluster = overlay::source::file::parse(CLUSTER).expect("valid");
     let plan = desired::plan(&cluster, "node2").expect("plan");
     t.dp.apply(&plan.map_state(LOCAL_IFINDEX, &[])).expect("apply without endpoints");
     expect_drop(&mut t, PROG_EGRESS, &good, Reason::NoEndpoint, "an interface with no endpoint");
@@ -317,11 +316,11 @@ fn ingress_drops_are_counted_by_reason() {
 #[test]
 fn reconcile_writes_only_the_difference() {
     let mut t = host2();
-    let cluster = model::parse(CLUSTER).expect("valid");
+    let cluster = overlay::source::file::parse(CLUSTER).expect("valid");
     let plan = desired::plan(&cluster, "node2").expect("plan");
     let state = plan.map_state(LOCAL_IFINDEX, &[(&plan.local[0], LOCAL_IFINDEX)]);
     assert!(t.dp.apply(&state).expect("apply").is_empty(), "re-applying the same state writes nothing");
-    let edited = model::parse(&CLUSTER.replace("ip: 10.0.1.4}", "ip: 10.0.1.14}")).expect("valid");
+    let edited = overlay::source::file::parse(&CLUSTER.replace("ip: 10.0.1.4}", "ip: 10.0.1.14}")).expect("valid");
     let plan2 = desired::plan(&edited, "node2").expect("plan");
     let d = t.dp.apply(&plan2.map_state(LOCAL_IFINDEX, &[(&plan2.local[0], LOCAL_IFINDEX)])).expect("apply");
     // web3: new MAC (derived from the IP) and new neighbour entry; old ones removed.

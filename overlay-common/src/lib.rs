@@ -30,6 +30,8 @@ impl FdbKey {
 pub const FDB_LOCAL: u32 = 1;
 /// `FdbEntry::kind`: the MAC belongs to an endpoint behind a remote VTEP.
 pub const FDB_REMOTE: u32 = 2;
+/// `FdbEntry::kind`: the MAC is the network's gateway: the way out through this node.
+pub const FDB_GATEWAY: u32 = 3;
 
 /// Value of the FDB.
 #[repr(C)]
@@ -37,7 +39,7 @@ pub const FDB_REMOTE: u32 = 2;
 pub struct FdbEntry {
     /// [`FDB_LOCAL`] or [`FDB_REMOTE`].
     pub kind: u32,
-    /// Local entries: ifindex of the endpoint's host-side veth. Remote entries: 0.
+    /// Local entries: ifindex of the endpoint's host-side veth. Remote and gateway entries: 0.
     pub ifindex: u32,
     /// Remote entries: the VTEP's underlay IPv4 (network order). Local entries: 0.
     pub vtep: u32,
@@ -51,6 +53,9 @@ impl FdbEntry {
     pub const fn remote(vtep: u32) -> Self {
         Self { kind: FDB_REMOTE, ifindex: 0, vtep, _pad: 0 }
     }
+    pub const fn gateway() -> Self {
+        Self { kind: FDB_GATEWAY, ifindex: 0, vtep: 0, _pad: 0 }
+    }
 }
 
 /// Value of the VNI table (key: VNI as `u32`). Presence means the network exists on this node.
@@ -59,6 +64,20 @@ impl FdbEntry {
 pub struct VniInfo {
     /// Container MTU of the network (informational for the datapath; used by the agent).
     pub mtu: u32,
+    /// `VNI_F_*` bits.
+    pub flags: u32,
+}
+
+/// `VniInfo::flags`: the network is internal: nothing leaves it through the gateway.
+pub const VNI_F_INTERNAL: u32 = 1;
+
+/// Value of the subnet table (an LPM trie keyed by IPv4 prefix, network order): every overlay
+/// subnet of the cluster. A packet sent to a gateway but addressed inside one is dropped: the
+/// way out never carries traffic from one overlay into another.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SubnetInfo {
+    pub vni: u32,
     pub _pad: u32,
 }
 
@@ -151,6 +170,7 @@ pub const MAX_VNIS: u32 = 4_096;
 pub const MAX_ENDPOINTS: u32 = 4_096;
 pub const MAX_NEIGH: u32 = 65_536;
 pub const MAX_MEMBERS: u32 = 4_096;
+pub const MAX_SUBNETS: u32 = 4_096;
 
 /// Converts an IPv4 address to its map representation (network byte order in a native `u32`).
 #[inline(always)]
@@ -178,6 +198,7 @@ mod pod {
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::VniCounters {}
+    unsafe impl aya::Pod for super::SubnetInfo {}
 }
 
 #[cfg(test)]
@@ -198,6 +219,7 @@ mod tests {
         assert_eq!(size_of::<NodeConfig>(), 16);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<VniCounters>(), 32);
+        assert_eq!(size_of::<SubnetInfo>(), 8);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub enum Reason {
     ArpReply = 4,
     /// Underlay traffic that is not for the overlay; handed to the kernel untouched.
     PassNotOverlay = 5,
+    /// Sent to the network's gateway for an address outside every overlay: handed to this
+    /// node's stack, which routes it out with the source masqueraded (the way out).
+    FwdGateway = 6,
 
     /// A header ended before its fixed part did.
     Truncated = 16,
@@ -76,6 +79,11 @@ pub enum Reason {
     BadIpHeader = 33,
     /// Redirect helper refused the target interface.
     RedirectFailed = 34,
+    /// Sent to the gateway but addressed inside an overlay subnet (another network's, or its
+    /// own the long way round): the way out never joins two overlays.
+    GatewayOverlay = 35,
+    /// Sent to the gateway of an internal network: it has no way out.
+    GatewayInternal = 36,
 }
 
 impl Reason {
@@ -85,6 +93,7 @@ impl Reason {
         Reason::FwdDecap,
         Reason::ArpReply,
         Reason::PassNotOverlay,
+        Reason::FwdGateway,
         Reason::Truncated,
         Reason::Vlan,
         Reason::UnsupportedEthertype,
@@ -104,6 +113,8 @@ impl Reason {
         Reason::NoConfig,
         Reason::BadIpHeader,
         Reason::RedirectFailed,
+        Reason::GatewayOverlay,
+        Reason::GatewayInternal,
     ];
 
     /// The name operators see in `overlay stats`.
@@ -114,6 +125,7 @@ impl Reason {
             Reason::FwdDecap => "fwd-decap",
             Reason::ArpReply => "arp-reply",
             Reason::PassNotOverlay => "pass-not-overlay",
+            Reason::FwdGateway => "fwd-gateway",
             Reason::Truncated => "drop-truncated",
             Reason::Vlan => "drop-vlan",
             Reason::UnsupportedEthertype => "drop-ethertype",
@@ -133,6 +145,8 @@ impl Reason {
             Reason::NoConfig => "drop-no-config",
             Reason::BadIpHeader => "drop-bad-ip-header",
             Reason::RedirectFailed => "drop-redirect-failed",
+            Reason::GatewayOverlay => "drop-gateway-overlay",
+            Reason::GatewayInternal => "drop-gateway-internal",
         }
     }
 

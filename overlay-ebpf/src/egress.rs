@@ -1,16 +1,20 @@
-//! Frames sent by a local endpoint: anti-spoofing, ARP answers, local switching, encapsulation.
+//! Frames sent by a local endpoint. Decide, then act: [`decide`] parses and checks the frame
+//! (anti-spoofing) and looks up where it goes, returning one [`Action`]; [`act`] does the
+//! packet surgery for that action (ARP answer, local switch, encapsulation, hand-off to the
+//! node's stack for the way out).
 use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
-        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_REDIRECT,
     },
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type},
+    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{
-    EndpointInfo, FDB_LOCAL, FdbKey, NeighKey, NodeConfig, Reason,
+    EndpointInfo, FDB_GATEWAY, FDB_LOCAL, FdbKey, NeighKey, NodeConfig, Reason, VNI_F_INTERNAL,
     wire::{
         ARP_OP_REPLY, ARP_OP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN,
         OUTER_TTL, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_I, VXLAN_HLEN, vxlan_vni_field,
@@ -20,10 +24,13 @@ use overlay_common::{
 use crate::{
     arp::EthArp,
     eth, ipv4,
-    maps::{CONFIG, ENDPOINTS, FDB, NEIGH},
+    maps::{CONFIG, ENDPOINTS, FDB, NEIGH, SUBNETS, VNIS},
     ptr::{ptr_at, ptr_at_mut, put},
     stats::Verdict,
 };
+
+/// `PACKET_HOST`: the frame is for this host (skb->pkt_type).
+const PACKET_HOST: u32 = 0;
 
 /// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner L2 header length, in the top byte of the flags.
 const fn encap_l2_len(len: u64) -> u64 {
@@ -39,11 +46,21 @@ const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
     | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
     | encap_l2_len(ETH_HLEN as u64);
 
+/// What happens to a frame an endpoint sent.
+pub enum Action {
+    /// Answer its ARP request: `ip` is at `mac`.
+    ArpReply { ip: u32, mac: [u8; 6] },
+    /// Switch it to the local endpoint behind host-side veth `ifindex`.
+    Peer { ifindex: u32 },
+    /// Encapsulate it to the remote VTEP `vtep`.
+    Encap { vtep: u32 },
+    /// Hand it to this node's stack: the way out (routed, masqueraded by the node).
+    ToHost,
+}
+
+/// Parses, checks and looks up: where the frame from the endpoint behind `ifindex` goes.
 #[inline(always)]
-pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
-    // SAFETY: the context pointer is valid for the program's lifetime.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let ep = *unsafe { ENDPOINTS.get(ifindex) }.ok_or(Reason::NoEndpoint)?;
+pub fn decide(ctx: &TcContext, ep: &EndpointInfo) -> Result<Action, Reason> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
     let (src, dst, ethertype) = unsafe { ((*eth).src_addr, (*eth).dst_addr, eth::ethertype(&*eth)) };
@@ -54,7 +71,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
         return Err(Reason::Vlan);
     }
     if ethertype == ETH_P_ARP {
-        return answer_arp(ctx, &ep, ifindex);
+        return decide_arp(ctx, ep);
     }
     if ethertype != ETH_P_IP {
         return Err(Reason::UnsupportedEthertype);
@@ -69,29 +86,108 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
         return Err(Reason::Broadcast);
     }
     let entry = *unsafe { FDB.get(FdbKey::new(ep.vni, dst)) }.ok_or(Reason::UnknownDestination)?;
+    match entry.kind {
+        FDB_LOCAL => Ok(Action::Peer { ifindex: entry.ifindex }),
+        FDB_GATEWAY => decide_gateway(ep, u32::from_ne_bytes(ip.dst_addr)),
+        _ => Ok(Action::Encap { vtep: entry.vtep }),
+    }
+}
+
+/// A packet for the gateway: out of the overlay, unless the network is internal or the
+/// destination is inside an overlay (isolation holds through the way out too).
+#[inline(always)]
+fn decide_gateway(ep: &EndpointInfo, dst: u32) -> Result<Action, Reason> {
+    let internal = unsafe { VNIS.get(ep.vni) }.is_none_or(|v| v.flags & VNI_F_INTERNAL != 0);
+    if internal {
+        return Err(Reason::GatewayInternal);
+    }
+    if SUBNETS.get(Key::new(32, dst)).is_some() {
+        return Err(Reason::GatewayOverlay);
+    }
+    Ok(Action::ToHost)
+}
+
+/// An ARP request for an address of the endpoint's network (its gateway included), answered
+/// from the neighbour table. Nothing floods.
+#[inline(always)]
+fn decide_arp(ctx: &TcContext, ep: &EndpointInfo) -> Result<Action, Reason> {
+    let arp = ptr_at::<EthArp>(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    let arp = unsafe { &*arp };
+    if !arp.is_eth_ipv4() || arp.oper != ARP_OP_REQUEST.to_be_bytes() {
+        return Err(Reason::ArpUnanswered);
+    }
+    if arp.sha != ep.mac {
+        return Err(Reason::SpoofedMac);
+    }
+    let spa = u32::from_ne_bytes(arp.spa);
+    let tpa = u32::from_ne_bytes(arp.tpa);
+    // A probe (sender 0.0.0.0) or a question about its own address gets no answer.
+    if spa == 0 || tpa == ep.ip {
+        return Err(Reason::ArpUnanswered);
+    }
+    if spa != ep.ip {
+        return Err(Reason::SpoofedIp);
+    }
+    let neigh = unsafe { NEIGH.get(NeighKey { vni: ep.vni, ip: tpa }) }.ok_or(Reason::ArpUnanswered)?;
+    Ok(Action::ArpReply { ip: tpa, mac: neigh.mac })
+}
+
+/// Does what [`decide`] chose.
+#[inline(always)]
+pub fn act(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, action: Action) -> Result<Verdict, Reason> {
     let len = ctx.len();
-    if entry.kind == FDB_LOCAL {
-        // SAFETY: plain helper call.
-        let action = unsafe { bpf_redirect_peer(entry.ifindex, 0) } as i32;
-        if action != TC_ACT_REDIRECT as i32 {
-            return Err(Reason::RedirectFailed);
+    match action {
+        Action::ArpReply { ip, mac } => {
+            arp_reply(ctx, ep, ip, mac)?;
+            // SAFETY: plain helper call; out of the same veth, i.e. into the endpoint's namespace.
+            let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
+            Ok(Verdict { action, reason: Reason::ArpReply, vni: 0, inner_len: 0 })
         }
-        return Ok(Verdict { action, reason: Reason::FwdLocal, vni: ep.vni, inner_len: len });
+        Action::Peer { ifindex } => {
+            // SAFETY: plain helper call.
+            let action = unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
+            if action != TC_ACT_REDIRECT as i32 {
+                return Err(Reason::RedirectFailed);
+            }
+            Ok(Verdict { action, reason: Reason::FwdLocal, vni: ep.vni, inner_len: len })
+        }
+        Action::Encap { vtep } => {
+            let cfg = *CONFIG.get(0).ok_or(Reason::NoConfig)?;
+            if cfg.vtep == 0 {
+                return Err(Reason::NoConfig);
+            }
+            let hash = flow_hash(ctx);
+            encapsulate(ctx, &cfg, ep.vni, vtep, len, hash)?;
+            // Outer L2 comes from the kernel's neighbour table after a FIB lookup of the remote
+            // VTEP.
+            // SAFETY: plain helper call; a null nexthop asks the kernel to look the route up.
+            let action = unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+            if action != TC_ACT_REDIRECT as i32 {
+                return Err(Reason::RedirectFailed);
+            }
+            Ok(Verdict { action, reason: Reason::FwdEncap, vni: ep.vni, inner_len: len })
+        }
+        Action::ToHost => {
+            // The frame is addressed to the gateway's MAC, not the host veth's: mark it for this
+            // host so that IP takes it (and routes it out) instead of dropping it as "other host".
+            // SAFETY: the context pointer is valid; PACKET_HOST is an allowed type.
+            if unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) } != 0 {
+                return Err(Reason::RedirectFailed);
+            }
+            Ok(Verdict { action: TC_ACT_OK as i32, reason: Reason::FwdGateway, vni: ep.vni, inner_len: len })
+        }
     }
-    let cfg = *CONFIG.get(0).ok_or(Reason::NoConfig)?;
-    if cfg.vtep == 0 {
-        return Err(Reason::NoConfig);
-    }
-    let hash = flow_hash(ctx, ip);
-    encapsulate(ctx, &cfg, ep.vni, entry.vtep, len, hash)?;
-    // Outer L2 comes from the kernel's neighbour table after a FIB lookup of the remote VTEP.
-    // SAFETY: plain helper call; a null nexthop asks the kernel to look the route up.
-    let action =
-        unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
-    if action != TC_ACT_REDIRECT as i32 {
-        return Err(Reason::RedirectFailed);
-    }
-    Ok(Verdict { action, reason: Reason::FwdEncap, vni: ep.vni, inner_len: len })
+}
+
+/// The endpoint behind the veth this frame entered by.
+#[inline(always)]
+pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let ep = *unsafe { ENDPOINTS.get(ifindex) }.ok_or(Reason::NoEndpoint)?;
+    let action = decide(ctx, &ep)?;
+    act(ctx, &ep, ifindex, action)
 }
 
 /// Flow entropy for the outer UDP source port: the skb's hash when the stack already set one (a
@@ -99,12 +195,15 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
 /// mix of the inner addresses, protocol and ports. Recomputing the hash with the flow dissector
 /// (`bpf_get_hash_recalc`) cost more than the rest of encapsulation together.
 #[inline(always)]
-fn flow_hash(ctx: &TcContext, ip: &Ipv4Hdr) -> u32 {
+fn flow_hash(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's lifetime.
     let h = unsafe { (*ctx.skb.skb).hash };
     if h != 0 {
         return h;
     }
+    let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return 0 };
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
     let mut x = u32::from_ne_bytes(ip.src_addr) ^ u32::from_ne_bytes(ip.dst_addr).rotate_left(16) ^ ((ip.proto as u32) << 8);
     // Ports for TCP and UDP only (ICMP's checksum would split one flow over many ports).
     let has_ports = ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP;
@@ -181,40 +280,20 @@ fn encapsulate(ctx: &TcContext, cfg: &NodeConfig, vni: u32, vtep: u32, len: u32,
     Ok(())
 }
 
-/// Answers an ARP request for an address of the endpoint's network from the neighbour table, by
-/// turning the request into the reply and sending it back out the same veth. Nothing floods.
+/// Turns the ARP request into the reply (`ip` is at `mac`), in place.
 #[inline(always)]
-fn answer_arp(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32) -> Result<Verdict, Reason> {
+fn arp_reply(ctx: &TcContext, ep: &EndpointInfo, ip: u32, mac: [u8; 6]) -> Result<(), Reason> {
     let eth = ptr_at_mut::<EthHdr>(ctx, 0)?;
     let arp = ptr_at_mut::<EthArp>(ctx, ETH_HLEN)?;
     // SAFETY: both bounds checked by ptr_at_mut; no helper has moved the data since.
     unsafe {
-        if !(*arp).is_eth_ipv4() || (*arp).oper != ARP_OP_REQUEST.to_be_bytes() {
-            return Err(Reason::ArpUnanswered);
-        }
-        if (*arp).sha != ep.mac {
-            return Err(Reason::SpoofedMac);
-        }
-        let spa = u32::from_ne_bytes((*arp).spa);
-        let tpa = u32::from_ne_bytes((*arp).tpa);
-        // A probe (sender 0.0.0.0) or a question about its own address gets no answer.
-        if spa == 0 || tpa == ep.ip {
-            return Err(Reason::ArpUnanswered);
-        }
-        if spa != ep.ip {
-            return Err(Reason::SpoofedIp);
-        }
-        let neigh = NEIGH.get(NeighKey { vni: ep.vni, ip: tpa }).ok_or(Reason::ArpUnanswered)?;
-        let mac = neigh.mac;
         (*eth).dst_addr = ep.mac;
         (*eth).src_addr = mac;
         (*arp).oper = ARP_OP_REPLY.to_be_bytes();
         (*arp).tha = ep.mac;
         (*arp).tpa = (*arp).spa;
         (*arp).sha = mac;
-        (*arp).spa = tpa.to_ne_bytes();
+        (*arp).spa = ip.to_ne_bytes();
     }
-    // SAFETY: plain helper call; out of the same veth, i.e. into the endpoint's namespace.
-    let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
-    Ok(Verdict { action, reason: Reason::ArpReply, vni: 0, inner_len: 0 })
+    Ok(())
 }

@@ -2,11 +2,12 @@
 //! restarted agent finds them again and forwarding never stops.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use overlay_common::{
     Counter, EndpointInfo, FdbEntry, FdbKey, MAX_ENDPOINTS, MAX_FDB, MAX_MEMBERS, MAX_NEIGH,
-    MAX_VNIS, MemberInfo, NeighEntry, NeighKey, NodeConfig, STATS_ENTRIES, VniCounters, VniInfo,
+    MAX_SUBNETS, MAX_VNIS, MemberInfo, NeighEntry, NeighKey, NodeConfig, STATS_ENTRIES, SubnetInfo,
+    VniCounters, VniInfo,
 };
 
 /// (VNI, MAC) -> local ifindex or remote VTEP.
@@ -33,3 +34,7 @@ pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_ENTRIES, 0);
 /// Per-CPU per-VNI rx/tx counters; the agent creates an entry per VNI.
 #[map]
 pub static VNI_STATS: PerCpuHashMap<u32, VniCounters> = PerCpuHashMap::pinned(MAX_VNIS, 0);
+/// Every overlay subnet of the cluster (IPv4 prefix, network order) -> its VNI: what the way
+/// out must never reach.
+#[map]
+pub static SUBNETS: LpmTrie<u32, SubnetInfo> = LpmTrie::pinned(MAX_SUBNETS, 0);

@@ -45,6 +45,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tshark", "tshark"),
     ("iperf3", "iperf3"),
     ("procps", "sysctl"),
+    // nft: the agent sets up the way out's NAT table through its JSON interface.
+    ("nftables", "nft"),
     // The etcd v3 server the store tests and the control-plane benchmark start.
     ("etcd-server", "etcd"),
     // etcd-client's build script compiles etcd's .proto files: protoc and the well-known types.

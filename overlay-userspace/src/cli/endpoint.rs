@@ -9,7 +9,7 @@ use super::state::{StateArgs, parse_ip, remove_each};
 use crate::{
     control::attach::{attach, this_node},
     host::netlink::netns_path,
-    source::store::EndpointSpec,
+    source::store::{EndpointRecord, EndpointSpec, Store},
 };
 
 #[derive(Args, Debug)]
@@ -28,9 +28,15 @@ pub enum EndpointCommand {
         /// The network to join.
         #[arg(long)]
         network: String,
-        /// The namespace (a name under /run/netns) that gets `eth0` on the network.
+        /// The namespace (a name under /run/netns) that gets an interface on the network.
         #[arg(long)]
         netns: String,
+        /// The interface's name in the namespace [default: the first free ethN there].
+        #[arg(long)]
+        interface: Option<String>,
+        /// Another name of the endpoint on this network (repeatable).
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
         /// A fixed address instead of the next free one.
         #[arg(long)]
         ip: Option<String>,
@@ -51,7 +57,8 @@ pub enum EndpointCommand {
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
-    /// Detach endpoints: their agent removes the interface, every node forgets them.
+    /// Detach endpoints (NAME, or NETWORK/NAME when several networks have a NAME): their agent
+    /// removes the interface, every node forgets them.
     Rm {
         #[arg(required = true)]
         names: Vec<String>,
@@ -67,40 +74,73 @@ pub enum EndpointCommand {
 pub async fn run(args: EndpointArgs) -> anyhow::Result<()> {
     let state = args.state.open().await?;
     match args.command {
-        EndpointCommand::Add { network, netns, ip, name, node, pin_root, no_wait, timeout } => {
+        EndpointCommand::Add { network, netns, interface, aliases, ip, name, node, pin_root, no_wait, timeout } => {
             let store = state.writable("endpoint add")?;
-            let ip = ip.map(|v| parse_ip("ip", &v)).transpose()?;
-            if !(0.0..=3600.0).contains(&timeout) {
-                bail!("--timeout {timeout} is not between 0 and 3600 seconds");
-            }
-            let path = netns_path(&netns);
-            if netns.contains('/') || !path.exists() {
-                bail!("network namespace {netns:?} does not exist ({})", path.display());
-            }
-            let node = match node {
-                Some(n) => n,
-                None => this_node(store).await?,
-            };
-            let spec = EndpointSpec { name: name.unwrap_or_else(|| netns.clone()), network, node, netns: Some(netns), ip };
-            let wait = (!no_wait).then(|| Duration::from_secs_f64(timeout));
-            let r = attach(store, &spec, pin_root.as_deref(), wait).await?;
-            println!("{} {} {} {} {}", r.name, r.network, r.node, r.ip, r.mac);
+            let req = Join { network, netns, interface, aliases, ip, name, node, pin_root, no_wait, timeout };
+            let r = join(store, req).await?;
+            println!("{} {} {} {} {} {}", r.name, r.network, r.node, r.ip, r.mac, r.interface.as_deref().unwrap_or("-"));
         }
         EndpointCommand::Rm { names } => {
             let store = state.writable("endpoint rm")?;
-            remove_each(&names, |n| async move { store.endpoint_rm(&n).await }).await?;
+            remove_each(&names, |n| async move {
+                let (net, name) = store.resolve_endpoint(&n).await?;
+                store.endpoint_rm(&net, &name).await
+            })
+            .await?;
         }
         EndpointCommand::Ls { network } => {
             if let Some(n) = &network {
                 state.network(n).await?;
             }
             let eps = state.endpoints(network.as_deref()).await?;
-            println!("{:<20} {:<20} {:<20} {:<15} {:<17} NETNS", "NAME", "NETWORK", "NODE", "IP", "MAC");
+            println!("{:<20} {:<20} {:<20} {:<15} {:<17} {:<9} NETNS", "NAME", "NETWORK", "NODE", "IP", "MAC", "INTERFACE");
             for e in eps {
-                println!("{:<20} {:<20} {:<20} {:<15} {:<17} {}", e.name, e.network, e.node, e.ip, e.mac, e.netns.as_deref().unwrap_or("-"));
+                let ifname = e.interface.as_deref().unwrap_or("-");
+                println!("{:<20} {:<20} {:<20} {:<15} {:<17} {:<9} {}", e.name, e.network, e.node, e.ip, e.mac, ifname, e.netns.as_deref().unwrap_or("-"));
             }
         }
     }
     Ok(())
+}
+
+/// A namespace of this node joining a network: what `endpoint add` and `network connect` ask.
+pub struct Join {
+    pub network: String,
+    pub netns: String,
+    pub interface: Option<String>,
+    pub aliases: Vec<String>,
+    pub ip: Option<String>,
+    pub name: Option<String>,
+    pub node: Option<String>,
+    pub pin_root: Option<PathBuf>,
+    pub no_wait: bool,
+    pub timeout: f64,
+}
+
+/// Publishes the endpoint and (unless `no_wait`) waits until this node's agent wired it.
+pub async fn join(store: &Store, j: Join) -> anyhow::Result<EndpointRecord> {
+    let ip = j.ip.map(|v| parse_ip("ip", &v)).transpose()?;
+    if !(0.0..=3600.0).contains(&j.timeout) {
+        bail!("--timeout {} is not between 0 and 3600 seconds", j.timeout);
+    }
+    let path = netns_path(&j.netns);
+    if j.netns.contains('/') || !path.exists() {
+        bail!("network namespace {:?} does not exist ({})", j.netns, path.display());
+    }
+    let node = match j.node {
+        Some(n) => n,
+        None => this_node(store).await?,
+    };
+    let spec = EndpointSpec {
+        name: j.name.unwrap_or_else(|| j.netns.clone()),
+        network: j.network,
+        node,
+        netns: Some(j.netns),
+        ip,
+        interface: j.interface,
+        aliases: j.aliases,
+    };
+    let wait = (!j.no_wait).then(|| Duration::from_secs_f64(j.timeout));
+    attach(store, &spec, j.pin_root.as_deref(), wait).await
 }
 

@@ -4,8 +4,13 @@ use std::collections::BTreeMap;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::state::{StateArgs, remove_each, rfc3339};
-use crate::source::store::NetworkSpec;
+use std::path::PathBuf;
+
+use super::{
+    endpoint::{Join, join},
+    state::{StateArgs, remove_each, rfc3339},
+};
+use crate::{control::attach::this_node, source::store::NetworkSpec};
 
 #[derive(Args, Debug)]
 pub struct NetworkArgs {
@@ -37,6 +42,51 @@ pub enum NetworkCommand {
         /// Let standalone containers attach (recorded and shown, as Docker's flag).
         #[arg(long)]
         attachable: bool,
+        /// No way out of the overlay: no default route, packets to outside addresses dropped
+        /// (Docker's --internal).
+        #[arg(long)]
+        internal: bool,
+    },
+    /// Connect a network namespace of this node to a network, as `docker network connect`
+    /// does: a further interface (eth1, eth2, ...) in it, the others untouched.
+    Connect {
+        network: String,
+        /// The namespace (a name under /run/netns).
+        netns: String,
+        /// A fixed address instead of the next free one.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Another name of the container on this network (repeatable).
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        /// The interface's name [default: the first free ethN in the namespace].
+        #[arg(long)]
+        interface: Option<String>,
+        /// Endpoint name [default: the namespace's name].
+        #[arg(long)]
+        name: Option<String>,
+        /// The node hosting the namespace [default: the node whose VTEP is an address here,
+        /// else the one named like this host].
+        #[arg(long, env = "OVERLAY_NODE")]
+        node: Option<String>,
+        /// Directory holding one pin directory per node [default: <bpffs>/overlay].
+        #[arg(long, env = "OVERLAY_PIN_ROOT")]
+        pin_root: Option<PathBuf>,
+        /// Return once published, without waiting for the agent to wire it.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the agent, in seconds; after that the endpoint is withdrawn.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Disconnect a network namespace of this node from a network: its interface on that
+    /// network goes, the others stay.
+    Disconnect {
+        network: String,
+        netns: String,
+        /// The node hosting the namespace [default: as for connect].
+        #[arg(long, env = "OVERLAY_NODE")]
+        node: Option<String>,
     },
     /// List networks.
     Ls,
@@ -55,11 +105,32 @@ pub enum NetworkCommand {
 pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
     let state = args.state.open().await?;
     match args.command {
-        NetworkCommand::Create { name, vni, subnet, gateway, mtu, attachable } => {
+        NetworkCommand::Create { name, vni, subnet, gateway, mtu, attachable, internal } => {
             let store = state.writable("network create")?;
             let gateway = gateway.map(|g| super::state::parse_ip("gateway", &g)).transpose()?;
-            let r = store.network_create(&NetworkSpec { name, vni, subnet, gateway, mtu, attachable }).await?;
-            println!("{} (VNI {}, subnet {}, gateway {})", r.name, r.vni, r.subnet, r.gateway);
+            let r = store.network_create(&NetworkSpec { name, vni, subnet, gateway, mtu, attachable, internal }).await?;
+            let internal = if r.internal { ", internal" } else { "" };
+            println!("{} (VNI {}, subnet {}, gateway {}{internal})", r.name, r.vni, r.subnet, r.gateway);
+        }
+        NetworkCommand::Connect { network, netns, ip, aliases, interface, name, node, pin_root, no_wait, timeout } => {
+            let store = state.writable("network connect")?;
+            let req = Join { network, netns, interface, aliases, ip, name, node, pin_root, no_wait, timeout };
+            let r = join(store, req).await?;
+            println!("{} {} {} {} {} {}", r.name, r.network, r.node, r.ip, r.mac, r.interface.as_deref().unwrap_or("-"));
+        }
+        NetworkCommand::Disconnect { network, netns, node } => {
+            let store = state.writable("network disconnect")?;
+            state.network(&network).await?;
+            let node = match node {
+                Some(n) => n,
+                None => this_node(store).await?,
+            };
+            let (eps, _) = store.endpoints(Some(&network)).await?;
+            let Some(e) = eps.iter().find(|e| e.node == node && e.netns.as_deref() == Some(netns.as_str())) else {
+                anyhow::bail!("namespace {netns} on node {node} is not connected to network {network}");
+            };
+            store.endpoint_rm(&e.network, &e.name).await?;
+            println!("{} {} {}", e.name, e.network, e.interface.as_deref().unwrap_or("-"));
         }
         NetworkCommand::Ls => {
             let nets = state.networks().await?;
@@ -87,8 +158,10 @@ pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
                             "IPv4Address": format!("{}/{prefix}", e.ip),
                             "Node": e.node,
                             "Netns": e.netns,
+                            "Interface": e.interface,
+                            "Aliases": e.aliases,
                         });
-                        (e.name, v)
+                        (format!("{}@{}", e.name, e.node), v)
                     })
                     .collect();
                 let mut options = serde_json::Map::new();
@@ -104,6 +177,7 @@ pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
                     "EnableIPv6": false,
                     "IPAM": {"Driver": "default", "Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
                     "Attachable": n.attachable,
+                    "Internal": n.internal,
                     "VNI": n.vni,
                     "Containers": containers,
                     "Options": options,

@@ -31,7 +31,7 @@ impl StateArgs {
     pub async fn open(&self) -> anyhow::Result<State> {
         match (&self.store, &self.cluster) {
             (Some(url), _) => Ok(State::Store(Box::new(Store::connect(url).await?))),
-            (None, Some(path)) => Ok(State::File(path.clone(), model::load(path)?)),
+            (None, Some(path)) => Ok(State::File(path.clone(), crate::source::file::load(path)?)),
             (None, None) => bail!("no cluster state given: pass --store etcd://HOST:PORT (or set OVERLAY_STORE), or --cluster FILE"),
         }
     }
@@ -60,9 +60,10 @@ impl State {
                     name: n.name.clone(),
                     vni: n.vni,
                     subnet: n.subnet.to_string(),
-                    gateway: store::gateway_of(n.subnet).to_string(),
+                    gateway: n.gateway.to_string(),
                     mtu: n.mtu,
                     attachable: true,
+                    internal: n.internal,
                     created: 0,
                 })
                 .collect()),
@@ -91,6 +92,8 @@ impl State {
                     ip: e.ip.to_string(),
                     mac: e.mac.to_string(),
                     netns: e.netns.clone(),
+                    interface: e.interface.clone(),
+                    aliases: e.aliases.clone(),
                 })
                 .collect()),
         }

@@ -5,7 +5,7 @@
 //! the dataplane, which writes only the difference. A rejected description changes nothing.
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::Instant,
 };
@@ -15,9 +15,12 @@ use tracing::{debug, info, warn};
 use crate::{
     model::{self, Cluster},
     dataplane::{Dataplane, DataplaneError, DiffSummary},
-    defaults::{CONTAINER_IFNAME, FILE_POLL, HOST_VETH_PREFIX, RETRY_INTERVAL},
-    control::desired::{self, LocalEndpoint, NodePlan},
-    host::netlink::{self, Netlink, NetlinkError},
+    defaults::{HOST_VETH_PREFIX, RETRY_INTERVAL},
+    control::desired::{self, LocalEndpoint, NodePlan, WayOut},
+    host::{
+        netlink::{self, Netlink, NetlinkError},
+        wayout::{self, WayOutError},
+    },
     source::store::follow::{Registration, follow},
 };
 
@@ -31,6 +34,8 @@ pub enum AgentError {
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    #[error("the way out: {0}")]
+    WayOut(#[from] WayOutError),
     #[error("endpoint {endpoint}: {message}")]
     Endpoint { endpoint: String, message: String },
     #[error("store: {0}")]
@@ -49,22 +54,25 @@ pub struct Agent {
     node: String,
     dataplane: Dataplane,
     nl: Netlink,
-    /// Endpoints this agent wired, as wired, with their host-side ifindex: an unchanged endpoint
-    /// is not wired again, so one change costs one endpoint's work, not all of them.
+    /// Endpoints this agent wired (by host-side veth name), as wired, with their host-side
+    /// ifindex: an unchanged endpoint is not wired again, so one change costs one endpoint's
+    /// work, not all of them.
     wired: HashMap<String, (LocalEndpoint, u32)>,
+    /// The way out as last applied (the node's NAT table and forwarding).
+    way_out: Option<WayOut>,
     /// The (wired endpoints, endpoints of this node without a namespace, underlay) the last
     /// sweep kept; the next sweep runs when it differs.
     swept: Option<Swept>,
 }
 
-/// What a sweep kept: (host veth, ifindex) of wired endpoints, names of this node's endpoints
-/// without a namespace yet, underlay ifindex.
-type Swept = (Vec<(String, u32)>, Vec<String>, u32);
+/// What a sweep kept: (host veth, ifindex) of wired endpoints, (network, name) of this node's
+/// endpoints without a namespace yet, underlay ifindex.
+type Swept = (Vec<(String, u32)>, Vec<(String, String)>, u32);
 
 impl Agent {
     pub fn new(node: &str, pin_dir: &Path) -> Result<Self, AgentError> {
         let dataplane = Dataplane::load(pin_dir)?;
-        Ok(Agent { node: node.to_string(), dataplane, nl: Netlink::new()?, wired: HashMap::new(), swept: None })
+        Ok(Agent { node: node.to_string(), dataplane, nl: Netlink::new()?, wired: HashMap::new(), way_out: None, swept: None })
     }
 
     /// Makes the node match `cluster`. Validation already happened; what can still fail here is
@@ -78,9 +86,18 @@ impl Agent {
         };
         self.dataplane.attach_ingress(&underlay.name, underlay.index)?;
         let mut report = ApplyReport::default();
+        // The way out first: a container given a default route can use it at once.
+        if self.way_out.as_ref() != Some(&plan.way_out) {
+            let d = wayout::Desired { egress: plan.way_out.egress.clone(), overlay: plan.way_out.overlay.clone() };
+            let change = wayout::apply(&d)?;
+            if change != wayout::Change::Nothing {
+                info!(?change, table = wayout::TABLE, "way out (forwarding, masquerade) reconciled");
+            }
+            self.way_out = Some(plan.way_out.clone());
+        }
         let mut wired: Vec<(&LocalEndpoint, u32)> = Vec::new();
         for ep in &plan.local {
-            if let Some((done, ifindex)) = self.wired.get(&ep.name) {
+            if let Some((done, ifindex)) = self.wired.get(&ep.host_ifname) {
                 if done == ep {
                     wired.push((ep, *ifindex));
                     continue;
@@ -88,12 +105,12 @@ impl Agent {
             }
             match self.wire(ep, underlay.mtu).await {
                 Ok(ifindex) => {
-                    self.wired.insert(ep.name.clone(), (ep.clone(), ifindex));
+                    self.wired.insert(ep.host_ifname.clone(), (ep.clone(), ifindex));
                     wired.push((ep, ifindex));
                 }
                 Err(e) => {
-                    self.wired.remove(&ep.name);
-                    report.pending.push(format!("{}: {e}", ep.name));
+                    self.wired.remove(&ep.host_ifname);
+                    report.pending.push(format!("{} (network {}): {e}", ep.name, ep.network));
                 }
             }
         }
@@ -103,7 +120,7 @@ impl Agent {
         let swept = Some((kept, plan.unwired.clone(), underlay.index));
         if !report.pending.is_empty() || self.swept != swept {
             self.sweep(&plan, &wired, (&underlay.name, underlay.index)).await?;
-            self.wired.retain(|name, _| plan.local.iter().any(|e| &e.name == name));
+            self.wired.retain(|host, _| plan.local.iter().any(|e| &e.host_ifname == host));
             self.swept = if report.pending.is_empty() { swept } else { None };
         }
         Ok(report)
@@ -146,15 +163,28 @@ impl Agent {
                 self.nl.link(&ep.host_ifname).await?.ok_or_else(|| NetlinkError::NoSuchLink(ep.host_ifname.clone()))?
             }
         };
-        // Container side: the other end of the host veth (under its temporary name if just moved,
-        // as eth0 if wired before).
+        // Container side: the other end of the host veth, under its temporary name if just moved
+        // in, else under the name it was given (by this agent, or by the runtime).
         let links = inside.links().await?;
         let c = links
             .iter()
-            .find(|l| l.peer == Some(host.index) && (l.name == ep.peer_ifname || l.name == CONTAINER_IFNAME))
-            .ok_or_else(|| fail(format!("no {CONTAINER_IFNAME} in namespace {}", ep.netns)))?;
-        if c.name != CONTAINER_IFNAME || c.mtu != mtu || c.mac != Some(ep.mac.0) {
-            inside.configure(c.index, CONTAINER_IFNAME, Some(ep.mac), mtu).await?;
+            .find(|l| l.peer == Some(host.index))
+            .ok_or_else(|| fail(format!("the other end of {} is not in namespace {}", host.name, ep.netns)))?;
+        let name = match &ep.ifname {
+            Some(n) => n.clone(),
+            None if c.name != ep.peer_ifname => c.name.clone(),
+            // The first free ethN (the runtime did not name it, nor did the endpoint).
+            None => (0..).map(|i| format!("eth{i}")).find(|n| !links.iter().any(|l| &l.name == n)).expect("a free ethN"),
+        };
+        if c.name != name {
+            // An interface of another endpoint may still hold the name (a container whose
+            // interfaces were renumbered): move it aside first; its own wiring renames it.
+            if let Some(other) = links.iter().find(|l| l.name == name && l.index != c.index) {
+                inside.configure(other.index, &format!("ovt{}", other.index), None, other.mtu).await?;
+            }
+        }
+        if c.name != name || c.mtu != mtu || c.mac != Some(ep.mac.0) {
+            inside.configure(c.index, &name, Some(ep.mac), mtu).await?;
         } else {
             inside.set_up(c.index).await?;
         }
@@ -164,12 +194,34 @@ impl Agent {
         if let Some(lo) = links.iter().find(|l| l.name == "lo") {
             inside.set_up(lo.index).await?;
         }
+        // The container's default route: via the gateway of its first network that is not
+        // internal. Another interface's is left alone; this one's goes if it lost the role.
+        if ep.default_route {
+            if inside.default_route_dev().await? != Some(c.index) || !self.routed(&inside, c.index, ep).await? {
+                inside.replace_default_route(c.index, ep.gateway).await?;
+            }
+        } else {
+            inside.remove_default_route_via(c.index).await?;
+        }
         if host.mtu != mtu {
             self.nl.set_mtu(host.index, mtu).await?;
         }
         self.nl.set_up(host.index).await?;
+        // Replies of the way out reach the container through its host-side veth: a route to its
+        // address and a permanent neighbour entry (its ARP replies are not for the datapath).
+        if !ep.internal {
+            self.nl.replace_neighbour(host.index, ep.ip, ep.mac).await?;
+            if !self.nl.has_host_route(host.index, ep.ip).await? {
+                self.nl.replace_host_route(host.index, ep.ip).await?;
+            }
+        }
         self.dataplane.attach_egress(&host.name, host.index)?;
         Ok(host.index)
+    }
+
+    /// Whether the namespace's default route already goes via `ep`'s gateway.
+    async fn routed(&self, inside: &Netlink, index: u32, ep: &LocalEndpoint) -> Result<bool, AgentError> {
+        Ok(inside.default_route_via(index).await? == Some(ep.gateway))
     }
 
     /// Removes what the plan no longer holds: veths of deleted endpoints and their link pins.
@@ -177,7 +229,7 @@ impl Agent {
         // A veth of an endpoint of this node without a namespace yet is kept too: the Docker
         // plugin creates the pair at Join, before Docker moves one end into the container.
         let mut keep_ifs: Vec<String> = plan.local.iter().map(|e| e.host_ifname.clone()).collect();
-        keep_ifs.extend(plan.unwired.iter().map(|name| desired::host_ifname(name)));
+        keep_ifs.extend(plan.unwired.iter().map(|(net, name)| desired::host_ifname(net, name)));
         for l in self.nl.links().await? {
             if l.name.starts_with(HOST_VETH_PREFIX) && !keep_ifs.contains(&l.name) {
                 info!(ifname = %l.name, "removing veth of a deleted endpoint");
@@ -254,29 +306,10 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-/// Watches a cluster file: every edit that validates replaces the desired cluster; a bad edit
-/// is rejected whole with a warning and the last good one stays.
-pub async fn watch_file(node: String, file: PathBuf, tx: tokio::sync::watch::Sender<Option<Arc<Cluster>>>) {
-    let mut last_seen: Option<Vec<u8>> = None;
-    while !tx.is_closed() {
-        let bytes = std::fs::read(&file).ok();
-        if bytes.is_some() && bytes != last_seen {
-            last_seen = bytes;
-            match model::load(&file).and_then(|c| check_node(&c, &node).map(|()| c)) {
-                Ok(c) => {
-                    let _ = tx.send(Some(Arc::new(c)));
-                }
-                Err(e) => warn!(file = %file.display(), "cluster file rejected, datapath keeps the last good state: {e}"),
-            }
-        }
-        tokio::time::sleep(FILE_POLL).await;
-    }
-}
-
 /// Runs the agent on a cluster file until `stop` resolves.
 pub async fn run_with_file(node: &str, file: &Path, pin_dir: &Path, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let (tx, rx) = tokio::sync::watch::channel(None);
-    let source = tokio::spawn(watch_file(node.to_string(), file.to_path_buf(), tx));
+    let source = tokio::spawn(crate::source::file::watch(node.to_string(), file.to_path_buf(), tx));
     let r = reconcile(node, pin_dir, rx, stop).await;
     source.abort();
     r
@@ -301,17 +334,13 @@ pub async fn run_with_store(url: &str, reg: Registration, pin_dir: &Path, stop: 
     r
 }
 
-/// A file that does not name this node is rejected like any other invalid file.
-fn check_node(c: &Cluster, node: &str) -> Result<(), model::ConfigError> {
-    match c.node(node) {
-        Some(_) => Ok(()),
-        None => Err(model::ConfigError::Invalid { entry: "nodes".into(), field: "name", message: format!("this node ({node}) is not listed") }),
-    }
-}
-
-/// Everything `overlay down` removes for a node: local endpoint veths and the pins.
+/// Everything `overlay down` removes for a node: local endpoint veths (their routes and
+/// neighbour entries go with them), the way out's table (forwarding back as it was) and the pins.
 pub async fn teardown(pin_dir: &Path) -> Vec<String> {
     let mut errors = Vec::new();
+    if let Err(e) = wayout::remove() {
+        errors.push(format!("removing table ip {}: {e}", wayout::TABLE));
+    }
     match Netlink::new() {
         Ok(nl) => match nl.links().await {
             Ok(links) => {

@@ -26,7 +26,7 @@ pub async fn attach(store: &Store, spec: &EndpointSpec, pin_root: Option<&Path>,
         let (net, _) = store.network(&r.network).await?;
         let pin_dir = node_pin_dir(pin_root, &spec.node)?;
         if let Err(e) = wait_wired(&pin_dir, net.vni, Mac::from_ip(ip), timeout).await {
-            let undo = match store.endpoint_rm(&r.name).await {
+            let undo = match store.endpoint_rm(&r.network, &r.name).await {
                 Ok(_) => "the endpoint was withdrawn".to_string(),
                 Err(u) => format!("withdrawing it failed too: {u}"),
             };

@@ -2,9 +2,10 @@
 //! description source (file today, a store tomorrow) does not matter here.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
+use ipnet::Ipv4Net;
 use overlay_common::{
-    EndpointInfo, FdbEntry, FdbKey, MemberInfo, NeighEntry, NeighKey, NodeConfig, VniInfo,
-    ip_to_map,
+    EndpointInfo, FdbEntry, FdbKey, MemberInfo, NeighEntry, NeighKey, NodeConfig, SubnetInfo,
+    VNI_F_INTERNAL, VniInfo, ip_to_map,
 };
 
 use crate::{
@@ -21,12 +22,15 @@ pub struct MapState {
     pub endpoints: BTreeMap<u32, EndpointInfo>,
     pub neigh: BTreeMap<NeighKey, NeighEntry>,
     pub members: BTreeMap<u32, MemberInfo>,
+    /// Every overlay subnet: (network-order address, prefix length) -> its VNI.
+    pub subnets: BTreeMap<(u32, u32), SubnetInfo>,
 }
 
 /// A local endpoint the agent wires into its namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalEndpoint {
     pub name: String,
+    pub network: String,
     pub vni: u32,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
@@ -38,6 +42,14 @@ pub struct LocalEndpoint {
     pub host_ifname: String,
     /// Container-side name before it moves into the namespace.
     pub peer_ifname: String,
+    /// Its name in the namespace; `None`: as the runtime named it, or the first free `ethN`.
+    pub ifname: Option<String>,
+    pub gateway: Ipv4Addr,
+    /// The network has no way out.
+    pub internal: bool,
+    /// The container's default route goes through this interface: it is on the container's
+    /// first network that is not internal.
+    pub default_route: bool,
 }
 
 impl LocalEndpoint {
@@ -56,8 +68,21 @@ pub struct NodePlan {
     /// Everything but the local FDB and endpoint entries.
     pub base: MapState,
     pub local: Vec<LocalEndpoint>,
-    /// Local endpoints without a namespace to wire: published to peers, nothing to do here.
-    pub unwired: Vec<String>,
+    /// Local endpoints without a namespace to wire, as (network, name): published to peers,
+    /// nothing to do here.
+    pub unwired: Vec<(String, String)>,
+    /// What the node's way out serves.
+    pub way_out: WayOut,
+}
+
+/// The node's share of the way out: which sources it masquerades and which destinations stay
+/// inside the overlay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WayOut {
+    /// Subnets of networks that are not internal: their containers may leave.
+    pub egress: Vec<Ipv4Net>,
+    /// Every overlay subnet: never a destination of the way out.
+    pub overlay: Vec<Ipv4Net>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,14 +102,20 @@ fn ifname_suffix(endpoint: &str) -> String {
     format!("{:08x}", (h ^ (h >> 32)) as u32)
 }
 
-/// Host-side veth name of an endpoint.
-pub fn host_ifname(endpoint: &str) -> String {
-    format!("{HOST_VETH_PREFIX}{}", ifname_suffix(endpoint))
+/// Host-side veth name of endpoint `name` of `network` (names are unique per network).
+pub fn host_ifname(network: &str, name: &str) -> String {
+    format!("{HOST_VETH_PREFIX}{}", ifname_suffix(&format!("{network}/{name}")))
 }
 
-/// Temporary name of the endpoint's container side, before it becomes `eth0` in its namespace.
-pub fn peer_ifname(endpoint: &str) -> String {
-    format!("{PEER_VETH_PREFIX}{}", ifname_suffix(endpoint))
+/// Temporary name of the endpoint's container side, before it is renamed in its namespace.
+pub fn peer_ifname(network: &str, name: &str) -> String {
+    format!("{PEER_VETH_PREFIX}{}", ifname_suffix(&format!("{network}/{name}")))
+}
+
+/// The MAC the datapath answers for a network's gateway (Docker's derivation from its address,
+/// which no endpoint may hold).
+pub fn gateway_mac(gateway: Ipv4Addr) -> Mac {
+    Mac::from_ip(gateway)
 }
 
 /// Computes the plan of `node` in `cluster`.
@@ -103,8 +134,19 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
         },
         ..Default::default()
     };
+    let mut way_out = WayOut::default();
     for net in &cluster.networks {
-        base.vnis.insert(net.vni, VniInfo { mtu: net.mtu.unwrap_or(0), _pad: 0 });
+        let flags = if net.internal { VNI_F_INTERNAL } else { 0 };
+        base.vnis.insert(net.vni, VniInfo { mtu: net.mtu.unwrap_or(0), flags });
+        // The gateway: answered by ARP on every node, its MAC the way out of this node.
+        let gw_mac = gateway_mac(net.gateway);
+        base.neigh.insert(NeighKey { vni: net.vni, ip: ip_to_map(net.gateway.octets()) }, NeighEntry { mac: gw_mac.0, _pad: [0; 2] });
+        base.fdb.insert(FdbKey::new(net.vni, gw_mac.0), FdbEntry::gateway());
+        base.subnets.insert((ip_to_map(net.subnet.network().octets()), net.subnet.prefix_len() as u32), SubnetInfo { vni: net.vni, _pad: 0 });
+        way_out.overlay.push(net.subnet);
+        if !net.internal {
+            way_out.egress.push(net.subnet);
+        }
     }
     for (i, n) in cluster.nodes.iter().enumerate() {
         if n.name != me.name {
@@ -113,6 +155,8 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
     }
     let mut local = Vec::new();
     let mut unwired = Vec::new();
+    // Namespaces whose default route is taken (by their first non-internal network).
+    let mut routed: std::collections::HashSet<&str> = Default::default();
     for ep in &cluster.endpoints {
         let net = cluster.network(&ep.network).expect("validated: endpoint network exists");
         base.neigh.insert(
@@ -123,19 +167,25 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
             let vtep = vtep_of[ep.node.as_str()];
             base.fdb.insert(FdbKey::new(net.vni, ep.mac.0), FdbEntry::remote(ip_to_map(vtep.octets())));
         } else if let Some(ns) = &ep.netns {
+            let default_route = !net.internal && routed.insert(ns.as_str());
             local.push(LocalEndpoint {
                 name: ep.name.clone(),
+                network: net.name.clone(),
                 vni: net.vni,
                 ip: ep.ip,
                 prefix_len: net.subnet.prefix_len(),
                 mac: ep.mac,
                 mtu: net.mtu,
                 netns: ns.clone(),
-                host_ifname: host_ifname(&ep.name),
-                peer_ifname: peer_ifname(&ep.name),
+                host_ifname: host_ifname(&net.name, &ep.name),
+                peer_ifname: peer_ifname(&net.name, &ep.name),
+                ifname: ep.interface.clone(),
+                gateway: net.gateway,
+                internal: net.internal,
+                default_route,
             });
         } else {
-            unwired.push(ep.name.clone());
+            unwired.push((net.name.clone(), ep.name.clone()));
         }
     }
     Ok(NodePlan {
@@ -146,6 +196,7 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
         base,
         local,
         unwired,
+        way_out,
     })
 }
 
@@ -169,7 +220,7 @@ impl NodePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::parse;
+    use crate::source::file::parse;
 
     const FILE: &str = "
 nodes:
@@ -193,14 +244,18 @@ endpoints:
         assert_eq!(p.base.members.len(), 2, "every other node is a member, self is not");
         assert!(!p.base.members.contains_key(&ip_to_map([192, 168, 50, 1])));
         assert_eq!(p.base.vnis.len(), 2);
-        assert_eq!(p.base.neigh.len(), 4, "every endpoint is answerable by ARP");
-        assert_eq!(p.base.fdb.len(), 2, "remote endpoints only: a2 and k1");
+        assert_eq!(p.base.neigh.len(), 6, "every endpoint and both gateways are answerable by ARP");
+        assert_eq!(p.base.fdb.len(), 4, "remote endpoints a2 and k1, and the two gateways");
+        assert_eq!(p.base.fdb[&FdbKey::new(10, [0x02, 0x42, 10, 0, 1, 1])], FdbEntry::gateway(), "gateway of network a");
+        assert_eq!(p.base.subnets.len(), 2);
+        assert_eq!(p.way_out.egress.len(), 2);
+        assert!(p.local[0].default_route, "the container's only network carries its default route");
         let k1 = p.base.fdb[&FdbKey::new(10, [0x02, 0x42, 10, 0, 1, 9])];
         assert_eq!(k1, FdbEntry::remote(ip_to_map([192, 168, 50, 9])));
         assert_eq!(p.local.len(), 1);
         assert_eq!(p.local[0].netns, "c1");
         assert!(p.local[0].host_ifname.len() <= 15);
-        assert_eq!(p.unwired, vec!["b1".to_string()]);
+        assert_eq!(p.unwired, vec![("b".to_string(), "b1".to_string())]);
         let s = p.map_state(7, &[(&p.local[0], 42)]);
         assert_eq!(s.config.underlay_ifindex, 7);
         assert_eq!(s.fdb[&FdbKey::new(10, [0x02, 0x42, 10, 0, 1, 2])], FdbEntry::local(42));
@@ -218,8 +273,9 @@ endpoints:
 
     #[test]
     fn interface_names_are_stable_and_short() {
-        assert_eq!(host_ifname("web1"), host_ifname("web1"));
-        assert_ne!(host_ifname("web1"), host_ifname("web2"));
-        assert_eq!(host_ifname("a-very-long-endpoint-name-indeed").len(), 11);
+        assert_eq!(host_ifname("n", "web1"), host_ifname("n", "web1"));
+        assert_ne!(host_ifname("n", "web1"), host_ifname("n", "web2"));
+        assert_ne!(host_ifname("n", "web1"), host_ifname("m", "web1"), "one container's interfaces on two networks");
+        assert_eq!(host_ifname("n", "a-very-long-endpoint-name-indeed").len(), 11);
     }
 }

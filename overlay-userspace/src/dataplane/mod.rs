@@ -8,7 +8,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{
+        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
         links::{FdLink, PinnedLink},
@@ -18,7 +21,7 @@ use aya::{
 };
 use overlay_common::{
     Counter, Direction, EndpointInfo, FdbEntry, FdbKey, MemberInfo, NeighEntry, NeighKey,
-    NodeConfig, Reason, VniCounters, VniInfo, stats_index,
+    NodeConfig, Reason, SubnetInfo, VniCounters, VniInfo, stats_index,
 };
 
 use crate::{
@@ -42,8 +45,9 @@ const MAP_MEMBERS: &str = "MEMBERS";
 const MAP_CONFIG: &str = "CONFIG";
 const MAP_STATS: &str = "STATS";
 const MAP_VNI_STATS: &str = "VNI_STATS";
-const ALL_MAPS: [&str; 8] =
-    [MAP_FDB, MAP_VNIS, MAP_ENDPOINTS, MAP_NEIGH, MAP_MEMBERS, MAP_CONFIG, MAP_STATS, MAP_VNI_STATS];
+const MAP_SUBNETS: &str = "SUBNETS";
+const ALL_MAPS: [&str; 9] =
+    [MAP_FDB, MAP_VNIS, MAP_ENDPOINTS, MAP_NEIGH, MAP_MEMBERS, MAP_CONFIG, MAP_STATS, MAP_VNI_STATS, MAP_SUBNETS];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -156,7 +160,7 @@ pub fn node_pin_dir(root: Option<&Path>, node: &str) -> Result<PathBuf> {
     Ok(root.join(node))
 }
 
-/// Typed handles on the eight maps.
+/// Typed handles on the nine maps.
 struct Maps {
     fdb: HashMap<MapData, FdbKey, FdbEntry>,
     vnis: HashMap<MapData, u32, VniInfo>,
@@ -166,6 +170,7 @@ struct Maps {
     config: Array<MapData, NodeConfig>,
     stats: PerCpuArray<MapData, Counter>,
     vni_stats: PerCpuHashMap<MapData, u32, VniCounters>,
+    subnets: LpmTrie<MapData, u32, SubnetInfo>,
 }
 
 impl Maps {
@@ -179,6 +184,7 @@ impl Maps {
             config: Array::try_from(take(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?,
             stats: PerCpuArray::try_from(take(MAP_STATS)?).map_err(map_err(MAP_STATS))?,
             vni_stats: PerCpuHashMap::try_from(take(MAP_VNI_STATS)?).map_err(map_err(MAP_VNI_STATS))?,
+            subnets: LpmTrie::try_from(take(MAP_SUBNETS)?).map_err(map_err(MAP_SUBNETS))?,
         })
     }
 }
@@ -318,6 +324,12 @@ impl Dataplane {
             endpoints: collect(MAP_ENDPOINTS, &self.maps.endpoints)?,
             neigh: collect(MAP_NEIGH, &self.maps.neigh)?,
             members: collect(MAP_MEMBERS, &self.maps.members)?,
+            subnets: self
+                .maps
+                .subnets
+                .iter()
+                .map(|kv| kv.map(|(k, v)| ((k.data(), k.prefix_len()), v)).map_err(map_err(MAP_SUBNETS)))
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -369,11 +381,26 @@ impl Dataplane {
                 let _ = m.vni_stats.remove(vni);
             }
         }
+        // Overlay subnets (few): added and changed with the rest, removed last.
+        for (&(addr, len), v) in &want.subnets {
+            match have.subnets.get(&(addr, len)) {
+                Some(old) if old == v => continue,
+                Some(_) => sum.changed += 1,
+                None => sum.added += 1,
+            }
+            m.subnets.insert(&LpmKey::new(len, addr), v, 0).map_err(map_err(MAP_SUBNETS))?;
+        }
         remove_all(MAP_FDB, &mut m.fdb, rf, &mut sum)?;
         remove_all(MAP_ENDPOINTS, &mut m.endpoints, re, &mut sum)?;
         remove_all(MAP_NEIGH, &mut m.neigh, rn, &mut sum)?;
         remove_all(MAP_MEMBERS, &mut m.members, rm, &mut sum)?;
         remove_all(MAP_VNIS, &mut m.vnis, rv, &mut sum)?;
+        for &(addr, len) in have.subnets.keys().filter(|k| !want.subnets.contains_key(k)) {
+            match m.subnets.remove(&LpmKey::new(len, addr)) {
+                Ok(()) | Err(MapError::KeyNotFound) => sum.removed += 1,
+                Err(e) => return Err(map_err(MAP_SUBNETS)(e)),
+            }
+        }
         Ok(sum)
     }
 

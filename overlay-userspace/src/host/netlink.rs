@@ -9,10 +9,12 @@ use std::{
 
 use futures::TryStreamExt;
 use rtnetlink::{
-    Handle, LinkUnspec, LinkVeth,
+    Handle, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::{AddressAttribute, AddressMessage},
         link::{LinkAttribute, LinkMessage},
+        neighbour::NeighbourState,
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope},
     },
 };
 
@@ -233,9 +235,82 @@ impl Netlink {
             .map_err(req(format!("adding {ip}/{prefix} to link {index}")))
     }
 
+    /// IPv4 routes of the main table.
+    async fn routes(&self) -> Result<Vec<RouteMessage>> {
+        let q = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        self.handle.route().get(q).execute().try_collect().await.map_err(req("listing routes"))
+    }
+
+    /// The interface the default route leaves by, if there is one.
+    pub async fn default_route_dev(&self) -> Result<Option<u32>> {
+        Ok(self.routes().await?.iter().filter(|r| r.header.destination_prefix_length == 0).find_map(oif_of))
+    }
+
+    /// The gateway of the default route leaving by link `index`, if any.
+    pub async fn default_route_via(&self, index: u32) -> Result<Option<Ipv4Addr>> {
+        Ok(self.routes().await?.iter().filter(|r| r.header.destination_prefix_length == 0 && oif_of(r) == Some(index)).find_map(|r| {
+            r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                _ => None,
+            })
+        }))
+    }
+
+    /// Sets the default route: via `gw` out of link `index` (replacing any other).
+    pub async fn replace_default_route(&self, index: u32, gw: Ipv4Addr) -> Result<()> {
+        let r = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(index).build();
+        self.handle.route().add(r).replace().execute().await.map_err(req(format!("default route via {gw}")))
+    }
+
+    /// Removes the default route if it leaves by link `index`.
+    pub async fn remove_default_route_via(&self, index: u32) -> Result<()> {
+        for r in self.routes().await? {
+            if r.header.destination_prefix_length == 0 && oif_of(&r) == Some(index) {
+                self.handle.route().del(r).execute().await.map_err(req("removing the default route"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes `ip/32` straight out of link `index` (a container behind its host-side veth).
+    pub async fn replace_host_route(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        let r = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).output_interface(index).scope(RouteScope::Link).build();
+        self.handle.route().add(r).replace().execute().await.map_err(req(format!("route to {ip}")))
+    }
+
+    /// Whether `ip/32` is routed out of link `index`.
+    pub async fn has_host_route(&self, index: u32, ip: Ipv4Addr) -> Result<bool> {
+        Ok(self.routes().await?.iter().any(|r| {
+            r.header.destination_prefix_length == 32
+                && oif_of(r) == Some(index)
+                && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == ip))
+        }))
+    }
+
+    /// A permanent neighbour entry: `ip` is at `mac` on link `index` (no ARP towards the
+    /// container, whose replies the datapath does not carry).
+    pub async fn replace_neighbour(&self, index: u32, ip: Ipv4Addr, mac: Mac) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac.0)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("neighbour {ip}")))
+    }
+
     pub async fn delete(&self, index: u32) -> Result<()> {
         self.handle.link().del(index).execute().await.map_err(req(format!("deleting link {index}")))
     }
+}
+
+fn oif_of(r: &RouteMessage) -> Option<u32> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
 }
 
 /// Turns IPv6 off for new interfaces of a namespace: the overlay is IPv4-only (as Docker's is by

@@ -22,7 +22,6 @@ use crate::{
     control::attach::{attach, this_node, wait_wired},
     model::Mac,
     dataplane::node_pin_dir,
-    defaults::CONTAINER_IFNAME,
     host::netlink::Netlink,
     source::store::{EndpointSpec, Store, StoreError},
 };
@@ -198,8 +197,8 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
     match env.command.as_str() {
         "ADD" => {
             env.require("CNI_NETNS", &env.netns)?;
-            if env.ifname != CONTAINER_IFNAME {
-                return Err(CniError::new(code::INVALID_CONFIG, format!("interface {:?} is not supported: the overlay's interface is {CONTAINER_IFNAME}", env.ifname), ""));
+            if !crate::model::valid_ifname(&env.ifname) || env.ifname == "lo" {
+                return Err(CniError::new(code::INVALID_ENV, format!("CNI_IFNAME {:?} is not an interface name", env.ifname), ""));
             }
             if !crate::model::valid_netns(&env.netns) || !std::path::Path::new(&env.netns).exists() {
                 return Err(CniError::new(code::CONTAINER_UNKNOWN, format!("network namespace {} does not exist", env.netns), ""));
@@ -211,7 +210,7 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
                 None => this_node(&store).await.map_err(refused)?,
             };
             // An ADD that crashed half-way left its endpoint behind: start again from nothing.
-            match store.endpoint_rm(&name).await {
+            match store.endpoint_rm(&network, &name).await {
                 Ok(_) | Err(StoreError::UnknownEndpoint(_)) => {}
                 Err(e) => return Err(store_err(e)),
             }
@@ -224,7 +223,15 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
                     Some(ip)
                 }
             };
-            let spec = EndpointSpec { name: name.clone(), network: network.clone(), node, netns: Some(env.netns.clone()), ip };
+            let spec = EndpointSpec {
+                name: name.clone(),
+                network: network.clone(),
+                node,
+                netns: Some(env.netns.clone()),
+                ip,
+                interface: Some(env.ifname.clone()),
+                aliases: vec![],
+            };
             let r = match attach(&store, &spec, conf.pin_root.as_deref(), Some(WIRE_TIMEOUT)).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -235,15 +242,18 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
                 }
             };
             let prefix = net.subnet.split('/').nth(1).unwrap_or("32");
-            let host_if = crate::control::desired::host_ifname(&r.name);
+            let host_if = crate::control::desired::host_ifname(&r.network, &r.name);
+            // The way out: a default route via the network's gateway, unless it is internal.
+            // The agent installs it on the first non-internal network's interface.
+            let routes = if net.internal { json!([]) } else { json!([{"dst": "0.0.0.0/0", "gw": net.gateway}]) };
             let result = json!({
                 "cniVersion": conf.cni_version,
                 "interfaces": [
                     {"name": host_if},
-                    {"name": CONTAINER_IFNAME, "mac": r.mac, "sandbox": env.netns},
+                    {"name": env.ifname, "mac": r.mac, "sandbox": env.netns},
                 ],
-                "ips": [{"address": format!("{}/{prefix}", r.ip), "interface": 1}],
-                "routes": [],
+                "ips": [{"address": format!("{}/{prefix}", r.ip), "gateway": net.gateway, "interface": 1}],
+                "routes": routes,
                 "dns": {},
             });
             Ok(result.to_string())
@@ -251,7 +261,7 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
         "DEL" => {
             // Idempotent: nothing to remove is success, and the store being away is worth a retry.
             let store = Store::connect(&conf.store).await.map_err(store_err)?;
-            match store.endpoint_rm(&name).await {
+            match store.endpoint_rm(&network, &name).await {
                 Ok(_) | Err(StoreError::UnknownEndpoint(_)) => {}
                 Err(e) => return Err(store_err(e)),
             }
@@ -274,9 +284,10 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
             let pin_dir = node_pin_dir(conf.pin_root.as_deref(), &ep.node).map_err(|e| fail(e.to_string()))?;
             wait_wired(&pin_dir, net.vni, Mac::from_ip(ip), Duration::ZERO).await.map_err(|e| fail(format!("endpoint {name}: {e}")))?;
             let inside = Netlink::in_netns(std::path::Path::new(&env.netns)).map_err(|e| fail(e.to_string()))?;
-            let link = inside.link(CONTAINER_IFNAME).await.map_err(|e| fail(e.to_string()))?.ok_or_else(|| fail(format!("no {CONTAINER_IFNAME} in {}", env.netns)))?;
+            let ifname = &env.ifname;
+            let link = inside.link(ifname).await.map_err(|e| fail(e.to_string()))?.ok_or_else(|| fail(format!("no {ifname} in {}", env.netns)))?;
             if !inside.has_address(link.index, ip).await.map_err(|e| fail(e.to_string()))? {
-                return Err(fail(format!("{CONTAINER_IFNAME} in {} does not hold {ip}", env.netns)));
+                return Err(fail(format!("{ifname} in {} does not hold {ip}", env.netns)));
             }
             if let Some(ipam) = &conf.ipam {
                 delegate_ipam(env, stdin, ipam, "CHECK")?;

@@ -91,6 +91,9 @@ impl Plugin {
             .or_else(|| generic_option(req, "com.docker.network.driver.mtu"))
             .map(|v| v.parse::<u32>().map_err(|_| DriverError(format!("-o mtu={v}: not a number"))))
             .transpose()?;
+        // `docker network create --internal` (libnetwork passes it as an option), or -o internal.
+        let internal = req.get("Options").and_then(|o| o.get("com.docker.network.internal")).and_then(Value::as_bool).unwrap_or(false)
+            || generic_option(req, "internal").is_some_and(|v| v == "true" || v == "1");
         let (name, adopt) = match generic_option(req, "network") {
             Some(n) => (n.to_string(), true),
             None => (format!("docker-{}", &id[..id.len().min(12)]), false),
@@ -104,7 +107,7 @@ impl Plugin {
             }
             Ok(_) => return Err(DriverError(format!("overlay network {name} already exists"))),
             Err(StoreError::UnknownNetwork(_)) => {
-                let spec = NetworkSpec { name: name.clone(), vni, subnet: Some(pool.to_string()), gateway, mtu, attachable: true };
+                let spec = NetworkSpec { name: name.clone(), vni, subnet: Some(pool.to_string()), gateway, mtu, attachable: true, internal };
                 let r = self.store.network_create(&spec).await?;
                 info!(network = %name, vni = r.vni, subnet = %r.subnet, docker_id = id, "created overlay network for Docker");
                 true
@@ -140,11 +143,12 @@ impl Plugin {
             Some(a) => Some(a.split('/').next().unwrap_or(a).parse::<Ipv4Addr>().map_err(|_| DriverError(format!("address {a:?} is not IPv4")))?),
             None => None,
         };
-        let spec = EndpointSpec { name: name.clone(), network: m.network.clone(), node: self.node.clone(), netns: None, ip };
+        // The interface is named by Docker (DstPrefix eth: eth0, eth1, ... in the container).
+        let spec = EndpointSpec { name: name.clone(), network: m.network.clone(), node: self.node.clone(), netns: None, ip, interface: None, aliases: vec![] };
         let r = self.store.endpoint_add(&spec).await?;
         let given_mac = iface.get("MacAddress").and_then(Value::as_str).unwrap_or("");
         if !given_mac.is_empty() && !given_mac.eq_ignore_ascii_case(&r.mac) {
-            let _ = self.store.endpoint_rm(&name).await;
+            let _ = self.store.endpoint_rm(&m.network, &name).await;
             return Err(DriverError(format!("MAC address {given_mac} is not supported: the overlay derives it from the IP ({})", r.mac)));
         }
         info!(endpoint = %name, network = %m.network, ip = %r.ip, "endpoint created for Docker");
@@ -155,7 +159,8 @@ impl Plugin {
 
     async fn delete_endpoint(&self, req: &Value) -> Reply {
         let name = endpoint_name(field(req, "EndpointID")?);
-        match self.store.endpoint_rm(&name).await {
+        let Ok(m) = self.mapping(field(req, "NetworkID")?).await else { return Ok(json!({})) };
+        match self.store.endpoint_rm(&m.network, &name).await {
             Ok(_) | Err(StoreError::UnknownEndpoint(_)) => Ok(json!({})),
             Err(e) => Err(e.into()),
         }
@@ -180,9 +185,11 @@ impl Plugin {
     async fn join(&self, req: &Value) -> Reply {
         let name = endpoint_name(field(req, "EndpointID")?);
         let sandbox = field(req, "SandboxKey")?.to_string();
-        let (r, _) = self.store.endpoint(&name).await?;
+        let m = self.mapping(field(req, "NetworkID")?).await?;
+        let (r, _) = self.store.endpoint(&m.network, &name).await?;
+        let (net, _) = self.store.network(&m.network).await?;
         let mtu = self.mtu(&r.network).await?;
-        let (host, peer) = (host_ifname(&name), peer_ifname(&name));
+        let (host, peer) = (host_ifname(&r.network, &name), peer_ifname(&r.network, &name));
         let nl = Netlink::new().map_err(|e| DriverError(e.to_string()))?;
         for stale in [&host, &peer] {
             if let Some(l) = nl.link(stale).await.map_err(|e| DriverError(e.to_string()))? {
@@ -194,19 +201,25 @@ impl Plugin {
         let mac: Mac = r.mac.parse().map_err(|_| DriverError(format!("endpoint {name} has MAC {:?}", r.mac)))?;
         nl.configure(p.index, &peer, Some(mac), mtu).await.map_err(|e| DriverError(e.to_string()))?;
         // The agent wires it once Docker has moved it into the sandbox.
-        self.store.endpoint_set_netns(&name, Some(&sandbox)).await?;
+        self.store.endpoint_set_netns(&r.network, &name, Some(&sandbox)).await?;
         info!(endpoint = %name, %sandbox, ifname = %peer, "joined");
-        Ok(json!({
+        // The way out is the overlay's own gateway (answered by the datapath, masqueraded by the
+        // node), on the container's interface: no docker_gwbridge. An internal network has none.
+        let mut reply = json!({
             "InterfaceName": {"SrcName": peer, "DstPrefix": "eth"},
-            // No gateway in the overlay, and no docker_gwbridge: the network is container-to-container.
             "DisableGatewayService": true,
             "StaticRoutes": [],
-        }))
+        });
+        if !net.internal {
+            reply["Gateway"] = json!(net.gateway);
+        }
+        Ok(reply)
     }
 
     async fn leave(&self, req: &Value) -> Reply {
         let name = endpoint_name(field(req, "EndpointID")?);
-        match self.store.endpoint_set_netns(&name, None).await {
+        let Ok(m) = self.mapping(field(req, "NetworkID")?).await else { return Ok(json!({})) };
+        match self.store.endpoint_set_netns(&m.network, &name, None).await {
             Ok(_) | Err(StoreError::UnknownEndpoint(_)) => Ok(json!({})),
             Err(e) => Err(e.into()),
         }

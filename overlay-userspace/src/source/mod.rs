@@ -1,2 +1,3 @@
-//! Where the desired cluster comes from: the etcd store (the cluster file lives in `model`).
+//! Where the desired cluster comes from: a cluster file, or the etcd store.
+pub mod file;
 pub mod store;

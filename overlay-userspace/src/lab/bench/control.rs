@@ -188,6 +188,8 @@ fn scale_endpoint(i: usize, nodes: usize) -> EndpointRecord {
         mac: Mac::from_ip(ip).to_string(),
         // The measured node's own endpoints have no namespace here: nothing to wire locally.
         netns: (node != 0).then(|| format!("ns{i}")),
+        interface: None,
+        aliases: vec![],
     }
 }
 
@@ -216,7 +218,7 @@ pub fn scale(cfg: &ControlConfig, bin: &Path, progress: &mut impl FnMut(&str)) -
         for net in 0..endpoints.div_ceil(500) {
             let name = format!("scale{net}");
             let subnet = format!("10.{}.0.0/23", 100 + net);
-            let r = NetworkRecord { name: name.clone(), vni: 5000 + net as u32, subnet, gateway: format!("10.{}.0.1", 100 + net), mtu: None, attachable: false, created: now_secs() };
+            let r = NetworkRecord { name: name.clone(), vni: 5000 + net as u32, subnet, gateway: format!("10.{}.0.1", 100 + net), mtu: None, attachable: false, internal: false, created: now_secs() };
             ops.push(TxnOp::put(network_key(&name), serde_json::to_vec(&r)?, None));
         }
         // Node 0 is the measured agent: it registers itself.
@@ -229,7 +231,7 @@ pub fn scale(cfg: &ControlConfig, bin: &Path, progress: &mut impl FnMut(&str)) -
         }
         for i in 0..endpoints {
             let e = scale_endpoint(i, nodes);
-            ops.push(TxnOp::put(endpoint_key(&e.name), serde_json::to_vec(&e)?, None));
+            ops.push(TxnOp::put(endpoint_key(&e.network, &e.name), serde_json::to_vec(&e)?, None));
             ops.push(TxnOp::put(ipam_key(&e.network, e.ip.parse()?), e.name.as_bytes(), None));
         }
         put_batched(&mut c, ops).await
@@ -280,8 +282,8 @@ pub fn scale(cfg: &ControlConfig, bin: &Path, progress: &mut impl FnMut(&str)) -
         // The same endpoint comes and goes: 10.<last network>.1.250, on node s001.
         let net = endpoints.div_ceil(500) - 1;
         let ip = Ipv4Addr::new(10, 100 + net as u8, 1, 250);
-        let e = EndpointRecord { name: "chg".into(), network: format!("scale{net}"), node: node_name(1), ip: ip.to_string(), mac: Mac::from_ip(ip).to_string(), netns: Some("chg".into()) };
-        let key = endpoint_key(&e.name);
+        let e = EndpointRecord { name: "chg".into(), network: format!("scale{net}"), node: node_name(1), ip: ip.to_string(), mac: Mac::from_ip(ip).to_string(), netns: Some("chg".into()), interface: None, aliases: vec![] };
+        let key = endpoint_key(&e.network, &e.name);
         let value = serde_json::to_vec(&e)?;
         let vni = 5000 + net as u32;
         let t0 = with_etcd(&sim, move |mut c| async move {

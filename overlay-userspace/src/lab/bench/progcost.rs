@@ -104,7 +104,7 @@ impl Drop for Loaded {
 pub fn measure(packets: u64, batches: u32) -> anyhow::Result<ProgCosts> {
     let dir = dataplane::host_bpffs()?.join("overlay").join(format!("bench-progcost-{}", std::process::id()));
     let mut l = Loaded { dp: Dataplane::load(&dir).context("loading the datapath for test runs")?, dir };
-    let cluster = model::parse(CLUSTER)?;
+    let cluster = crate::source::file::parse(CLUSTER)?;
     let plan = desired::plan(&cluster, "node2")?;
     let state = plan.map_state(TEST_RUN_IFINDEX, &[(&plan.local[0], TEST_RUN_IFINDEX)]);
     l.dp.apply(&state)?;

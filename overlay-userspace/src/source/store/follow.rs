@@ -154,7 +154,7 @@ pub fn apply_steps(c: &mut Cluster, steps: Vec<Step>) {
     for s in steps {
         match s {
             Step::Add(ep) => c.endpoints.push(ep),
-            Step::Remove(name) => c.endpoints.retain(|e| e.name != name),
+            Step::Remove { network, name } => c.endpoints.retain(|e| e.name != name || e.network != network),
             Step::Nothing | Step::Rebuild => {}
         }
     }

@@ -12,7 +12,7 @@ use overlay_common::wire::VXLAN_PORT;
 use super::records::{
     ALIVE, AliveRecord, ENDPOINTS, EndpointRecord, Malformed, NETWORKS, NODES, NetworkRecord, NodeRecord,
 };
-use crate::model::{Cluster, Endpoint, Mac, Network, Node};
+use crate::model::{Cluster, Endpoint, Mac, Network, Node, Rules};
 
 struct Entry<T> {
     create_rev: i64,
@@ -20,30 +20,26 @@ struct Entry<T> {
 }
 
 /// An endpoint record with the fields that do not depend on its network already checked, so a
-/// rebuild does not parse 10,000 addresses again.
+/// malformed value is reported when it arrives.
 struct Parsed {
     rec: EndpointRecord,
-    ip: std::net::Ipv4Addr,
-    mac: Mac,
 }
 
 fn parse_endpoint(key: &str, value: &[u8]) -> Result<Parsed, Malformed> {
     let rec = EndpointRecord::parse(key, value)?;
     let bad = |message: String| Malformed { key: key.to_string(), message };
-    let ip = rec.ip.parse().map_err(|_| bad(format!("ip: {:?} is not an IPv4 address", rec.ip)))?;
-    let mac: Mac = rec.mac.parse().map_err(|_| bad(format!("mac: {:?} is not a MAC address", rec.mac)))?;
-    if mac.0[0] & 1 != 0 || mac.0 == [0; 6] {
-        return Err(bad(format!("mac: {mac} is not a unicast address")));
-    }
+    let _: std::net::Ipv4Addr = rec.ip.parse().map_err(|_| bad(format!("ip: {:?} is not an IPv4 address", rec.ip)))?;
+    let _: Mac = rec.mac.parse().map_err(|_| bad(format!("mac: {:?} is not a MAC address", rec.mac)))?;
     if let Some(ns) = &rec.netns {
         if !crate::model::valid_netns(ns) {
             return Err(bad(format!("netns: {ns:?} is not a namespace name or absolute path")));
         }
     }
-    Ok(Parsed { rec, ip, mac })
+    Ok(Parsed { rec })
 }
 
-/// Keys of one kind, by the name at the end of the key.
+/// Keys of one kind, by what follows the kind's prefix (`<name>`, or `<network>/<name>` for
+/// endpoints).
 type Table<T> = BTreeMap<String, Entry<T>>;
 
 #[derive(Default)]
@@ -61,15 +57,13 @@ pub struct Mirror {
     index: Option<Index>,
 }
 
-/// The admitted endpoints of the last build, by what must stay unique.
+/// What the last build admitted: the one rule book's index, plus the live nodes.
 #[derive(Default)]
 struct Index {
     live: HashSet<String>,
-    networks: HashMap<String, (usize, ipnet::Ipv4Net)>,
-    ips: HashMap<(usize, std::net::Ipv4Addr), String>,
-    macs: HashMap<(usize, Mac), String>,
-    spaces: HashMap<(String, String), String>,
-    included: HashSet<String>,
+    rules: Rules,
+    /// Admitted endpoints by key suffix.
+    included: HashMap<String, Endpoint>,
     /// Some endpoint lost a uniqueness conflict: removing another could admit it, which only a
     /// full build gets right.
     conflicted: bool,
@@ -79,58 +73,42 @@ enum Admit {
     Yes(Endpoint),
     /// Its node is down: left out until it is back.
     Out,
-    /// Skipped with a warning; `conflict` when another endpoint holds its IP, MAC or namespace.
+    /// Skipped with a warning; `conflict` when another endpoint holds what must be unique.
     No { warning: String, conflict: bool },
 }
 
 impl Index {
-    fn admit(&self, name: &str, p: &Parsed) -> Admit {
+    fn admit(&self, key: &str, p: &Parsed) -> Admit {
         let r = &p.rec;
-        let no = |warning: String, conflict: bool| Admit::No { warning, conflict };
         if !self.live.contains(&r.node) {
             return Admit::Out;
         }
-        let Some(&(ni, subnet)) = self.networks.get(&r.network) else {
-            return no(format!("{ENDPOINTS}{name}: skipped: unknown network {:?}", r.network), false);
+        let Some(net) = self.rules.network(&r.network) else {
+            return Admit::No { warning: format!("{key}: skipped: unknown network {:?}", r.network), conflict: false };
         };
-        if !subnet.contains(&p.ip) || p.ip == subnet.network() || p.ip == subnet.broadcast() {
-            return no(format!("{ENDPOINTS}{name}: ip: {} is outside subnet {subnet} of network {} (or not a host address)", p.ip, r.network), false);
+        let ep = match r.to_endpoint(key, net) {
+            Ok(ep) => ep,
+            Err(m) => return Admit::No { warning: m.to_string(), conflict: false },
+        };
+        match self.rules.check_endpoint(&ep) {
+            Ok(()) => Admit::Yes(ep),
+            Err(c) => Admit::No { warning: format!("{key}: skipped: {}: {}", c.field, c.message), conflict: true },
         }
-        if let Some(o) = self.ips.get(&(ni, p.ip)) {
-            return no(format!("{ENDPOINTS}{name}: skipped: IP {} in network {} is already endpoint {o}'s", p.ip, r.network), true);
-        }
-        if let Some(o) = self.macs.get(&(ni, p.mac)) {
-            return no(format!("{ENDPOINTS}{name}: skipped: MAC {} in network {} is already endpoint {o}'s", p.mac, r.network), true);
-        }
-        if let Some(ns) = &r.netns {
-            if let Some(o) = self.spaces.get(&(r.node.clone(), ns.clone())) {
-                return no(format!("{ENDPOINTS}{name}: skipped: namespace {ns} on node {} already holds endpoint {o}", r.node), true);
+    }
+
+    fn insert(&mut self, suffix: &str, ep: &Endpoint) {
+        self.rules.add_endpoint(ep);
+        self.included.insert(suffix.to_string(), ep.clone());
+    }
+
+    fn remove(&mut self, suffix: &str) -> bool {
+        match self.included.remove(suffix) {
+            Some(ep) => {
+                self.rules.remove_endpoint(&ep);
+                true
             }
+            None => false,
         }
-        Admit::Yes(Endpoint { name: r.name.clone(), network: r.network.clone(), node: r.node.clone(), ip: p.ip, mac: p.mac, netns: r.netns.clone() })
-    }
-
-    fn insert(&mut self, p: &Parsed) {
-        let r = &p.rec;
-        let ni = self.networks[&r.network].0;
-        self.ips.insert((ni, p.ip), r.name.clone());
-        self.macs.insert((ni, p.mac), r.name.clone());
-        if let Some(ns) = &r.netns {
-            self.spaces.insert((r.node.clone(), ns.clone()), r.name.clone());
-        }
-        self.included.insert(r.name.clone());
-    }
-
-    fn remove(&mut self, p: &Parsed) {
-        let r = &p.rec;
-        if let Some(&(ni, _)) = self.networks.get(&r.network) {
-            self.ips.remove(&(ni, p.ip));
-            self.macs.remove(&(ni, p.mac));
-        }
-        if let Some(ns) = &r.netns {
-            self.spaces.remove(&(r.node.clone(), ns.clone()));
-        }
-        self.included.remove(&r.name);
     }
 }
 
@@ -142,7 +120,7 @@ pub enum Step {
     /// One endpoint joins (it is the newest, so it goes last, as a full build would put it).
     Add(Endpoint),
     /// One endpoint leaves.
-    Remove(String),
+    Remove { network: String, name: String },
     /// Anything else: build it again from the mirror.
     Rebuild,
 }
@@ -231,9 +209,9 @@ impl Mirror {
                 let step = match &parsed {
                     _ if existed => Step::Rebuild,
                     Err(_) => Step::Nothing,
-                    Ok(p) => match index.admit(name, p) {
+                    Ok(p) => match index.admit(key, p) {
                         Admit::Yes(ep) => {
-                            index.insert(p);
+                            index.insert(name, &ep);
                             Step::Add(ep)
                         }
                         Admit::Out => Step::Nothing,
@@ -243,13 +221,15 @@ impl Mirror {
                 self.endpoints.insert(name.to_string(), Entry { create_rev, value: parsed });
                 (step, bad)
             }
-            None => match self.endpoints.remove(name) {
-                Some(Entry { value: Ok(p), .. }) if index.included.contains(name) => {
-                    index.remove(&p);
-                    (Step::Remove(name.to_string()), None)
+            None => {
+                self.endpoints.remove(name);
+                if index.remove(name) {
+                    let (network, ep) = name.split_once('/').unwrap_or(("", name));
+                    (Step::Remove { network: network.to_string(), name: ep.to_string() }, None)
+                } else {
+                    (Step::Nothing, None)
                 }
-                _ => (Step::Nothing, None),
-            },
+            }
         }
     }
 
@@ -269,47 +249,39 @@ impl Mirror {
             }
         };
 
+        let mut rules = Rules::new();
         let mut networks: Vec<Network> = Vec::new();
-        let (mut vnis, mut names) = (HashMap::new(), HashMap::new());
         for (name, net) in by_age(&self.networks) {
-            let key = format!("{NETWORKS}{name}");
-            if let Some(other) = vnis.get(&net.vni) {
-                warn(format!("{key}: skipped: VNI {} is already network {other}'s", net.vni), &mut self.warned);
-                continue;
+            match rules.check_network(net) {
+                Ok(()) => {
+                    rules.add_network(net);
+                    networks.push(net.clone());
+                }
+                Err(c) => warn(format!("{NETWORKS}{name}: skipped: {}: {}", c.field, c.message), &mut self.warned),
             }
-            if let Some(o) = networks.iter().find(|o| o.subnet.contains(&net.subnet.network()) || net.subnet.contains(&o.subnet.network())) {
-                warn(format!("{key}: skipped: {} overlaps {} of network {}", net.subnet, o.subnet, o.name), &mut self.warned);
-                continue;
-            }
-            vnis.insert(net.vni, net.name.clone());
-            names.insert(net.name.clone(), networks.len());
-            networks.push(net.clone());
         }
 
         let mut nodes: Vec<Node> = vec![me.clone()];
-        let mut vteps: HashMap<_, String> = HashMap::from([(me.vtep, me.name.clone())]);
+        rules.add_node(me);
         for (name, node) in by_age(&self.nodes) {
             if name == me.name || !self.alive.contains(name) {
                 continue;
             }
-            if let Some(other) = vteps.get(&node.vtep) {
-                warn(format!("{NODES}{name}: skipped: VTEP {} is already node {other}'s", node.vtep), &mut self.warned);
-                continue;
+            match rules.check_node(node) {
+                Ok(()) => {
+                    rules.add_node(node);
+                    nodes.push(node.clone());
+                }
+                Err(c) => warn(format!("{NODES}{name}: skipped: {}: {}", c.field, c.message), &mut self.warned),
             }
-            vteps.insert(node.vtep, node.name.clone());
-            nodes.push(node.clone());
         }
-        let mut index = Index {
-            live: nodes.iter().map(|n| n.name.clone()).collect(),
-            networks: networks.iter().enumerate().map(|(i, n)| (n.name.clone(), (i, n.subnet))).collect(),
-            ..Default::default()
-        };
+        let mut index = Index { live: nodes.iter().map(|n| n.name.clone()).collect(), rules, ..Default::default() };
         let mut endpoints = Vec::with_capacity(self.endpoints.len());
         let mut conflicts = Vec::new();
-        for (name, p) in by_age(&self.endpoints) {
-            match index.admit(name, p) {
+        for (suffix, p) in by_age(&self.endpoints) {
+            match index.admit(&format!("{ENDPOINTS}{suffix}"), p) {
                 Admit::Yes(ep) => {
-                    index.insert(p);
+                    index.insert(suffix, &ep);
                     endpoints.push(ep);
                 }
                 Admit::Out => {}
@@ -352,7 +324,7 @@ mod tests {
     fn ep(m: &mut Mirror, rev: i64, name: &str, network: &str, node: &str, ip: &str) {
         let mac = crate::model::Mac::from_ip(ip.parse().expect("ip"));
         let v = format!(r#"{{"name":"{name}","network":"{network}","node":"{node}","ip":"{ip}","mac":"{mac}","netns":"{name}"}}"#);
-        assert_eq!(m.put(&endpoint_key(name), v.as_bytes(), rev), None);
+        assert_eq!(m.put(&endpoint_key(network, name), v.as_bytes(), rev), None);
     }
 
     #[test]
@@ -399,12 +371,12 @@ mod tests {
         assert_eq!(c.endpoints.len(), 1);
         let all = w.join("\n");
         for needle in [
-            "/overlay/networks/n2: skipped: VNI 4096 is already network n1's",
-            "/overlay/networks/n3: skipped: 10.0.0.0/24 overlaps 10.0.0.0/24 of network n1",
-            "/overlay/nodes/dup: skipped: VTEP 192.168.50.2 is already node b's",
-            "/overlay/endpoints/e2: skipped: IP 10.0.0.2 in network n1 is already endpoint e1's",
-            "/overlay/endpoints/e3: skipped: unknown network \"nope\"",
-            "/overlay/endpoints/e4: ip: 10.9.9.9 is outside subnet 10.0.0.0/24 of network n1",
+            "/overlay/networks/n2: skipped: vni: VNI 4096 is in use by network n1",
+            "/overlay/networks/n3: skipped: subnet: subnet 10.0.0.0/24 overlaps 10.0.0.0/24 of network n1",
+            "/overlay/nodes/dup: skipped: vtep: 192.168.50.2 is already the VTEP of node b",
+            "/overlay/endpoints/n1/e2: skipped: ip: IP 10.0.0.2 in network n1 is in use by endpoint e1",
+            "/overlay/endpoints/nope/e3: skipped: unknown network \"nope\"",
+            "/overlay/endpoints/n1/e4: ip: 10.9.9.9 is outside subnet 10.0.0.0/24 of network n1",
         ] {
             assert!(all.contains(needle), "missing warning {needle:?} in:\n{all}");
         }
@@ -445,7 +417,7 @@ mod fast_path {
             let kind = match &step {
                 Step::Nothing => "nothing",
                 Step::Add(_) => "add",
-                Step::Remove(_) => "remove",
+                Step::Remove { .. } => "remove",
                 Step::Rebuild => "rebuild",
             };
             assert_eq!(kind, want, "step for {key}");
@@ -456,18 +428,18 @@ mod fast_path {
             }
             assert_eq!(published, m.cluster(&me).0, "after {key}");
         };
-        check(&mut m, &endpoint_key("e1"), Some(ep("e1", "b", "10.0.0.2", "x")), "add");
-        check(&mut m, &endpoint_key("e2"), Some(ep("e2", "a", "10.0.0.3", "y")), "add");
-        check(&mut m, &endpoint_key("e3"), Some(ep("e3", "c", "10.0.0.4", "z")), "nothing");
-        check(&mut m, &endpoint_key("bad"), Some(b"junk".to_vec()), "nothing");
-        check(&mut m, &endpoint_key("e1"), None, "remove");
-        check(&mut m, &endpoint_key("e3"), None, "nothing");
-        check(&mut m, &endpoint_key("e4"), Some(ep("e4", "b", "10.0.0.3", "w")), "rebuild");
+        check(&mut m, &endpoint_key("n", "e1"), Some(ep("e1", "b", "10.0.0.2", "x")), "add");
+        check(&mut m, &endpoint_key("n", "e2"), Some(ep("e2", "a", "10.0.0.3", "y")), "add");
+        check(&mut m, &endpoint_key("n", "e3"), Some(ep("e3", "c", "10.0.0.4", "z")), "nothing");
+        check(&mut m, &endpoint_key("n", "bad"), Some(b"junk".to_vec()), "nothing");
+        check(&mut m, &endpoint_key("n", "e1"), None, "remove");
+        check(&mut m, &endpoint_key("n", "e3"), None, "nothing");
+        check(&mut m, &endpoint_key("n", "e4"), Some(ep("e4", "b", "10.0.0.3", "w")), "rebuild");
         // e4 lost to e2: removing e2 must admit e4, which only a rebuild does.
-        check(&mut m, &endpoint_key("e2"), None, "rebuild");
+        check(&mut m, &endpoint_key("n", "e2"), None, "rebuild");
         check(&mut m, &alive_key("c"), Some(br#"{"since":1,"ttl":5}"#.to_vec()), "rebuild");
-        check(&mut m, &endpoint_key("e5"), Some(ep("e5", "c", "10.0.0.9", "v")), "add");
-        check(&mut m, &endpoint_key("e5"), Some(ep("e5", "c", "10.0.0.10", "v")), "rebuild");
+        check(&mut m, &endpoint_key("n", "e5"), Some(ep("e5", "c", "10.0.0.9", "v")), "add");
+        check(&mut m, &endpoint_key("n", "e5"), Some(ep("e5", "c", "10.0.0.10", "v")), "rebuild");
         check(&mut m, "/overlay/ipam/n/10.0.0.9", Some(b"e5".to_vec()), "nothing");
     }
 }

@@ -42,12 +42,9 @@ pub enum StoreError {
     Etcd { addrs: String, message: String },
     #[error("no network named {0:?} (see `overlay network ls`)")]
     UnknownNetwork(String),
-    #[error("a network named {0:?} already exists")]
-    DuplicateNetwork(String),
-    #[error("VNI {vni} is in use by network {network}")]
-    VniInUse { vni: u32, network: String },
-    #[error("subnet {subnet} overlaps {other} of network {network}")]
-    SubnetOverlap { subnet: Ipv4Net, other: Ipv4Net, network: String },
+    /// The write breaks a rule of the cluster (the one rule book, `model::rules`).
+    #[error(transparent)]
+    Conflict(#[from] model::Conflict),
     #[error("no free VNI left in {VNI_FIRST}-{MAX_VNI}")]
     VnisExhausted,
     #[error("no free /{POOL_PREFIX} left in the default pool {POOL}; pass --subnet")]
@@ -56,14 +53,8 @@ pub enum StoreError {
     SubnetExhausted { network: String, subnet: Ipv4Net },
     #[error("network {network} still has {count} endpoint(s) ({names}); remove them first")]
     NetworkInUse { network: String, count: usize, names: String },
-    #[error("an endpoint named {name:?} already exists (network {network}, node {node})")]
-    DuplicateEndpoint { name: String, network: String, node: String },
     #[error("no endpoint named {0:?} (see `overlay endpoint ls`)")]
     UnknownEndpoint(String),
-    #[error("IP {ip} in network {network} is in use by endpoint {endpoint}")]
-    IpInUse { ip: Ipv4Addr, network: String, endpoint: String },
-    #[error("namespace {netns} on node {node} already holds endpoint {endpoint}")]
-    NetnsInUse { netns: String, node: String, endpoint: String },
     #[error("unknown node {0:?}: no agent has registered it (see `overlay node ls`)")]
     UnknownNode(String),
     #[error("{0}")]
@@ -135,7 +126,7 @@ fn first_free_subnet(taken: &[Ipv4Net]) -> Option<Ipv4Net> {
 
 /// The gateway Docker reserves: the first host address.
 pub fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+    model::default_gateway(subnet)
 }
 
 /// What `network create` asks for.
@@ -148,6 +139,8 @@ pub struct NetworkSpec {
     pub gateway: Option<Ipv4Addr>,
     pub mtu: Option<u32>,
     pub attachable: bool,
+    /// No way out of the overlay.
+    pub internal: bool,
 }
 
 /// What `endpoint add` asks for.
@@ -158,6 +151,10 @@ pub struct EndpointSpec {
     pub node: String,
     pub netns: Option<String>,
     pub ip: Option<Ipv4Addr>,
+    /// The interface's name in the namespace. `None` with a namespace: the first free `ethN`
+    /// there; `None` without one: as the runtime names it (Docker).
+    pub interface: Option<String>,
+    pub aliases: Vec<String>,
 }
 
 impl Store {
@@ -283,47 +280,77 @@ impl Store {
         }
     }
 
+    /// The networks and endpoints of the store in the one rule book (entries that conflict
+    /// with older ones are left out, as the agents leave them out).
+    async fn rules(&self, with_endpoints: bool) -> Result<(model::Rules, i64)> {
+        let (nets, _, rev) = self.networks().await?;
+        let mut rules = model::Rules::new();
+        for r in &nets {
+            if let Ok(n) = r.to_network() {
+                if rules.check_network(&n).is_ok() {
+                    rules.add_network(&n);
+                }
+            }
+        }
+        if with_endpoints {
+            let s = self.snapshot(ENDPOINTS, 0).await?;
+            for kv in &s.kvs {
+                let key = str_of(kv);
+                let Ok(r) = EndpointRecord::parse(&key, kv.value()) else { continue };
+                let Some(net) = rules.network(&r.network).cloned() else { continue };
+                if let Ok(e) = r.to_endpoint(&key, &net) {
+                    if rules.check_endpoint(&e).is_ok() {
+                        rules.add_endpoint(&e);
+                    }
+                }
+            }
+        }
+        Ok((rules, rev))
+    }
+
     /// Creates a network, allocating its VNI and subnet when not given.
     pub async fn network_create(&self, spec: &NetworkSpec) -> Result<NetworkRecord> {
+        let entry = |vni: u32, subnet: &str, gateway: Option<Ipv4Addr>| {
+            let gw = gateway.map(|g| g.to_string());
+            let s = model::NetworkSpec {
+                name: spec.name.clone(),
+                vni: vni as i64,
+                subnet,
+                mtu: spec.mtu.map(i64::from),
+                gateway: gw.as_deref(),
+                internal: spec.internal,
+            };
+            model::network_entry("network", s).map_err(|e| match e {
+                model::ConfigError::Invalid { field, message, .. } => StoreError::Invalid(format!("{field}: {message}")),
+                other => StoreError::Invalid(other.to_string()),
+            })
+        };
         // Everything that does not depend on the store is checked first.
-        model::network_entry("network", spec.name.clone(), spec.vni.unwrap_or(VNI_FIRST) as i64, spec.subnet.as_deref().unwrap_or("10.0.0.0/24"), spec.mtu.map(i64::from))
-            .map_err(|e| StoreError::Invalid(e.to_string().replacen("network.", "", 1)))?;
+        entry(spec.vni.unwrap_or(VNI_FIRST), spec.subnet.as_deref().unwrap_or("10.0.0.0/24"), spec.gateway.filter(|_| spec.subnet.is_some()))?;
         for _ in 0..TXN_ATTEMPTS {
             let (existing, _, rev) = self.networks().await?;
-            if existing.iter().any(|n| n.name == spec.name) {
-                return Err(StoreError::DuplicateNetwork(spec.name.clone()));
-            }
+            let (rules, _) = self.rules(false).await?;
             let vni = match spec.vni {
-                Some(v) => {
-                    if let Some(o) = existing.iter().find(|n| n.vni == v) {
-                        return Err(StoreError::VniInUse { vni: v, network: o.name.clone() });
-                    }
-                    v
-                }
+                Some(v) => v,
                 None => (VNI_FIRST..=MAX_VNI).find(|v| !existing.iter().any(|n| n.vni == *v)).ok_or(StoreError::VnisExhausted)?,
             };
-            let taken: Vec<(Ipv4Net, &str)> = existing.iter().filter_map(|n| n.subnet().map(|s| (s, n.name.as_str()))).collect();
             let subnet = match &spec.subnet {
-                Some(s) => {
-                    let s: Ipv4Net = s.parse().map_err(|_| StoreError::Invalid(format!("subnet {s:?} is not an IPv4 CIDR")))?;
-                    if let Some((o, n)) = taken.iter().find(|(t, _)| t.contains(&s.network()) || s.contains(&t.network())) {
-                        return Err(StoreError::SubnetOverlap { subnet: s, other: *o, network: n.to_string() });
-                    }
-                    s
+                Some(s) => s.clone(),
+                None => {
+                    let taken: Vec<Ipv4Net> = existing.iter().filter_map(|n| n.subnet()).collect();
+                    first_free_subnet(&taken).ok_or(StoreError::PoolExhausted)?.to_string()
                 }
-                None => first_free_subnet(&taken.iter().map(|(s, _)| *s).collect::<Vec<_>>()).ok_or(StoreError::PoolExhausted)?,
             };
-            let gateway = spec.gateway.unwrap_or(gateway_of(subnet));
-            if !subnet.contains(&gateway) || gateway == subnet.network() || gateway == subnet.broadcast() {
-                return Err(StoreError::Invalid(format!("gateway {gateway} is not a host address of {subnet}")));
-            }
+            let net = entry(vni, &subnet, spec.gateway)?;
+            rules.check_network(&net)?;
             let rec = NetworkRecord {
                 name: spec.name.clone(),
                 vni,
-                subnet: subnet.to_string(),
-                gateway: gateway.to_string(),
+                subnet: net.subnet.to_string(),
+                gateway: net.gateway.to_string(),
                 mtu: spec.mtu,
                 attachable: spec.attachable,
+                internal: spec.internal,
                 created: now_secs(),
             };
             let value = serde_json::to_vec(&rec).expect("records serialise");
@@ -365,6 +392,7 @@ impl Store {
                     gateway: String::new(),
                     mtu: None,
                     attachable: false,
+                    internal: false,
                     created: 0,
                 }));
             }
@@ -408,7 +436,8 @@ impl Store {
     }
 
     /// Publishes an endpoint, taking the next free address of its network (or the one asked
-    /// for) in the same transaction.
+    /// for) and, in a namespace, the next free `ethN` (or the interface asked for) in the same
+    /// transaction. Checked first against the one rule book.
     pub async fn endpoint_add(&self, spec: &EndpointSpec) -> Result<EndpointRecord> {
         let bad = |m: String| StoreError::Invalid(m);
         if spec.name.is_empty() || spec.name.contains(['/', ' ', '\0']) {
@@ -421,40 +450,43 @@ impl Store {
         for _ in 0..TXN_ATTEMPTS {
             let (rec, net_rev) = self.network(&spec.network).await?;
             let net = rec.to_network().map_err(|m| Malformed { key: network_key(&rec.name), message: m })?;
-            let gateway: Ipv4Addr = rec.gateway.parse().unwrap_or(gateway_of(net.subnet));
-            if let (Some(kv), _) = self.get_one(&endpoint_key(&spec.name)).await? {
-                let o = EndpointRecord::parse(&str_of(&kv), kv.value())?;
-                return Err(StoreError::DuplicateEndpoint { name: o.name, network: o.network, node: o.node });
-            }
-            if let Some(ns) = &spec.netns {
-                if let (Some(kv), _) = self.get_one(&netns_key(&spec.node, ns)).await? {
-                    let endpoint = String::from_utf8_lossy(kv.value()).to_string();
-                    return Err(StoreError::NetnsInUse { netns: ns.clone(), node: spec.node.clone(), endpoint });
-                }
+            let (mut rules, _) = self.rules(true).await?;
+            if rules.network(&net.name) != Some(&net) {
+                // The network itself conflicts with an older one: agents skip it.
+                rules = model::Rules::new();
+                rules.add_network(&net);
             }
             let used = self.snapshot(&ipam_prefix(&spec.network), 0).await?;
-            let taken = |ip: Ipv4Addr| used.kvs.iter().find(|kv| kv.key() == ipam_key(&spec.network, ip).as_bytes());
             let ip = match spec.ip {
-                Some(ip) => {
-                    if !net.subnet.contains(&ip) || ip == net.subnet.network() || ip == net.subnet.broadcast() {
-                        return Err(bad(format!("IP {ip} is not a host address of network {} ({})", net.name, net.subnet)));
-                    }
-                    if ip == gateway {
-                        return Err(bad(format!("IP {ip} is the gateway of network {}", net.name)));
-                    }
-                    if let Some(kv) = taken(ip) {
-                        return Err(StoreError::IpInUse { ip, network: net.name.clone(), endpoint: String::from_utf8_lossy(kv.value()).to_string() });
-                    }
-                    ip
-                }
+                Some(ip) => ip,
                 None => {
                     let used: std::collections::HashSet<&[u8]> = used.kvs.iter().map(|kv| kv.key()).collect();
                     net.subnet
                         .hosts()
-                        .find(|ip| *ip != gateway && !used.contains(ipam_key(&spec.network, *ip).as_bytes()))
+                        .find(|ip| *ip != net.gateway && !used.contains(ipam_key(&spec.network, *ip).as_bytes()))
                         .ok_or(StoreError::SubnetExhausted { network: net.name.clone(), subnet: net.subnet })?
                 }
             };
+            let interface = match (&spec.interface, &spec.netns) {
+                (Some(i), _) => Some(i.clone()),
+                (None, Some(ns)) => Some(rules.next_interface(&spec.node, ns)),
+                (None, None) => None,
+            };
+            let ip_s = ip.to_string();
+            let es = model::EndpointSpec {
+                name: spec.name.clone(),
+                node: spec.node.clone(),
+                ip: &ip_s,
+                mac: None,
+                netns: spec.netns.clone(),
+                interface: interface.clone(),
+                aliases: spec.aliases.clone(),
+            };
+            let ep = model::endpoint_entry("endpoint", &net, es).map_err(|e| match e {
+                model::ConfigError::Invalid { field, message, .. } => bad(format!("{field}: {message}")),
+                other => bad(other.to_string()),
+            })?;
+            rules.check_endpoint(&ep)?;
             let r = EndpointRecord {
                 name: spec.name.clone(),
                 network: spec.network.clone(),
@@ -462,19 +494,27 @@ impl Store {
                 ip: ip.to_string(),
                 mac: Mac::from_ip(ip).to_string(),
                 netns: spec.netns.clone(),
+                interface: interface.clone(),
+                aliases: spec.aliases.clone(),
             };
+            let key = endpoint_key(&spec.network, &spec.name);
+            let value = format!("{}/{}", spec.network, spec.name);
             let mut when = vec![
                 Compare::create_revision(network_key(&spec.network), CompareOp::Equal, net_rev),
-                Compare::create_revision(endpoint_key(&spec.name), CompareOp::Equal, 0),
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
                 Compare::create_revision(ipam_key(&spec.network, ip), CompareOp::Equal, 0),
             ];
             let mut then = vec![
-                TxnOp::put(endpoint_key(&spec.name), serde_json::to_vec(&r).expect("records serialise"), None),
+                TxnOp::put(key.as_str(), serde_json::to_vec(&r).expect("records serialise"), None),
                 TxnOp::put(ipam_key(&spec.network, ip), spec.name.as_bytes(), None),
             ];
             if let Some(ns) = &spec.netns {
-                when.push(Compare::create_revision(netns_key(&spec.node, ns), CompareOp::Equal, 0));
-                then.push(TxnOp::put(netns_key(&spec.node, ns), spec.name.as_bytes(), None));
+                when.push(Compare::create_revision(attach_key(&spec.node, &spec.network, ns), CompareOp::Equal, 0));
+                then.push(TxnOp::put(attach_key(&spec.node, &spec.network, ns), spec.name.as_bytes(), None));
+                if let Some(i) = &interface {
+                    when.push(Compare::create_revision(ifname_key(&spec.node, i, ns), CompareOp::Equal, 0));
+                    then.push(TxnOp::put(ifname_key(&spec.node, i, ns), value.as_bytes(), None));
+                }
             }
             if self.txn(Txn::new().when(when).and_then(then)).await? {
                 return Ok(r);
@@ -485,34 +525,56 @@ impl Store {
         Err(StoreError::Contended(ipam_prefix(&spec.network)))
     }
 
-    /// The endpoint named `name`.
-    pub async fn endpoint(&self, name: &str) -> Result<(EndpointRecord, i64)> {
-        let key = endpoint_key(name);
+    /// The endpoint `name` of `network`.
+    pub async fn endpoint(&self, network: &str, name: &str) -> Result<(EndpointRecord, i64)> {
+        let key = endpoint_key(network, name);
         match self.get_one(&key).await?.0 {
-            None => Err(StoreError::UnknownEndpoint(name.to_string())),
+            None => Err(StoreError::UnknownEndpoint(format!("{network}/{name}"))),
             Some(kv) => Ok((EndpointRecord::parse(&key, kv.value())?, kv.mod_revision())),
         }
     }
 
+    /// The claims an endpoint holds besides its record: its address, its namespace's join of
+    /// the network and its interface name there.
+    fn claims(r: &EndpointRecord) -> Vec<String> {
+        let mut keys = Vec::new();
+        if let Ok(ip) = r.ip.parse::<Ipv4Addr>() {
+            keys.push(ipam_key(&r.network, ip));
+        }
+        if let Some(ns) = &r.netns {
+            keys.push(attach_key(&r.node, &r.network, ns));
+            if let Some(i) = &r.interface {
+                keys.push(ifname_key(&r.node, i, ns));
+            }
+        }
+        keys
+    }
+
     /// Attaches an endpoint to a namespace (or detaches it with `None`), moving its namespace
-    /// claim in the same transaction.
-    pub async fn endpoint_set_netns(&self, name: &str, netns: Option<&str>) -> Result<EndpointRecord> {
+    /// claims in the same transaction.
+    pub async fn endpoint_set_netns(&self, network: &str, name: &str, netns: Option<&str>) -> Result<EndpointRecord> {
         for _ in 0..TXN_ATTEMPTS {
-            let (mut r, rev) = self.endpoint(name).await?;
-            let key = endpoint_key(name);
+            let (mut r, rev) = self.endpoint(network, name).await?;
+            let key = endpoint_key(network, name);
             let mut when = vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)];
             let mut then = Vec::new();
             if let Some(old) = &r.netns {
-                then.push(TxnOp::delete(netns_key(&r.node, old), None));
+                then.push(TxnOp::delete(attach_key(&r.node, &r.network, old), None));
+                if let Some(i) = &r.interface {
+                    then.push(TxnOp::delete(ifname_key(&r.node, i, old), None));
+                }
             }
             if let Some(ns) = netns {
                 if !model::valid_netns(ns) {
                     return Err(StoreError::Invalid(format!("{ns:?} is not a namespace name or absolute path")));
                 }
                 if r.netns.as_deref() != Some(ns) {
-                    when.push(Compare::create_revision(netns_key(&r.node, ns), CompareOp::Equal, 0));
+                    when.push(Compare::create_revision(attach_key(&r.node, &r.network, ns), CompareOp::Equal, 0));
                 }
-                then.push(TxnOp::put(netns_key(&r.node, ns), name.as_bytes(), None));
+                then.push(TxnOp::put(attach_key(&r.node, &r.network, ns), name.as_bytes(), None));
+                if let Some(i) = &r.interface {
+                    then.push(TxnOp::put(ifname_key(&r.node, i, ns), format!("{network}/{name}").into_bytes(), None));
+                }
             }
             r.netns = netns.map(str::to_string);
             then.push(TxnOp::put(key.as_str(), serde_json::to_vec(&r).expect("records serialise"), None));
@@ -520,7 +582,7 @@ impl Store {
                 return Ok(r);
             }
         }
-        Err(StoreError::Contended(endpoint_key(name)))
+        Err(StoreError::Contended(endpoint_key(network, name)))
     }
 
     /// A raw value under `key` (for keys other than the overlay's records).
@@ -546,35 +608,50 @@ impl Store {
         Ok(())
     }
 
-    /// Removes an endpoint and frees its address and namespace.
-    pub async fn endpoint_rm(&self, name: &str) -> Result<EndpointRecord> {
-        let key = endpoint_key(name);
+    /// Removes an endpoint and frees its address, namespace and interface claims.
+    pub async fn endpoint_rm(&self, network: &str, name: &str) -> Result<EndpointRecord> {
+        let key = endpoint_key(network, name);
         for _ in 0..TXN_ATTEMPTS {
-            let Some(kv) = self.get_one(&key).await?.0 else { return Err(StoreError::UnknownEndpoint(name.to_string())) };
+            let Some(kv) = self.get_one(&key).await?.0 else { return Err(StoreError::UnknownEndpoint(format!("{network}/{name}"))) };
             let mut then = vec![TxnOp::delete(key.as_str(), None)];
             let rec = EndpointRecord::parse(&key, kv.value());
             if let Ok(r) = &rec {
-                if let Ok(ip) = r.ip.parse::<Ipv4Addr>() {
-                    then.push(TxnOp::delete(ipam_key(&r.network, ip), None));
-                }
-                if let Some(ns) = &r.netns {
-                    then.push(TxnOp::delete(netns_key(&r.node, ns), None));
-                }
+                then.extend(Self::claims(r).into_iter().map(|k| TxnOp::delete(k, None)));
             }
             let txn = Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())]).and_then(then);
             if self.txn(txn).await? {
                 // A malformed record is still removed: that is how an operator clears one.
                 return Ok(rec.unwrap_or(EndpointRecord {
                     name: name.to_string(),
-                    network: String::new(),
+                    network: network.to_string(),
                     node: String::new(),
                     ip: String::new(),
                     mac: String::new(),
                     netns: None,
+                    interface: None,
+                    aliases: vec![],
                 }));
             }
         }
         Err(StoreError::Contended(key))
+    }
+
+    /// Finds endpoints by `NAME` (in whichever network holds it; refused when several do) or
+    /// `NETWORK/NAME`.
+    pub async fn resolve_endpoint(&self, what: &str) -> Result<(String, String)> {
+        if let Some((net, name)) = what.split_once('/') {
+            return Ok((net.to_string(), name.to_string()));
+        }
+        let (all, _) = self.endpoints(None).await?;
+        let hits: Vec<&EndpointRecord> = all.iter().filter(|r| r.name == what).collect();
+        match hits.as_slice() {
+            [] => Err(StoreError::UnknownEndpoint(what.to_string())),
+            [one] => Ok((one.network.clone(), one.name.clone())),
+            many => {
+                let nets: Vec<&str> = many.iter().map(|r| r.network.as_str()).collect();
+                Err(StoreError::Invalid(format!("endpoint {what:?} exists in networks {}: say NETWORK/{what}", nets.join(", "))))
+            }
+        }
     }
 }
 

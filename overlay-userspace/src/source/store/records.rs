@@ -4,16 +4,20 @@
 //! /overlay/networks/<name>        NetworkRecord   persistent
 //! /overlay/nodes/<name>           NodeRecord      persistent (what `node ls` lists)
 //! /overlay/alive/<name>           AliveRecord     under the agent's lease: liveness
-//! /overlay/endpoints/<name>       EndpointRecord  persistent
-//! /overlay/ipam/<network>/<ip>    endpoint name   the address is taken (IPAM)
-//! /overlay/netns/<node>/<netns>   endpoint name   the namespace on that node is taken
+//! /overlay/endpoints/<network>/<name>      EndpointRecord  persistent
+//! /overlay/ipam/<network>/<ip>             endpoint name   the address is taken (IPAM)
+//! /overlay/attach/<node>/<network>/<netns> endpoint name   the namespace joined the network
+//! /overlay/ifname/<node>/<ifname>/<netns>  network/name    the interface name is taken
 //! ```
+//!
+//! Endpoint names are unique within their network: a container keeps its name on every
+//! network it joins. The namespace comes last in its keys because it may be a path.
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{self, ConfigError, Endpoint, Network, Node};
+use crate::model::{self, ConfigError, Endpoint, EndpointSpec, Network, NetworkSpec, Node};
 
 /// Every key of the overlay starts with this.
 pub const PREFIX: &str = "/overlay/";
@@ -22,7 +26,8 @@ pub const NODES: &str = "/overlay/nodes/";
 pub const ALIVE: &str = "/overlay/alive/";
 pub const ENDPOINTS: &str = "/overlay/endpoints/";
 pub const IPAM: &str = "/overlay/ipam/";
-pub const NETNS: &str = "/overlay/netns/";
+pub const ATTACH: &str = "/overlay/attach/";
+pub const IFNAME: &str = "/overlay/ifname/";
 
 pub fn network_key(name: &str) -> String {
     format!("{NETWORKS}{name}")
@@ -33,8 +38,8 @@ pub fn node_key(name: &str) -> String {
 pub fn alive_key(name: &str) -> String {
     format!("{ALIVE}{name}")
 }
-pub fn endpoint_key(name: &str) -> String {
-    format!("{ENDPOINTS}{name}")
+pub fn endpoint_key(network: &str, name: &str) -> String {
+    format!("{ENDPOINTS}{network}/{name}")
 }
 /// All addresses taken in `network`.
 pub fn ipam_prefix(network: &str) -> String {
@@ -43,8 +48,13 @@ pub fn ipam_prefix(network: &str) -> String {
 pub fn ipam_key(network: &str, ip: Ipv4Addr) -> String {
     format!("{IPAM}{network}/{ip}")
 }
-pub fn netns_key(node: &str, netns: &str) -> String {
-    format!("{NETNS}{node}/{netns}")
+/// Namespace `netns` of `node` joined `network` (once).
+pub fn attach_key(node: &str, network: &str, netns: &str) -> String {
+    format!("{ATTACH}{node}/{network}/{netns}")
+}
+/// Interface `ifname` of namespace `netns` of `node` is taken.
+pub fn ifname_key(node: &str, ifname: &str, netns: &str) -> String {
+    format!("{IFNAME}{node}/{ifname}/{netns}")
 }
 
 /// The end of the key range holding every key that starts with `prefix` (etcd's convention).
@@ -69,6 +79,9 @@ pub struct NetworkRecord {
     pub mtu: Option<u32>,
     #[serde(default)]
     pub attachable: bool,
+    /// No way out of the overlay (Docker's `--internal`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
     /// Seconds since the Unix epoch.
     #[serde(default)]
     pub created: u64,
@@ -104,6 +117,12 @@ pub struct EndpointRecord {
     pub mac: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// The interface's name in the namespace; absent: as the runtime names it (Docker), or the
+    /// first free `ethN` when the agent creates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// A value that is not what its key promises.
@@ -146,13 +165,18 @@ impl NetworkRecord {
     }
 
     pub fn to_network(&self) -> Result<Network, String> {
-        let net = model::network_entry("network", self.name.clone(), self.vni as i64, &self.subnet, self.mtu.map(i64::from))
-            .map_err(|e| e.to_string())?;
-        let gw: Ipv4Addr = self.gateway.parse().map_err(|_| format!("gateway {:?} is not an IPv4 address", self.gateway))?;
-        if !net.subnet.contains(&gw) {
-            return Err(format!("gateway {gw} is outside {}", net.subnet));
-        }
-        Ok(net)
+        let spec = NetworkSpec {
+            name: self.name.clone(),
+            vni: self.vni as i64,
+            subnet: &self.subnet,
+            mtu: self.mtu.map(i64::from),
+            gateway: Some(&self.gateway),
+            internal: self.internal,
+        };
+        model::network_entry("network", spec).map_err(|e| match e {
+            ConfigError::Invalid { field, message, .. } => format!("{field}: {message}"),
+            other => other.to_string(),
+        })
     }
 
     pub fn subnet(&self) -> Option<Ipv4Net> {
@@ -177,13 +201,24 @@ impl AliveRecord {
 impl EndpointRecord {
     pub fn parse(key: &str, value: &[u8]) -> Result<EndpointRecord, Malformed> {
         let r: EndpointRecord = json(key, value)?;
-        check_name(key, ENDPOINTS, &r.name)?;
+        if key != endpoint_key(&r.network, &r.name) {
+            return Err(malformed(key, format!("record names endpoint {:?} of network {:?}, the key says otherwise", r.name, r.network)));
+        }
         Ok(r)
     }
 
     /// The endpoint, checked against its network.
     pub fn to_endpoint(&self, key: &str, net: &Network) -> Result<Endpoint, Malformed> {
-        checked(key, model::endpoint_entry("endpoint", self.name.clone(), net, self.node.clone(), &self.ip, Some(&self.mac), self.netns.clone()))
+        let spec = EndpointSpec {
+            name: self.name.clone(),
+            node: self.node.clone(),
+            ip: &self.ip,
+            mac: Some(&self.mac),
+            netns: self.netns.clone(),
+            interface: self.interface.clone(),
+            aliases: self.aliases.clone(),
+        };
+        checked(key, model::endpoint_entry("endpoint", net, spec))
     }
 }
 
@@ -216,7 +251,7 @@ mod tests {
         assert!(e.message.contains("VNI range"), "{e}");
         let e = NodeRecord::parse(&node_key("a"), br#"{"name":"a","vtep":"banana"}"#).expect_err("bad vtep");
         assert_eq!(e.to_string(), "/overlay/nodes/a: vtep: \"banana\" is not an IPv4 address");
-        let ep = EndpointRecord::parse(&endpoint_key("e"), br#"{"name":"e","network":"n1","node":"a","ip":"10.0.1.5","mac":"02:42:0a:00:01:05"}"#)
+        let ep = EndpointRecord::parse(&endpoint_key("n1", "e"), br#"{"name":"e","network":"n1","node":"a","ip":"10.0.1.5","mac":"02:42:0a:00:01:05"}"#)
             .expect("endpoint record");
         let e = ep.to_endpoint("k", &net).expect_err("IP outside the subnet");
         assert!(e.message.contains("outside subnet 10.0.0.0/24"), "{e}");

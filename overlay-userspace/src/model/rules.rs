@@ -1,0 +1,218 @@
+//! The one rule book: what must stay unique across a cluster. [`Rules`] holds what was admitted
+//! so far; `check_*` says why a new entry conflicts with it (naming the entry it conflicts
+//! with), `add_*` admits it. The cluster file rejects the whole file on the first conflict, the
+//! store mirror skips the entry with a warning naming its key, and the store checks a write
+//! against it before its transaction.
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+};
+
+use super::{Endpoint, Mac, Network, Node};
+
+/// Why an entry cannot join: the field at fault and a message naming the other entry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Conflict {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn conflict(field: &'static str, message: String) -> Result<(), Conflict> {
+    Err(Conflict { field, message })
+}
+
+/// The admitted entries, indexed by everything that must stay unique.
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    nodes: HashSet<String>,
+    vteps: HashMap<Ipv4Addr, String>,
+    networks: HashMap<String, Network>,
+    vnis: HashMap<u32, String>,
+    /// (network, endpoint name)
+    names: HashSet<(String, String)>,
+    /// (network, IP) -> endpoint
+    ips: HashMap<(String, Ipv4Addr), String>,
+    /// (network, MAC) -> endpoint
+    macs: HashMap<(String, Mac), String>,
+    /// (node, netns, network) -> endpoint: a container joins a network once.
+    attached: HashMap<(String, String, String), String>,
+    /// (node, netns, interface) -> (endpoint, network): interface names within a container.
+    interfaces: HashMap<(String, String, String), (String, String)>,
+}
+
+impl Rules {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn check_node(&self, n: &Node) -> Result<(), Conflict> {
+        if self.nodes.contains(&n.name) {
+            return conflict("name", format!("duplicate node name {:?}", n.name));
+        }
+        if let Some(o) = self.vteps.get(&n.vtep) {
+            return conflict("vtep", format!("{} is already the VTEP of node {o}", n.vtep));
+        }
+        Ok(())
+    }
+
+    pub fn add_node(&mut self, n: &Node) {
+        self.nodes.insert(n.name.clone());
+        self.vteps.insert(n.vtep, n.name.clone());
+    }
+
+    pub fn has_node(&self, name: &str) -> bool {
+        self.nodes.contains(name)
+    }
+
+    pub fn check_network(&self, n: &Network) -> Result<(), Conflict> {
+        if self.networks.contains_key(&n.name) {
+            return conflict("name", format!("a network named {:?} already exists", n.name));
+        }
+        if let Some(o) = self.vnis.get(&n.vni) {
+            return conflict("vni", format!("VNI {} is in use by network {o}", n.vni));
+        }
+        let mut others: Vec<&Network> = self.networks.values().collect();
+        others.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(o) = others.iter().find(|o| o.subnet.contains(&n.subnet.network()) || n.subnet.contains(&o.subnet.network())) {
+            return conflict("subnet", format!("subnet {} overlaps {} of network {}", n.subnet, o.subnet, o.name));
+        }
+        Ok(())
+    }
+
+    pub fn add_network(&mut self, n: &Network) {
+        self.vnis.insert(n.vni, n.name.clone());
+        self.networks.insert(n.name.clone(), n.clone());
+    }
+
+    pub fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.get(name)
+    }
+
+    /// Checks an endpoint against its network (which must be admitted) and the endpoints
+    /// admitted so far.
+    pub fn check_endpoint(&self, e: &Endpoint) -> Result<(), Conflict> {
+        let Some(net) = self.networks.get(&e.network) else {
+            return conflict("network", format!("unknown network {:?}", e.network));
+        };
+        if e.ip == net.gateway {
+            return conflict("ip", format!("IP {} is the gateway of network {}", e.ip, net.name));
+        }
+        if self.names.contains(&(e.network.clone(), e.name.clone())) {
+            return conflict("name", format!("an endpoint named {:?} already exists in network {}", e.name, e.network));
+        }
+        if let Some(o) = self.ips.get(&(e.network.clone(), e.ip)) {
+            return conflict("ip", format!("IP {} in network {} is in use by endpoint {o}", e.ip, e.network));
+        }
+        if let Some(o) = self.macs.get(&(e.network.clone(), e.mac)) {
+            return conflict("mac", format!("MAC {} in network {} is in use by endpoint {o}", e.mac, e.network));
+        }
+        if let Some(ns) = &e.netns {
+            if let Some(o) = self.attached.get(&(e.node.clone(), ns.clone(), e.network.clone())) {
+                return conflict("netns", format!("namespace {ns} on node {} is already attached to network {} (endpoint {o})", e.node, e.network));
+            }
+            if let Some(i) = &e.interface {
+                if let Some((o, on)) = self.interfaces.get(&(e.node.clone(), ns.clone(), i.clone())) {
+                    return conflict("interface", format!("interface {i} of namespace {ns} on node {} is already endpoint {o}'s (network {on})", e.node));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn add_endpoint(&mut self, e: &Endpoint) {
+        self.names.insert((e.network.clone(), e.name.clone()));
+        self.ips.insert((e.network.clone(), e.ip), e.name.clone());
+        self.macs.insert((e.network.clone(), e.mac), e.name.clone());
+        if let Some(ns) = &e.netns {
+            self.attached.insert((e.node.clone(), ns.clone(), e.network.clone()), e.name.clone());
+            if let Some(i) = &e.interface {
+                self.interfaces.insert((e.node.clone(), ns.clone(), i.clone()), (e.name.clone(), e.network.clone()));
+            }
+        }
+    }
+
+    /// Forgets an admitted endpoint (it must be the one admitted under its keys).
+    pub fn remove_endpoint(&mut self, e: &Endpoint) {
+        self.names.remove(&(e.network.clone(), e.name.clone()));
+        self.ips.remove(&(e.network.clone(), e.ip));
+        self.macs.remove(&(e.network.clone(), e.mac));
+        if let Some(ns) = &e.netns {
+            self.attached.remove(&(e.node.clone(), ns.clone(), e.network.clone()));
+            if let Some(i) = &e.interface {
+                self.interfaces.remove(&(e.node.clone(), ns.clone(), i.clone()));
+            }
+        }
+    }
+
+    /// The first `ethN` not yet used in namespace `netns` of `node`.
+    pub fn next_interface(&self, node: &str, netns: &str) -> String {
+        (0..)
+            .map(|i| format!("eth{i}"))
+            .find(|n| !self.interfaces.contains_key(&(node.to_string(), netns.to_string(), n.clone())))
+            .expect("some ethN is free")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EndpointSpec, NetworkSpec, endpoint_entry, network_entry};
+
+    fn net(name: &str, vni: i64, subnet: &str) -> Network {
+        network_entry("n", NetworkSpec { name: name.into(), vni, subnet, mtu: None, gateway: None, internal: false }).expect("valid network")
+    }
+
+    fn ep(n: &Network, name: &str, ip: &str, ns: &str, interface: Option<&str>) -> Endpoint {
+        let spec = EndpointSpec { name: name.into(), node: "node1".into(), ip, mac: None, netns: Some(ns.into()), interface: interface.map(str::to_string), aliases: vec![] };
+        endpoint_entry("e", n, spec).expect("valid endpoint")
+    }
+
+    #[test]
+    fn network_conflicts_name_the_other_network() {
+        let mut r = Rules::new();
+        r.add_network(&net("web", 10, "10.0.1.0/24"));
+        assert_eq!(r.check_network(&net("web", 11, "10.0.2.0/24")).unwrap_err().to_string(), "a network named \"web\" already exists");
+        assert_eq!(r.check_network(&net("db", 10, "10.0.2.0/24")).unwrap_err().to_string(), "VNI 10 is in use by network web");
+        let e = r.check_network(&net("db", 11, "10.0.1.128/25")).unwrap_err();
+        assert_eq!((e.field, e.message.as_str()), ("subnet", "subnet 10.0.1.128/25 overlaps 10.0.1.0/24 of network web"));
+        assert!(r.check_network(&net("db", 11, "10.0.2.0/24")).is_ok());
+    }
+
+    #[test]
+    fn endpoint_names_are_per_network_and_a_container_joins_a_network_once() {
+        let (web, db) = (net("web", 10, "10.0.1.0/24"), net("db", 11, "10.0.2.0/24"));
+        let mut r = Rules::new();
+        r.add_network(&web);
+        r.add_network(&db);
+        let a = ep(&web, "c1", "10.0.1.2", "ns1", Some("eth0"));
+        r.check_endpoint(&a).expect("first");
+        r.add_endpoint(&a);
+        // The same container on the other network, same name: allowed.
+        let b = ep(&db, "c1", "10.0.2.2", "ns1", Some("eth1"));
+        r.check_endpoint(&b).expect("same name on another network");
+        let e = r.check_endpoint(&ep(&web, "c1", "10.0.1.3", "ns2", Some("eth0"))).unwrap_err();
+        assert_eq!(e.to_string(), "an endpoint named \"c1\" already exists in network web");
+        let e = r.check_endpoint(&ep(&web, "c2", "10.0.1.2", "ns2", None)).unwrap_err();
+        assert_eq!(e.to_string(), "IP 10.0.1.2 in network web is in use by endpoint c1");
+        let e = r.check_endpoint(&ep(&web, "c2", "10.0.1.3", "ns1", Some("eth1"))).unwrap_err();
+        assert_eq!(e.to_string(), "namespace ns1 on node node1 is already attached to network web (endpoint c1)");
+        let e = r.check_endpoint(&ep(&db, "c1", "10.0.2.2", "ns1", Some("eth0"))).unwrap_err();
+        assert_eq!((e.field, e.message.as_str()), ("interface", "interface eth0 of namespace ns1 on node node1 is already endpoint c1's (network web)"));
+        assert_eq!(r.next_interface("node1", "ns1"), "eth1");
+        r.add_endpoint(&b);
+        assert_eq!(r.next_interface("node1", "ns1"), "eth2");
+        r.remove_endpoint(&a);
+        assert_eq!(r.next_interface("node1", "ns1"), "eth0", "a freed name is reused");
+        r.check_endpoint(&ep(&web, "c1", "10.0.1.2", "ns1", Some("eth0"))).expect("free again after removal");
+    }
+
+    #[test]
+    fn gateway_is_nobody_s_address() {
+        let web = net("web", 10, "10.0.1.0/24");
+        assert_eq!(web.gateway, Ipv4Addr::new(10, 0, 1, 1), "first host address by default");
+        let spec = EndpointSpec { name: "x".into(), node: "n".into(), ip: "10.0.1.1", mac: None, netns: None, interface: None, aliases: vec![] };
+        let e = endpoint_entry("endpoints[x]", &web, spec).unwrap_err();
+        assert_eq!(e.to_string(), "endpoints[x].ip: IP 10.0.1.1 is the gateway of network web");
+    }
+}
