@@ -231,7 +231,7 @@ fn bad_cluster_file_edit_while_traffic_flows_changes_nothing() {
         "the agent must report the rejected file"
     );
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(text.contains("endpoints[web4].ip: duplicate IP 10.0.1.2 in network nginx-net"), "the error names the entry and field:\n{text}");
+    assert!(text.contains("endpoints[web4].ip: IP 10.0.1.2 in network nginx-net is in use by endpoint web1"), "the error names the entry and field:\n{text}");
     let out = pinger.wait_with_output().expect("ping result");
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains(" 0% packet loss"), "traffic must not notice a rejected edit:\n{summary}");

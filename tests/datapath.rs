@@ -334,3 +334,76 @@ fn pass_through_floor_program_passes() {
     let (v, out) = run(&mut t, PROG_PASS, &f);
     assert_eq!((v, out), (TC_ACT_OK, f), "the benchmark floor returns TC_ACT_OK and changes nothing");
 }
+
+const GATEWAY_CLUSTER: &str = "
+nodes:
+  - {name: node1, vtep: 192.168.50.1}
+  - {name: node2, vtep: 192.168.50.2}
+networks:
+  - {name: nginx-net, vni: 4097, subnet: 10.0.1.0/24}
+  - {name: test-net, vni: 4098, subnet: 10.0.2.0/24, internal: true}
+endpoints:
+  - {name: web2, network: nginx-net, node: node2, ip: 10.0.1.3, netns: c2}
+  - {name: web2, network: test-net, node: node2, ip: 10.0.2.3, netns: c2}
+  - {name: web1, network: nginx-net, node: node1, ip: 10.0.1.2}
+";
+
+/// Node 2 with its endpoint number `which` (0: on nginx-net, 1: on the internal test-net)
+/// behind the test-run ifindex.
+fn gateway_host(which: usize) -> TestDataplane {
+    let mut t = TestDataplane::new("gw");
+    let cluster = overlay::source::file::parse(GATEWAY_CLUSTER).expect("valid cluster");
+    let plan = desired::plan(&cluster, "node2").expect("node2 exists");
+    assert_eq!(plan.local[1].ifname.as_deref(), Some("eth1"), "the container's second network is its eth1");
+    let state = plan.map_state(LOCAL_IFINDEX, &[(&plan.local[which], LOCAL_IFINDEX)]);
+    t.dp.apply(&state).expect("apply");
+    t
+}
+
+const GW1: [u8; 6] = [0x02, 0x42, 10, 0, 1, 1];
+const GW1_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+/// An address outside every overlay (documentation range; the frame is only test-run).
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+#[test]
+fn gateway_answers_arp_and_hands_outside_traffic_to_the_node() {
+    let mut t = gateway_host(0);
+    let mut req = eth([0xff; 6], WEB2, 0x0806);
+    req.extend(arp(1, WEB2, IP2, [0; 6], GW1_IP));
+    let (v, out) = run(&mut t, PROG_EGRESS, &req);
+    assert_eq!(v, TC_ACT_REDIRECT, "expected the gateway's ARP reply back into the container");
+    let mut want = eth(WEB2, GW1, 0x0806);
+    want.extend(arp(2, GW1, GW1_IP, WEB2, IP2));
+    assert_eq!(out, want, "expected: 10.0.1.1 is at 02:42:0a:00:01:01");
+
+    let out_frame = from_web2(GW1, OUTSIDE);
+    let (v, out) = run(&mut t, PROG_EGRESS, &out_frame);
+    assert_eq!(v, TC_ACT_OK, "expected TC_ACT_OK: the node's stack routes it out");
+    assert_eq!(out, out_frame, "the frame reaches the node's stack unchanged");
+    let s = t.dp.stats().expect("stats");
+    assert_eq!(s.get(Reason::FwdGateway, Direction::Egress).packets, 1, "counted as fwd-gateway");
+    assert_eq!(s.vnis[&4097].tx.packets, 1, "and in the network's tx counter");
+}
+
+#[test]
+fn the_way_out_never_joins_two_overlays_and_internal_networks_have_none() {
+    let mut t = gateway_host(0);
+    let other_net = from_web2(GW1, Ipv4Addr::new(10, 0, 2, 3));
+    expect_drop(&mut t, PROG_EGRESS, &other_net, Reason::GatewayOverlay, "another overlay's address through the gateway");
+    let own_net = from_web2(GW1, Ipv4Addr::new(10, 0, 1, 2));
+    expect_drop(&mut t, PROG_EGRESS, &own_net, Reason::GatewayOverlay, "its own network's address the long way round");
+    // The other network's gateway MAC is not in this network's FDB.
+    let wrong_gw = from_web2([0x02, 0x42, 10, 0, 2, 1], OUTSIDE);
+    expect_drop(&mut t, PROG_EGRESS, &wrong_gw, Reason::UnknownDestination, "another network's gateway");
+
+    let mut t = gateway_host(1);
+    let (mac, ip) = ([0x02, 0x42, 10, 0, 2, 3], Ipv4Addr::new(10, 0, 2, 3));
+    let mut f = eth([0x02, 0x42, 10, 0, 2, 1], mac, 0x0800);
+    f.extend(ipv4(ip, OUTSIDE, 1, 8, 0x4000, &[]));
+    f.extend([8, 0, 0, 0, 0, 1, 0, 1]);
+    expect_drop(&mut t, PROG_EGRESS, &f, Reason::GatewayInternal, "the internal network's gateway");
+    // Its gateway still answers ARP (the names issue serves DNS there).
+    let mut req = eth([0xff; 6], mac, 0x0806);
+    req.extend(arp(1, mac, ip, [0; 6], Ipv4Addr::new(10, 0, 2, 1)));
+    assert_eq!(run(&mut t, PROG_EGRESS, &req).0, TC_ACT_REDIRECT, "the internal network's gateway answers ARP");
+}

@@ -77,8 +77,8 @@ fn attach(sim: &mut Sim, name: &str, n: usize) -> (String, Ipv4Addr) {
     let ns = sim.add_ns(name).expect("namespace");
     let out = ok(sim, n, &["endpoint", "add", "--network", "web", "--netns", &ns]);
     let f: Vec<&str> = out.split_whitespace().collect();
-    assert_eq!(f.len(), 5, "endpoint add prints name network node ip mac: {out}");
-    assert_eq!((f[0], f[1], f[2]), (ns.as_str(), "web", format!("node{n}").as_str()), "{out}");
+    assert_eq!(f.len(), 6, "endpoint add prints name network node ip mac interface: {out}");
+    assert_eq!((f[0], f[1], f[2], f[5]), (ns.as_str(), "web", format!("node{n}").as_str(), "eth0"), "{out}");
     (ns, f[3].parse().expect("an IPv4 address"))
 }
 
@@ -155,18 +155,33 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     let ns2 = sim.add_ns("x2").expect("namespace");
     let e = fails(&sim, 1, &["endpoint", "add", "--network", "tiny", "--netns", &ns2]);
     assert!(e.contains("network tiny: subnet 10.9.0.0/30 is exhausted"), "{e}");
+    // The same container joins a second network: its eth1. Names are unique per network.
+    let out = ok(&sim, 1, &["network", "connect", "web", &ns]);
+    assert!(out.trim().ends_with(" eth1"), "second interface: {out}");
     let e = fails(&sim, 1, &["endpoint", "add", "--network", "web", "--netns", &ns2, "--name", &ns]);
-    assert!(e.contains(&format!("an endpoint named \"{ns}\" already exists (network tiny, node node1)")), "{e}");
+    assert!(e.contains(&format!("an endpoint named \"{ns}\" already exists in network web")), "{e}");
     let e = fails(&sim, 1, &["endpoint", "add", "--network", "web", "--netns", &ns, "--name", "second"]);
-    assert!(e.contains(&format!("namespace {ns} on node node1 already holds endpoint {ns}")), "{e}");
+    assert!(e.contains(&format!("namespace {ns} on node node1 is already attached to network web (endpoint {ns})")), "{e}");
+    let e = fails(&sim, 1, &["network", "connect", "web", &ns]);
+    assert!(e.contains("is already attached to network web"), "connected twice: {e}");
+    ok(&sim, 1, &["network", "create", "third", "--subnet", "10.9.1.0/24"]);
+    let e = fails(&sim, 1, &["network", "connect", "third", &ns, "--interface", "eth1"]);
+    assert!(e.contains(&format!("interface eth1 of namespace {ns} on node node1 is already endpoint {ns}'s (network web)")), "{e}");
+    let e = fails(&sim, 1, &["network", "connect", "nope", &ns]);
+    assert!(e.contains("no network named \"nope\""), "{e}");
+    let e = fails(&sim, 1, &["network", "create", "gw", "--subnet", "10.9.2.0/24", "--gateway", "10.9.3.1"]);
+    assert!(e.contains("gateway: 10.9.3.1 is not a host address of 10.9.2.0/24"), "{e}");
     let e = fails(&sim, 1, &["network", "rm", "tiny"]);
     assert!(e.contains("network tiny still has 1 endpoint(s)"), "{e}");
     let e = fails(&sim, 1, &["endpoint", "rm", "nope"]);
     assert!(e.contains("no endpoint named \"nope\""), "{e}");
+    let e = fails(&sim, 1, &["endpoint", "rm", &ns]);
+    assert!(e.contains(&format!("endpoint \"{ns}\" exists in networks tiny, web: say NETWORK/{ns}")), "{e}");
     let eps = ok(&sim, 1, &["endpoint", "ls"]);
-    assert_eq!(eps.lines().count(), 2, "only the one endpoint that was accepted:\n{eps}");
-    ok(&sim, 1, &["endpoint", "rm", &ns]);
-    ok(&sim, 1, &["network", "rm", "tiny"]);
+    assert_eq!(eps.lines().count(), 3, "only the endpoints that were accepted:\n{eps}");
+    ok(&sim, 1, &["network", "disconnect", "web", &ns]);
+    ok(&sim, 1, &["endpoint", "rm", &format!("tiny/{ns}")]);
+    ok(&sim, 1, &["network", "rm", "tiny", "third"]);
 
     // etcd unreachable: the address tried is in the error.
     let o = sim.exec(&sim.host_ns(1), &[OVERLAY_BIN, "network", "ls", "--store", "etcd://192.168.50.77:2379"]).expect("run");
@@ -384,4 +399,39 @@ fn the_cli_reads_a_cluster_file_and_refuses_to_change_it() {
     let none = std::process::Command::new(OVERLAY_BIN).args(["network", "ls"]).env_remove("OVERLAY_STORE").env_remove("OVERLAY_CLUSTER").output().expect("run");
     assert!(String::from_utf8_lossy(&none.stderr).contains("no cluster state given"), "{}", text(&none));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `overlay network connect` gives a running container a second interface on another network
+/// across hosts, `disconnect` takes it away, and the container's first interface loses nothing
+/// meanwhile; the two networks stay apart.
+#[test]
+fn network_connect_and_disconnect_a_running_container_across_hosts() {
+    let mut sim = store_cluster("k", 2);
+    ok(&sim, 1, &["network", "create", "back", "--subnet", "10.0.7.0/24"]);
+    let (c1, _) = attach(&mut sim, "c1", 1);
+    let (c2, ip2) = attach(&mut sim, "c2", 2);
+    let c3 = sim.add_ns("c3").expect("namespace");
+    let out = ok(&sim, 2, &["endpoint", "add", "--network", "back", "--netns", &c3]);
+    let ip3: Ipv4Addr = out.split_whitespace().nth(3).expect("ip").parse().expect("ip");
+    let (c1c, c2c) = (c1.clone(), c2.clone());
+    let flood = std::thread::spawn(move || ping_counts(&c1c, ip2, 300, "0.01"));
+    std::thread::sleep(Duration::from_millis(300));
+    let out = ok(&sim, 1, &["network", "connect", "back", &c1, "--alias", "api"]);
+    let f: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!((f[1], f[5]), ("back", "eth1"), "connected as eth1: {out}");
+    let back_ip: Ipv4Addr = f[3].parse().expect("ip");
+    assert!(sim.has_address_on(&c1, "eth1", back_ip), "eth1 holds its back address");
+    let (t, r) = ping_counts(&c1, ip3, 2, "0.2");
+    assert_eq!((t, r), (2, 2), "c1 reaches c3 on back through eth1");
+    let v: serde_json::Value = serde_json::from_str(&ok(&sim, 1, &["network", "inspect", "back"])).expect("JSON");
+    assert_eq!(v[0]["Containers"][c1.as_str()]["Interface"], "eth1", "inspect lists the interface: {v}");
+    assert_eq!(v[0]["Containers"][c1.as_str()]["Aliases"][0], "api");
+    let (_, r) = ping_counts(&c2c, ip3, 2, "0.2");
+    assert_eq!(r, 0, "c2 (web only) still cannot reach c3 (back)");
+    ok(&sim, 1, &["network", "disconnect", "back", &c1]);
+    assert!(wait_for(Duration::from_secs(10), || !sim.has_address_on(&c1, "eth1", back_ip)), "eth1 goes");
+    let (t, r) = flood.join().expect("flood");
+    assert_eq!((t, r), (300, 300), "nothing lost on eth0 while eth1 came and went");
+    let e = fails(&sim, 1, &["network", "disconnect", "back", &c1]);
+    assert!(e.contains(&format!("namespace {c1} on node node1 is not connected to network back")), "{e}");
 }

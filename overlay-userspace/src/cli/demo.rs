@@ -88,6 +88,107 @@ pub fn first_vxlan_frame(pcap: &[u8]) -> Option<VxlanFrame> {
     })
 }
 
+/// Where `ns` stands in the demo's output.
+fn verdict(ok: bool, want: bool) -> &'static str {
+    match (ok, want) {
+        (true, true) => "ok",
+        (false, false) => "blocked, as it should be",
+        (true, false) => "LEAK",
+        (false, true) => "FAIL",
+    }
+}
+
+/// A TCP connection from container namespace `from` to the outside host: the source address the
+/// outside host saw, or `None` if it could not connect.
+fn outside_sees(sim: &Sim, from: &str, port: u16) -> Option<Ipv4Addr> {
+    let outside = sim.ns_name("out");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || -> Option<Ipv4Addr> {
+        crate::host::netlink::enter_netns(&crate::host::netlink::netns_path(&outside)).ok()?;
+        let l = std::net::TcpListener::bind((sim::OUTSIDE_HOST, port)).ok()?;
+        l.set_nonblocking(true).ok()?;
+        tx.send(()).ok()?;
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) {
+            if let Ok((_, peer)) = l.accept() {
+                return match peer.ip() {
+                    std::net::IpAddr::V4(v) => Some(v),
+                    _ => None,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    });
+    rx.recv_timeout(Duration::from_secs(3)).ok()?;
+    let ns = crate::host::netlink::netns_path(from);
+    let client = std::thread::spawn(move || {
+        crate::host::netlink::enter_netns(&ns).is_ok()
+            && std::net::TcpStream::connect_timeout(&(sim::OUTSIDE_HOST, port).into(), Duration::from_secs(2)).is_ok()
+    });
+    let _ = client.join();
+    server.join().ok().flatten()
+}
+
+/// One container on two networks, an internal network, and the way out to an outside host
+/// behind a router. Returns whether everything behaved as expected.
+fn whole_network(sim: &mut Sim, cs: &[Container], file: &std::path::Path) -> anyhow::Result<bool> {
+    println!("\n== a container's whole network");
+    let outside = sim.add_outside(3, 1500)?;
+    let app = sim.add_ns("app")?;
+    let db = sim.add_ns("db1")?;
+    let extra = format!(
+        "  - {{name: app, network: nginx-net, node: node1, ip: 10.0.1.10, netns: {app}}}\n  - {{name: app, network: test-net, node: node1, ip: 10.0.2.10, netns: {app}}}\n  - {{name: db1, network: private-net, node: node2, ip: 10.0.3.2, netns: {db}}}\n"
+    );
+    let yaml = sim::cluster_yaml(3, cs, &[], &extra).replacen("endpoints:\n", "  - {name: private-net, vni: 4099, subnet: 10.0.3.0/24, internal: true}\nendpoints:\n", 1);
+    std::fs::write(file, yaml)?;
+    let wired = sim::wait_for(Duration::from_secs(10), || {
+        sim.has_address(&app, Ipv4Addr::new(10, 0, 1, 10)) && sim.has_address_on(&app, "eth1", Ipv4Addr::new(10, 0, 2, 10)) && sim.has_address(&db, Ipv4Addr::new(10, 0, 3, 2))
+    });
+    if !wired {
+        println!("   the new endpoints were not wired in 10 s:\n{}", sim.agent_logs(3));
+        return Ok(false);
+    }
+    println!("   cluster file gains container `app` on node1, on nginx-net (eth0) and test-net (eth1),");
+    println!("   and `db1` on node2 on private-net (10.0.3.0/24, internal: true)");
+    let addrs = sim.exec(&app, &["ip", "-4", "-o", "addr", "show"])?;
+    for l in String::from_utf8_lossy(&addrs.stdout).lines().filter(|l| !l.contains(" lo ")) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        println!("   app: {} {}", f.get(1).unwrap_or(&""), f.get(3).unwrap_or(&""));
+    }
+    let route = sim.exec(&app, &["ip", "route", "show", "default"])?;
+    println!("   app: {}", String::from_utf8_lossy(&route.stdout).trim());
+    let good = std::cell::Cell::new(true);
+    let check = |what: &str, ok: bool, want: bool| {
+        good.set(good.get() && ok == want);
+        println!("   {what:<58} {}", verdict(ok, want));
+    };
+    let (web2, test2) = (&cs[1], &cs[5]);
+    check("app -> web2 (nginx-net, node2) over eth0", sim.ping(&app, web2.ip, 2, None), true);
+    check("app -> test2 (test-net, node2) over eth1", sim.ping(&app, test2.ip, 2, None), true);
+    check("test2 -> web2 (the two networks stay apart)", sim.ping(&test2.netns, web2.ip, 1, None), false);
+
+    println!("\n== the way out: an outside host {} behind a router, masqueraded by each node", sim::OUTSIDE_HOST);
+    let (web1, web3) = (&cs[0], &cs[2]);
+    check(&format!("web1 (node1) -> {} ping", sim::OUTSIDE_HOST), sim.ping(&web1.netns, sim::OUTSIDE_HOST, 2, None), true);
+    check(&format!("web3 (node3) -> {} ping", sim::OUTSIDE_HOST), sim.ping(&web3.netns, sim::OUTSIDE_HOST, 2, None), true);
+    for (c, node) in [(web1, 1), (web3, 3)] {
+        let seen = outside_sees(sim, &c.netns, 8000 + node as u16);
+        let ok = seen == Some(sim::host_vtep(node));
+        good.set(good.get() && ok);
+        match seen {
+            Some(a) => println!("   {} ({}) connects over TCP; the outside host sees source {a} (node{node}'s address): {}", c.name, c.ip, if ok { "ok" } else { "UNEXPECTED" }),
+            None => println!("   {} could not connect over TCP: FAIL", c.name),
+        }
+    }
+    check("db1 (private-net, internal) -> outside", sim.ping(&db, sim::OUTSIDE_HOST, 1, None), false);
+    // Even with a route to the overlay through node1 (as an attacker on the path would add),
+    // nothing from outside opens a connection to a container.
+    sim::ip(&["-n", &sim.ns_name("rt"), "route", "add", "10.0.1.0/24", "via", &sim::host_vtep(1).to_string()])?;
+    check(&format!("outside -> web1 {} via node1 (nothing comes in)", web1.ip), sim.ping(&outside, web1.ip, 1, None), false);
+    Ok(good.get())
+}
+
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for tool in ["ip", "ping", "tcpdump"] {
         if Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
@@ -152,6 +253,9 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("   1451-byte IPv4 packet with DF: {}", if ok1451 { "delivered (unexpected)" } else { "refused (larger than the MTU)" });
     check_interrupted()?;
 
+    let whole = whole_network(&mut sim, &cs, &file)?;
+    check_interrupted()?;
+
     println!("\n== one VXLAN frame on host 2's underlay (tcpdump -i eth0 udp port 4789)");
     let pcap = sim.workdir.join("vxlan.pcap");
     let h2 = sim.host_ns(2);
@@ -200,7 +304,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for e in &errors {
         println!("   cleanup: {e}");
     }
-    if wrong != 0 || !ok1450 || ok1451 {
+    if wrong != 0 || !ok1450 || ok1451 || !whole {
         bail!("the demo saw unexpected results (see above)");
     }
     Ok(())

@@ -161,7 +161,7 @@ pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
                             "Interface": e.interface,
                             "Aliases": e.aliases,
                         });
-                        (format!("{}@{}", e.name, e.node), v)
+                        (e.name, v)
                     })
                     .collect();
                 let mut options = serde_json::Map::new();

@@ -22,6 +22,11 @@ pub fn host_vtep(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 50, n as u8)
 }
 
+/// The router between the underlay and the outside world, in [`Sim::add_outside`].
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 253);
+/// The host standing for the internet in [`Sim::add_outside`].
+pub const OUTSIDE_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
 /// A container of the standard demo cluster.
 #[derive(Clone, Debug)]
 pub struct Container {
@@ -118,6 +123,36 @@ impl Sim {
         ip(&["-n", &h, "addr", "add", &format!("{}/24", host_vtep(n)), "dev", "eth0"])?;
         ip(&["-n", &h, "link", "set", "eth0", "up"])?;
         Ok(h)
+    }
+
+    /// Adds "the outside world" behind the underlay: a router namespace on the switch
+    /// (192.168.50.253) and an outside host behind it ([`OUTSIDE_HOST`], 203.0.113.0/24, a
+    /// documentation range that exists only here); the router sends on that link with MTU
+    /// `outside_mtu`. Every host
+    /// gets its default route via the router. Returns the outside host's namespace.
+    pub fn add_outside(&mut self, hosts: usize, outside_mtu: u32) -> io::Result<String> {
+        let sw = self.ns_name("sw");
+        let rt = self.add_ns("rt")?;
+        let out = self.add_ns("out")?;
+        ip(&["-n", &sw, "link", "add", "prt", "type", "veth", "peer", "name", "eth0", "netns", &rt])?;
+        ip(&["-n", &sw, "link", "set", "prt", "master", "br0", "up"])?;
+        ip(&["-n", &rt, "addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"])?;
+        ip(&["-n", &rt, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &rt, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &out])?;
+        ip(&["-n", &rt, "addr", "add", "203.0.113.1/24", "dev", "eth1"])?;
+        let mtu = outside_mtu.to_string();
+        ip(&["-n", &rt, "link", "set", "eth1", "mtu", &mtu, "up"])?;
+        ip(&["-n", &out, "addr", "add", &format!("{OUTSIDE_HOST}/24"), "dev", "eth0"])?;
+        // The outside host's own MTU stays 1500 (it advertises a 1460-byte MSS): only the
+        // router's side is narrow, so the router has to ask senders to shrink (path-MTU discovery).
+        ip(&["-n", &out, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &out, "link", "set", "lo", "up"])?;
+        ip(&["-n", &out, "route", "add", "default", "via", "203.0.113.1"])?;
+        self.exec(&rt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        for n in 1..=hosts {
+            ip(&["-n", &self.host_ns(n), "route", "replace", "default", "via", &ROUTER_IP.to_string()])?;
+        }
+        Ok(out)
     }
 
     /// Runs a command inside a namespace.
@@ -422,7 +457,12 @@ impl Sim {
 
     /// The address of `eth0` in a namespace, once the agent has wired it.
     pub fn has_address(&self, ns: &str, ip: Ipv4Addr) -> bool {
-        self.exec(ns, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+        self.has_address_on(ns, "eth0", ip)
+    }
+
+    /// Whether interface `ifname` in namespace `ns` holds `ip`.
+    pub fn has_address_on(&self, ns: &str, ifname: &str, ip: Ipv4Addr) -> bool {
+        self.exec(ns, &["ip", "-4", "-o", "addr", "show", "dev", ifname])
             .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("inet {ip}/")))
             .unwrap_or(false)
     }

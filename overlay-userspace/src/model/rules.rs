@@ -98,15 +98,6 @@ impl Rules {
         if e.ip == net.gateway {
             return conflict("ip", format!("IP {} is the gateway of network {}", e.ip, net.name));
         }
-        if self.names.contains(&(e.network.clone(), e.name.clone())) {
-            return conflict("name", format!("an endpoint named {:?} already exists in network {}", e.name, e.network));
-        }
-        if let Some(o) = self.ips.get(&(e.network.clone(), e.ip)) {
-            return conflict("ip", format!("IP {} in network {} is in use by endpoint {o}", e.ip, e.network));
-        }
-        if let Some(o) = self.macs.get(&(e.network.clone(), e.mac)) {
-            return conflict("mac", format!("MAC {} in network {} is in use by endpoint {o}", e.mac, e.network));
-        }
         if let Some(ns) = &e.netns {
             if let Some(o) = self.attached.get(&(e.node.clone(), ns.clone(), e.network.clone())) {
                 return conflict("netns", format!("namespace {ns} on node {} is already attached to network {} (endpoint {o})", e.node, e.network));
@@ -116,6 +107,15 @@ impl Rules {
                     return conflict("interface", format!("interface {i} of namespace {ns} on node {} is already endpoint {o}'s (network {on})", e.node));
                 }
             }
+        }
+        if let Some(o) = self.ips.get(&(e.network.clone(), e.ip)) {
+            return conflict("ip", format!("IP {} in network {} is in use by endpoint {o}", e.ip, e.network));
+        }
+        if let Some(o) = self.macs.get(&(e.network.clone(), e.mac)) {
+            return conflict("mac", format!("MAC {} in network {} is in use by endpoint {o}", e.mac, e.network));
+        }
+        if self.names.contains(&(e.network.clone(), e.name.clone())) {
+            return conflict("name", format!("an endpoint named {:?} already exists in network {}", e.name, e.network));
         }
         Ok(())
     }

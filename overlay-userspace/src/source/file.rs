@@ -308,7 +308,7 @@ endpoints:
             "endpoints[web1].interface: interface eth1 of namespace c1 on node node1 is already endpoint web1's (network back)"
         );
         assert_eq!(
-            with("{name: web1, network: db, node: node1, ip: 10.0.3.2,", "{name: web1, network: front, node: node1, ip: 10.0.1.9,"),
+            with("{name: web1, network: db, node: node1, ip: 10.0.3.2, netns: c1", "{name: web1, network: front, node: node1, ip: 10.0.1.9, netns: c9"),
             "endpoints[web1].name: an endpoint named \"web1\" already exists in network front"
         );
         assert_eq!(
