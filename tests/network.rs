@@ -272,6 +272,28 @@ fn containers_reach_the_outside_masqueraded_and_nothing_comes_in() {
     let pmtu = sh(sim, &w.web1, &["ip", "route", "get", &OUTSIDE_HOST.to_string()]);
     assert!(pmtu.contains("mtu 1280"), "web1 learnt the 1280-byte path MTU from the router's ICMP error: {pmtu}");
 
+    // A UDP flow from source port 4789 (the VXLAN port) gets its replies: masquerading moves it
+    // off that port, so the ingress program does not take the replies for overlay traffic.
+    let echo = in_netns(&w.outside, || {
+        let s = std::net::UdpSocket::bind((OUTSIDE_HOST, 7777)).expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut buf = [0u8; 64];
+        let (n, peer) = s.recv_from(&mut buf).expect("a datagram from web1");
+        s.send_to(&buf[..n], peer).expect("echo");
+        peer
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let got = in_netns(&w.web1, || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", 4789)).expect("bind 4789");
+        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        s.send_to(b"ping-4789", (OUTSIDE_HOST, 7777)).expect("send");
+        let mut buf = [0u8; 64];
+        s.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec()).ok()
+    });
+    assert_eq!(got.join().expect("thread").as_deref(), Some(&b"ping-4789"[..]), "the reply to a source-port-4789 flow reached web1");
+    let peer = echo.join().expect("thread");
+    assert!(peer.port() != 4789 && peer.ip() == std::net::IpAddr::V4(host_vtep(1)), "masqueraded to node1 off port 4789: {peer}");
+
     // Nothing from outside opens a connection to a container, even with a route to it.
     let listener = in_netns(&w.web1, || {
         let l = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], 9090))).expect("bind");

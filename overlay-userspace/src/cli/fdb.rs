@@ -2,7 +2,7 @@
 use std::net::Ipv4Addr;
 
 use clap::Args;
-use overlay_common::{FDB_LOCAL, ip_from_map};
+use overlay_common::{FDB_GATEWAY, FDB_LOCAL, VNI_F_INTERNAL, ip_from_map};
 
 use super::NodeArgs;
 use crate::{model::Mac, dataplane::Dataplane, control::desired::MapState};
@@ -30,8 +30,13 @@ pub fn render(s: &MapState) -> String {
         ip(s.config.vtep), s.config.underlay_ifindex, s.config.vxlan_port
     );
     o += "\nVNIs:";
-    for v in s.vnis.keys() {
-        o += &format!(" {v}");
+    for (v, info) in &s.vnis {
+        let internal = if info.flags & VNI_F_INTERNAL != 0 { " (internal)" } else { "" };
+        o += &format!(" {v}{internal}");
+    }
+    o += "\n\noverlay subnets (never reached through a gateway):";
+    for ((addr, len), info) in &s.subnets {
+        o += &format!(" {}/{len} (VNI {})", ip(*addr), info.vni);
     }
     o += "\n\nmember VTEPs:";
     for m in s.members.keys() {
@@ -39,7 +44,11 @@ pub fn render(s: &MapState) -> String {
     }
     o += &format!("\n\n{:>9}  {:<17}  {}\n", "VNI", "MAC", "where");
     for (k, v) in &s.fdb {
-        let at = if v.kind == FDB_LOCAL { format!("local ifindex {}", v.ifindex) } else { format!("vtep {}", ip(v.vtep)) };
+        let at = match v.kind {
+            FDB_LOCAL => format!("local ifindex {}", v.ifindex),
+            FDB_GATEWAY => "gateway (the way out through this node)".to_string(),
+            _ => format!("vtep {}", ip(v.vtep)),
+        };
         o += &format!("{:>9}  {:<17}  {}\n", k.vni, Mac(k.mac).to_string(), at);
     }
     o += &format!("\n{:>9}  {:<15}  {}\n", "VNI", "IPv4", "MAC (ARP answers)");

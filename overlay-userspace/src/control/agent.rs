@@ -88,7 +88,7 @@ impl Agent {
         let mut report = ApplyReport::default();
         // The way out first: a container given a default route can use it at once.
         if self.way_out.as_ref() != Some(&plan.way_out) {
-            let d = wayout::Desired { egress: plan.way_out.egress.clone(), overlay: plan.way_out.overlay.clone() };
+            let d = wayout::Desired { egress: plan.way_out.egress.clone(), overlay: plan.way_out.overlay.clone(), vxlan_port: plan.way_out.vxlan_port };
             let change = wayout::apply(&d)?;
             if change != wayout::Change::Nothing {
                 info!(?change, table = wayout::TABLE, "way out (forwarding, masquerade) reconciled");

@@ -83,6 +83,8 @@ pub struct WayOut {
     pub egress: Vec<Ipv4Net>,
     /// Every overlay subnet: never a destination of the way out.
     pub overlay: Vec<Ipv4Net>,
+    /// The VXLAN port (masqueraded flows keep off it).
+    pub vxlan_port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +136,7 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
         },
         ..Default::default()
     };
-    let mut way_out = WayOut::default();
+    let mut way_out = WayOut { vxlan_port: cluster.vxlan_port, ..Default::default() };
     for net in &cluster.networks {
         let flags = if net.internal { VNI_F_INTERNAL } else { 0 };
         base.vnis.insert(net.vni, VniInfo { mtu: net.mtu.unwrap_or(0), flags });

@@ -8,6 +8,7 @@
 //!   set egress  { type ipv4_addr; flags interval; elements = { subnets of non-internal networks } }
 //!   set overlay { type ipv4_addr; flags interval; elements = { every overlay subnet } }
 //!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+//!     ip saddr @egress ip daddr != @overlay meta l4proto { tcp, udp } counter masquerade to :32768-60999
 //!     ip saddr @egress ip daddr != @overlay counter masquerade }
 //!   chain forward { type filter hook forward priority filter; policy accept;
 //!     iifname "ovl*" ip saddr @egress ip daddr != @overlay accept
@@ -67,6 +68,19 @@ pub struct Desired {
     pub egress: Vec<Ipv4Net>,
     /// Destinations it never serves: every overlay subnet.
     pub overlay: Vec<Ipv4Net>,
+    /// The VXLAN port: masqueraded flows never use it as their source port, or their replies
+    /// would look like overlay traffic to the ingress program.
+    pub vxlan_port: u16,
+}
+
+/// Source ports masqueraded TCP and UDP flows get: the kernel's default local port range,
+/// unless the VXLAN port falls inside it.
+pub fn nat_ports(vxlan_port: u16) -> (u16, u16) {
+    match vxlan_port {
+        32768..=60999 if vxlan_port - 32768 >= 60999 - vxlan_port => (32768, vxlan_port - 1),
+        32768..=60999 => (vxlan_port + 1, 60999),
+        _ => (32768, 60999),
+    }
 }
 
 /// What is in the kernel now.
@@ -104,23 +118,30 @@ fn ifname_prefix() -> String {
 }
 
 /// The rules of this version, by chain, each tagged by its comment.
-fn rules() -> Vec<(&'static str, &'static str, Value)> {
+fn rules(d: &Desired) -> Vec<(&'static str, String, Value)> {
+    let (lo, hi) = nat_ports(d.vxlan_port);
     let saddr = json!({"payload": {"protocol": "ip", "field": "saddr"}});
     let daddr = json!({"payload": {"protocol": "ip", "field": "daddr"}});
     let from_overlay = json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": ifname_prefix()}});
     let to_overlay = json!({"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": ifname_prefix()}});
     let src_egress = json!({"match": {"op": "==", "left": saddr, "right": "@egress"}});
     let dst_outside = json!({"match": {"op": "!=", "left": daddr, "right": "@overlay"}});
+    let tcp_udp = json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp"]}}});
     vec![
-        ("postrouting", "overlay:masquerade:v1", json!([src_egress, dst_outside, {"counter": null}, {"masquerade": null}])),
-        ("forward", "overlay:out:v1", json!([from_overlay, src_egress, dst_outside, {"accept": null}])),
-        ("forward", "overlay:out-other:v1", json!([from_overlay, {"counter": null}, {"drop": null}])),
+        (
+            "postrouting",
+            format!("overlay:masquerade-ports-{lo}-{hi}:v1"),
+            json!([src_egress, dst_outside, tcp_udp, {"counter": null}, {"masquerade": {"port": {"range": [lo, hi]}}}]),
+        ),
+        ("postrouting", "overlay:masquerade:v1".into(), json!([src_egress, dst_outside, {"counter": null}, {"masquerade": null}])),
+        ("forward", "overlay:out:v1".into(), json!([from_overlay, src_egress, dst_outside, {"accept": null}])),
+        ("forward", "overlay:out-other:v1".into(), json!([from_overlay, {"counter": null}, {"drop": null}])),
         (
             "forward",
-            "overlay:in-reply:v1",
+            "overlay:in-reply:v1".into(),
             json!([to_overlay, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]),
         ),
-        ("forward", "overlay:in-new:v1", json!([to_overlay, {"counter": null}, {"drop": null}])),
+        ("forward", "overlay:in-new:v1".into(), json!([to_overlay, {"counter": null}, {"drop": null}])),
     ]
 }
 
@@ -169,8 +190,8 @@ fn elem_key(e: &Value) -> Option<String> {
     Some(format!("{ip}/32"))
 }
 
-fn wanted_rules() -> Vec<String> {
-    rules().iter().map(|(chain, tag, _)| format!("{chain}/{tag}")).collect()
+fn wanted_rules(d: &Desired) -> Vec<String> {
+    rules(d).iter().map(|(chain, tag, _)| format!("{chain}/{tag}")).collect()
 }
 
 fn table() -> Value {
@@ -197,7 +218,7 @@ fn build(d: &Desired, forward_was: &str, exists: bool) -> Vec<Value> {
     cmds.push(json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}));
     cmds.push(json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": "forward", "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}}));
     cmds.push(json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": "state"}}}));
-    for (chain, tag, expr) in rules() {
+    for (chain, tag, expr) in rules(d) {
         cmds.push(json!({"add": {"rule": {"family": "ip", "table": TABLE, "chain": chain, "comment": tag, "expr": expr}}}));
     }
     let tag = format!("{STATE_TAG}{forward_was}");
@@ -235,7 +256,7 @@ pub fn apply(d: &Desired) -> Result<Change> {
     let cur = current()?;
     let forward_now = read_forwarding()?;
     let change = match &cur {
-        Some(c) if c.rules == wanted_rules() && c.forward_was.is_some() => {
+        Some(c) if c.rules == wanted_rules(d) && c.forward_was.is_some() => {
             let mut cmds = Vec::new();
             let (a1, r1) = element_diff("egress", &c.egress, &d.egress, &mut cmds);
             let (a2, r2) = element_diff("overlay", &c.overlay, &d.overlay, &mut cmds);
@@ -282,13 +303,26 @@ mod tests {
 
     #[test]
     fn the_batch_fits_nftables_schema() {
-        let d = Desired { egress: vec!["10.0.1.0/24".parse().expect("net")], overlay: vec!["10.0.1.0/24".parse().expect("net"), "10.0.2.0/24".parse().expect("net")] };
+        let d = Desired {
+            egress: vec!["10.0.1.0/24".parse().expect("net")],
+            overlay: vec!["10.0.1.0/24".parse().expect("net"), "10.0.2.0/24".parse().expect("net")],
+            vxlan_port: 4789,
+        };
         let batch: Nftables = serde_json::from_value(json!({"nftables": build(&d, "0", true)})).expect("schema");
-        assert_eq!(batch.objects.len(), 13, "delete, table, 2 sets, 3 chains, 5 rules, state");
+        assert_eq!(batch.objects.len(), 14, "delete, table, 2 sets, 3 chains, 6 rules, state");
         let mut cmds = Vec::new();
         let have: BTreeSet<String> = ["10.0.1.0/24".to_string(), "10.0.9.0/24".to_string()].into();
         assert_eq!(element_diff("overlay", &have, &d.overlay, &mut cmds), (1, 1), "one added, one deleted");
         let _: Nftables = serde_json::from_value(json!({"nftables": cmds})).expect("schema");
         assert_eq!(elem_key(&json!({"prefix": {"addr": "10.0.2.0", "len": 24}})).as_deref(), Some("10.0.2.0/24"));
+    }
+
+    #[test]
+    fn masqueraded_source_ports_never_take_the_vxlan_port() {
+        assert_eq!(nat_ports(4789), (32768, 60999));
+        for port in [32768, 40000, 50000, 60999, 1, 65535] {
+            let (lo, hi) = nat_ports(port);
+            assert!(lo < hi && !(lo..=hi).contains(&port) && hi - lo > 10_000, "port {port}: {lo}-{hi}");
+        }
     }
 }
