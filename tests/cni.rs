@@ -22,12 +22,17 @@ const CNI_PATH: &str = "/usr/lib/cni";
 /// Runs `plugin` (our binary without arguments, as runtimes call it, or a reference plugin) in
 /// host namespace `host_ns`. Returns (success, stdout as JSON or Null, stderr).
 fn cni(host_ns: &str, plugin: &str, command: &str, container: &str, netns: &str, conf: &str) -> (bool, Value, String) {
+    cni_if(host_ns, plugin, command, container, netns, conf, "eth0")
+}
+
+/// [`cni`] with `CNI_IFNAME` = `ifname`.
+fn cni_if(host_ns: &str, plugin: &str, command: &str, container: &str, netns: &str, conf: &str, ifname: &str) -> (bool, Value, String) {
     let mut child = Command::new("ip")
         .args(["netns", "exec", host_ns, plugin])
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container)
         .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
+        .env("CNI_IFNAME", ifname)
         .env("CNI_PATH", CNI_PATH)
         .env_remove("OVERLAY_STORE")
         .stdin(Stdio::piped())
@@ -85,6 +90,32 @@ fn cni_add_check_del_with_store_and_host_local_ipam_and_a_chained_plugin() {
     assert_eq!(r1["ips"][0]["address"], "10.0.0.2/24", "{r1}");
     assert_eq!(r1["interfaces"][1]["sandbox"], json!(ns1));
     assert_eq!(r1["interfaces"][1]["mac"], "02:42:0a:00:00:02");
+    assert_eq!(r1["routes"], json!([{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}]), "the way out via web's gateway: {r1}");
+    assert_eq!(r1["ips"][0]["gateway"], "10.0.0.1");
+
+    // A second ADD of the same container with CNI_IFNAME=eth1 on another network: a second
+    // interface; its DEL removes only that one.
+    let back = sim.overlay(&h1, &["network", "create", "back", "--subnet", "10.0.9.0/24", "--internal"]).expect("network create");
+    assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
+    let conf_back = json!({"cniVersion": "1.0.0", "name": "back", "type": "overlay", "store": sim.etcd_url(), "pinRoot": sim.pin_root}).to_string();
+    let (ok, rb, err) = cni_if(&h1, OVERLAY_BIN, "ADD", "ctr1", &ns1, &conf_back, "eth1");
+    assert!(ok, "ADD eth1: {rb} {err}");
+    assert_eq!((rb["interfaces"][1]["name"].as_str(), rb["ips"][0]["address"].as_str()), (Some("eth1"), Some("10.0.9.2/24")), "{rb}");
+    assert_eq!(rb["routes"], json!([]), "an internal network gives no route out: {rb}");
+    let c1 = ns1.replace("/run/netns/", "");
+    let ip_back: Ipv4Addr = "10.0.9.2".parse().expect("ip");
+    assert!(sim.has_address_on(&c1, "eth1", ip_back), "eth1 in ctr1 holds 10.0.9.2");
+    let mut check_b = serde_json::from_str::<Value>(&conf_back).expect("conf");
+    check_b["prevResult"] = rb.clone();
+    let (ok, v, err) = cni_if(&h1, OVERLAY_BIN, "CHECK", "ctr1", &ns1, &check_b.to_string(), "eth1");
+    assert!(ok, "CHECK eth1: {v} {err}");
+    let (ok, v, err) = cni_if(&h1, OVERLAY_BIN, "DEL", "ctr1", &ns1, &conf_back, "eth1");
+    assert!(ok, "DEL eth1: {v} {err}");
+    assert!(wait_for(Duration::from_secs(10), || !sim.has_address_on(&c1, "eth1", ip_back)), "eth1 removed");
+    assert!(sim.has_address(&c1, "10.0.0.2".parse().expect("ip")), "eth0 untouched by eth1's DEL");
+    assert!(endpoints(&sim).contains("cni-ctr1-eth0") && !endpoints(&sim).contains("cni-ctr1-eth1"), "only eth1's endpoint went");
+    let rm = sim.overlay(&h1, &["network", "rm", "back"]).expect("network rm");
+    assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
 
     // ADD on host 2 with host-local IPAM, then the bandwidth plugin chained on our result.
     let hl_dir = sim.workdir.join("host-local");

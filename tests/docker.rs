@@ -114,6 +114,30 @@ fn docker_containers_on_the_plugin_network_reach_each_other_and_another_host() {
     assert!(o.status.success(), "container a -> namespace on host 2 over VXLAN:\n{}", text(&o));
     assert!(sim.ping(&x2, ip_b, 2, None), "namespace on host 2 -> container b");
 
+    // The way out: Docker took the overlay's gateway from Join as the default route.
+    let routes = docker.ok(&["exec", "ca", "ip", "route"]);
+    assert!(routes.contains("default via 10.0.1.254 dev eth0"), "default route via the network's gateway:\n{routes}");
+
+    // `docker network connect` of a running container: a second interface on another overlay
+    // network; `disconnect` takes it away; the networks stay apart.
+    docker.ok(&["network", "create", "-d", &plugin, "--subnet", "10.0.2.0/24", "-o", "vni=5002", "back-net"]);
+    docker.ok(&["run", "-d", "--name", "cc", "--network", "back-net", "ovbusybox:test", "sleep", "600"]);
+    let ip_c = ip("cc");
+    docker.ok(&["network", "connect", "back-net", "ca"]);
+    let addrs = docker.ok(&["exec", "ca", "ip", "-o", "-4", "addr"]);
+    assert!(addrs.contains("eth1") && addrs.contains("inet 10.0.2."), "ca got eth1 on back-net:\n{addrs}");
+    let o = ping("ca", ip_c);
+    assert!(o.status.success(), "ca reaches cc over its new interface:\n{}\n{}", text(&o), sim.agent_logs(2));
+    let o = docker.run(&["exec", "cb", "ping", "-c", "1", "-W", "1", &ip_c.to_string()]);
+    assert!(!o.status.success(), "cb (nginx-net only) must not reach cc (back-net)");
+    docker.ok(&["network", "disconnect", "back-net", "ca"]);
+    let gone = wait_for(Duration::from_secs(10), || !docker.ok(&["exec", "ca", "ip", "-o", "link"]).contains("eth1"));
+    assert!(gone, "eth1 left ca");
+    let o = ping("ca", ip_b);
+    assert!(o.status.success(), "ca's eth0 still carries traffic after the disconnect:\n{}", text(&o));
+    docker.ok(&["rm", "-f", "cc"]);
+    docker.ok(&["network", "rm", "back-net"]);
+
     // Removal leaves no veth, map entry or store key.
     assert!(sim.overlay(&h1, &["endpoint", "rm", &x2]).expect("rm").status.success());
     docker.ok(&["rm", "-f", "ca", "cb"]);
@@ -130,6 +154,6 @@ fn docker_containers_on_the_plugin_network_reach_each_other_and_another_host() {
             Ok(r.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).to_string()).collect())
         })
         .expect("keys");
-    let leftover: Vec<&String> = keys.iter().filter(|k| k.contains("/docker/") || k.contains("/dk-") || k.contains(&store_net) || k.contains("10.0.1.")).collect();
+    let leftover: Vec<&String> = keys.iter().filter(|k| k.contains("/docker/") || k.contains("/dk-") || k.contains(&store_net) || k.contains("10.0.1.") || k.contains("10.0.2.")).collect();
     assert!(leftover.is_empty(), "store keys left behind: {leftover:?}");
 }
