@@ -120,7 +120,11 @@ fn docker_containers_on_the_plugin_network_reach_each_other_and_another_host() {
 
     // `docker network connect` of a running container: a second interface on another overlay
     // network; `disconnect` takes it away; the networks stay apart.
-    docker.ok(&["network", "create", "-d", &plugin, "--subnet", "10.0.2.0/24", "-o", "vni=5002", "back-net"]);
+    docker.ok(&["network", "create", "-d", &plugin, "--internal", "--subnet", "10.0.2.0/24", "-o", "vni=5002", "back-net"]);
+    let nets = String::from_utf8_lossy(&sim.overlay(&h1, &["network", "ls"]).expect("ls").stdout).to_string();
+    let back_net = nets.lines().find(|l| l.contains(" 5002 ")).and_then(|l| l.split_whitespace().next()).expect("VNI 5002 network").to_string();
+    let v: serde_json::Value = serde_json::from_slice(&sim.overlay(&h1, &["network", "inspect", &back_net]).expect("inspect").stdout).expect("JSON");
+    assert_eq!(v[0]["Internal"], true, "docker network create --internal reaches the store: {v}");
     docker.ok(&["run", "-d", "--name", "cc", "--network", "back-net", "ovbusybox:test", "sleep", "600"]);
     let ip_c = ip("cc");
     docker.ok(&["network", "connect", "back-net", "ca"]);
@@ -128,6 +132,8 @@ fn docker_containers_on_the_plugin_network_reach_each_other_and_another_host() {
     assert!(addrs.contains("eth1") && addrs.contains("inet 10.0.2."), "ca got eth1 on back-net:\n{addrs}");
     let o = ping("ca", ip_c);
     assert!(o.status.success(), "ca reaches cc over its new interface:\n{}\n{}", text(&o), sim.agent_logs(2));
+    let routes = docker.ok(&["exec", "ca", "ip", "route"]);
+    assert!(routes.contains("default via 10.0.1.254 dev eth0") && !routes.contains("default via 10.0.2."), "the internal network adds no way out:\n{routes}");
     let o = docker.run(&["exec", "cb", "ping", "-c", "1", "-W", "1", &ip_c.to_string()]);
     assert!(!o.status.success(), "cb (nginx-net only) must not reach cc (back-net)");
     docker.ok(&["network", "disconnect", "back-net", "ca"]);

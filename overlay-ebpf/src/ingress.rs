@@ -1,5 +1,6 @@
 //! Frames from the underlay: VXLAN for this node is checked, decapsulated and delivered into the
-//! endpoint's namespace; everything else passes to the kernel untouched.
+//! endpoint's namespace; everything else passes to the kernel untouched. Decide, then act:
+//! [`decide`] parses, checks and looks up, returning one [`Action`]; [`act`] does it.
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
@@ -31,13 +32,29 @@ const VXLAN_OFF: usize = UDP_OFF + UDP_HLEN;
 const INNER_ETH_OFF: usize = VXLAN_OFF + VXLAN_HLEN;
 const INNER_IP_OFF: usize = INNER_ETH_OFF + ETH_HLEN;
 
+/// What happens to a frame from the underlay.
+pub enum Action {
+    /// Not overlay traffic for this node: the kernel's, untouched.
+    Pass,
+    /// Decapsulate it and deliver it to the local endpoint behind host-side veth `ifindex`.
+    Decap { ifindex: u32, vni: u32 },
+}
+
 #[inline(always)]
-fn pass() -> Result<Verdict, Reason> {
-    Ok(Verdict { action: TC_ACT_OK as i32, reason: Reason::PassNotOverlay, vni: 0, inner_len: 0 })
+fn pass() -> Result<Action, Reason> {
+    Ok(Action::Pass)
 }
 
 #[inline(always)]
 pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
+    let action = decide(ctx)?;
+    act(ctx, action)
+}
+
+/// Parses and checks the frame (VXLAN for this VTEP, from a member that owns the inner source,
+/// a known VNI, an IPv4 inner frame for a local endpoint) and looks up its endpoint.
+#[inline(always)]
+pub fn decide(ctx: &TcContext) -> Result<Action, Reason> {
     // Until the packet is known to be VXLAN for this node, anything odd is the kernel's business.
     let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else { return pass() };
     // SAFETY: bounds checked by ptr_at.
@@ -86,7 +103,6 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     let vni = vxlan::vni(vx);
     let inner = ptr_at::<EthHdr>(ctx, INNER_ETH_OFF)?;
     // SAFETY: bounds checked by ptr_at.
-    let inner_eth: [u8; ETH_HLEN] = unsafe { *(inner as *const [u8; ETH_HLEN]) };
     let (src, dst, ethertype) =
         unsafe { ((*inner).src_addr, (*inner).dst_addr, eth::ethertype(&*inner)) };
     // A member may only speak for the MACs the FDB places behind it. The FDB holds entries only
@@ -123,6 +139,18 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     if target.kind != FDB_LOCAL {
         return Err(Reason::UnknownDestination);
     }
+    Ok(Action::Decap { ifindex: target.ifindex, vni })
+}
+
+/// Does what [`decide`] chose.
+#[inline(always)]
+pub fn act(ctx: &TcContext, action: Action) -> Result<Verdict, Reason> {
+    let Action::Decap { ifindex, vni } = action else {
+        return Ok(Verdict { action: TC_ACT_OK as i32, reason: Reason::PassNotOverlay, vni: 0, inner_len: 0 });
+    };
+    let inner = ptr_at::<[u8; ETH_HLEN]>(ctx, INNER_ETH_OFF)?;
+    // SAFETY: bounds checked by ptr_at; copied before a helper moves the data.
+    let inner_eth: [u8; ETH_HLEN] = unsafe { *inner };
     let inner_len = ctx.len() - VXLAN_ENCAP_LEN as u32;
     // Remove outer IPv4 + UDP + VXLAN + inner Ethernet behind the outer Ethernet header, then put
     // the inner Ethernet header in its place.
@@ -132,7 +160,7 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     // SAFETY: 14 bytes checked by ptr_at_mut; the source is on the stack.
     unsafe { put::eth_header(p, inner_eth.as_ptr()) };
     // SAFETY: plain helper call; switches to the veth peer inside the endpoint's namespace.
-    let action = unsafe { bpf_redirect_peer(target.ifindex, 0) } as i32;
+    let action = unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
     if action != TC_ACT_REDIRECT as i32 {
         return Err(Reason::RedirectFailed);
     }

@@ -34,6 +34,11 @@ pub struct BenchArgs {
     /// initial sync, memory and single-change cost at scale.
     #[arg(long)]
     pub control_plane: bool,
+    /// Measure the way out instead: TCP throughput and UDP round trip from a container to an
+    /// outside host through its gateway and the node's masquerade, next to the host's own
+    /// routed traffic to the same host (uses --rounds, --seconds, --json).
+    #[arg(long, conflicts_with = "control_plane")]
+    pub way_out: bool,
     /// Control plane: convergence samples of each kind (after `endpoint add`, after
     /// `endpoint add --no-wait`).
     #[arg(long, default_value_t = 100, requires = "control_plane")]
@@ -61,6 +66,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 fn run_blocking(args: BenchArgs) -> anyhow::Result<()> {
     if args.control_plane {
         return run_control(args);
+    }
+    if args.way_out {
+        return run_way_out(args);
     }
     let mut cfg = if args.quick { BenchConfig::quick() } else { BenchConfig::full() };
     cfg.modes = args
@@ -98,6 +106,26 @@ fn run_blocking(args: BenchArgs) -> anyhow::Result<()> {
     bench::report::write_chart(&report, &args.chart)?;
     println!("chart: {}", args.chart.display());
     println!("took {:.0} s", report.duration_seconds);
+    Ok(())
+}
+
+fn run_way_out(args: BenchArgs) -> anyhow::Result<()> {
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 7 });
+    let secs = args.seconds.unwrap_or(if args.quick { 1.0 } else { 3.0 });
+    if !(1..=100).contains(&rounds) || !(1.0..=60.0).contains(&secs) {
+        bail!("--rounds {rounds} / --seconds {secs}: expected 1-100 rounds of 1-60 s");
+    }
+    let cfg = bench::wayout::WayOutConfig { rounds, secs: secs as u32 };
+    let exe = std::env::current_exe().context("finding the overlay binary")?;
+    let t0 = std::time::Instant::now();
+    let mut progress = |line: &str| println!("{line}");
+    let report = bench::wayout::run(&cfg, &exe, &mut progress)?;
+    println!("\n{}", bench::wayout::table(&report));
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
+        println!("JSON: {}", p.display());
+    }
+    println!("took {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -10,6 +10,7 @@ pub mod report;
 pub mod stats;
 pub mod topo;
 pub mod traffic;
+pub mod wayout;
 
 use std::{
     collections::BTreeMap,
