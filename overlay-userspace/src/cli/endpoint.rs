@@ -31,31 +31,8 @@ pub enum EndpointCommand {
         /// The namespace (a name under /run/netns) that gets an interface on the network.
         #[arg(long)]
         netns: String,
-        /// The interface's name in the namespace [default: the first free ethN there].
-        #[arg(long)]
-        interface: Option<String>,
-        /// Another name of the endpoint on this network (repeatable).
-        #[arg(long = "alias")]
-        aliases: Vec<String>,
-        /// A fixed address instead of the next free one.
-        #[arg(long)]
-        ip: Option<String>,
-        /// Endpoint name [default: the namespace's name].
-        #[arg(long)]
-        name: Option<String>,
-        /// The node hosting the namespace [default: the node whose VTEP is an address here,
-        /// else the one named like this host].
-        #[arg(long, env = "OVERLAY_NODE")]
-        node: Option<String>,
-        /// Directory holding one pin directory per node [default: <bpffs>/overlay].
-        #[arg(long, env = "OVERLAY_PIN_ROOT")]
-        pin_root: Option<PathBuf>,
-        /// Return once published, without waiting for the agent to wire it.
-        #[arg(long)]
-        no_wait: bool,
-        /// How long to wait for the agent, in seconds; after that the endpoint is withdrawn.
-        #[arg(long, default_value_t = 10.0)]
-        timeout: f64,
+        #[command(flatten)]
+        opts: JoinOpts,
     },
     /// Detach endpoints (NAME, or NETWORK/NAME when several networks have a NAME): their agent
     /// removes the interface, every node forgets them.
@@ -74,10 +51,9 @@ pub enum EndpointCommand {
 pub async fn run(args: EndpointArgs) -> anyhow::Result<()> {
     let state = args.state.open().await?;
     match args.command {
-        EndpointCommand::Add { network, netns, interface, aliases, ip, name, node, pin_root, no_wait, timeout } => {
+        EndpointCommand::Add { network, netns, opts } => {
             let store = state.writable("endpoint add")?;
-            let req = Join { network, netns, interface, aliases, ip, name, node, pin_root, no_wait, timeout };
-            let r = join(store, req).await?;
+            let r = join(store, network, netns, opts).await?;
             println!("{} {} {} {} {} {}", r.name, r.network, r.node, r.ip, r.mac, r.interface.as_deref().unwrap_or("-"));
         }
         EndpointCommand::Rm { names } => {
@@ -103,39 +79,56 @@ pub async fn run(args: EndpointArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A namespace of this node joining a network: what `endpoint add` and `network connect` ask.
-pub struct Join {
-    pub network: String,
-    pub netns: String,
+/// How a namespace of this node joins a network: the options `endpoint add` and `network
+/// connect` share.
+#[derive(Args, Debug)]
+pub struct JoinOpts {
+    /// The interface's name in the namespace [default: the first free ethN there].
+    #[arg(long)]
     pub interface: Option<String>,
+    /// Another name of the endpoint on this network (repeatable).
+    #[arg(long = "alias")]
     pub aliases: Vec<String>,
+    /// A fixed address instead of the next free one.
+    #[arg(long)]
     pub ip: Option<String>,
+    /// Endpoint name [default: the namespace's name].
+    #[arg(long)]
     pub name: Option<String>,
+    /// The node hosting the namespace [default: the node whose VTEP is an address here, else
+    /// the one named like this host].
+    #[arg(long, env = "OVERLAY_NODE")]
     pub node: Option<String>,
+    /// Directory holding one pin directory per node [default: <bpffs>/overlay].
+    #[arg(long, env = "OVERLAY_PIN_ROOT")]
     pub pin_root: Option<PathBuf>,
+    /// Return once published, without waiting for the agent to wire it.
+    #[arg(long)]
     pub no_wait: bool,
+    /// How long to wait for the agent, in seconds; after that the endpoint is withdrawn.
+    #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
 }
 
 /// Publishes the endpoint and (unless `no_wait`) waits until this node's agent wired it.
-pub async fn join(store: &Store, j: Join) -> anyhow::Result<EndpointRecord> {
+pub async fn join(store: &Store, network: String, netns: String, j: JoinOpts) -> anyhow::Result<EndpointRecord> {
     let ip = j.ip.map(|v| parse_ip("ip", &v)).transpose()?;
     if !(0.0..=3600.0).contains(&j.timeout) {
         bail!("--timeout {} is not between 0 and 3600 seconds", j.timeout);
     }
-    let path = netns_path(&j.netns);
-    if j.netns.contains('/') || !path.exists() {
-        bail!("network namespace {:?} does not exist ({})", j.netns, path.display());
+    let path = netns_path(&netns);
+    if netns.contains('/') || !path.exists() {
+        bail!("network namespace {netns:?} does not exist ({})", path.display());
     }
     let node = match j.node {
         Some(n) => n,
         None => this_node(store).await?,
     };
     let spec = EndpointSpec {
-        name: j.name.unwrap_or_else(|| j.netns.clone()),
-        network: j.network,
+        name: j.name.unwrap_or_else(|| netns.clone()),
+        network,
         node,
-        netns: Some(j.netns),
+        netns: Some(netns),
         ip,
         interface: j.interface,
         aliases: j.aliases,

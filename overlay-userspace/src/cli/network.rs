@@ -4,10 +4,9 @@ use std::collections::BTreeMap;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use std::path::PathBuf;
 
 use super::{
-    endpoint::{Join, join},
+    endpoint::{JoinOpts, join},
     state::{StateArgs, remove_each, rfc3339},
 };
 use crate::{control::attach::this_node, source::store::NetworkSpec};
@@ -53,31 +52,8 @@ pub enum NetworkCommand {
         network: String,
         /// The namespace (a name under /run/netns).
         netns: String,
-        /// A fixed address instead of the next free one.
-        #[arg(long)]
-        ip: Option<String>,
-        /// Another name of the container on this network (repeatable).
-        #[arg(long = "alias")]
-        aliases: Vec<String>,
-        /// The interface's name [default: the first free ethN in the namespace].
-        #[arg(long)]
-        interface: Option<String>,
-        /// Endpoint name [default: the namespace's name].
-        #[arg(long)]
-        name: Option<String>,
-        /// The node hosting the namespace [default: the node whose VTEP is an address here,
-        /// else the one named like this host].
-        #[arg(long, env = "OVERLAY_NODE")]
-        node: Option<String>,
-        /// Directory holding one pin directory per node [default: <bpffs>/overlay].
-        #[arg(long, env = "OVERLAY_PIN_ROOT")]
-        pin_root: Option<PathBuf>,
-        /// Return once published, without waiting for the agent to wire it.
-        #[arg(long)]
-        no_wait: bool,
-        /// How long to wait for the agent, in seconds; after that the endpoint is withdrawn.
-        #[arg(long, default_value_t = 10.0)]
-        timeout: f64,
+        #[command(flatten)]
+        opts: JoinOpts,
     },
     /// Disconnect a network namespace of this node from a network: its interface on that
     /// network goes, the others stay.
@@ -112,10 +88,9 @@ pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
             let internal = if r.internal { ", internal" } else { "" };
             println!("{} (VNI {}, subnet {}, gateway {}{internal})", r.name, r.vni, r.subnet, r.gateway);
         }
-        NetworkCommand::Connect { network, netns, ip, aliases, interface, name, node, pin_root, no_wait, timeout } => {
+        NetworkCommand::Connect { network, netns, opts } => {
             let store = state.writable("network connect")?;
-            let req = Join { network, netns, interface, aliases, ip, name, node, pin_root, no_wait, timeout };
-            let r = join(store, req).await?;
+            let r = join(store, network, netns, opts).await?;
             println!("{} {} {} {} {} {}", r.name, r.network, r.node, r.ip, r.mac, r.interface.as_deref().unwrap_or("-"));
         }
         NetworkCommand::Disconnect { network, netns, node } => {

@@ -172,9 +172,9 @@ mod tests {
     fn network_conflicts_name_the_other_network() {
         let mut r = Rules::new();
         r.add_network(&net("web", 10, "10.0.1.0/24"));
-        assert_eq!(r.check_network(&net("web", 11, "10.0.2.0/24")).unwrap_err().to_string(), "a network named \"web\" already exists");
-        assert_eq!(r.check_network(&net("db", 10, "10.0.2.0/24")).unwrap_err().to_string(), "VNI 10 is in use by network web");
-        let e = r.check_network(&net("db", 11, "10.0.1.128/25")).unwrap_err();
+        assert_eq!(r.check_network(&net("web", 11, "10.0.2.0/24")).expect_err("a conflict").to_string(), "a network named \"web\" already exists");
+        assert_eq!(r.check_network(&net("db", 10, "10.0.2.0/24")).expect_err("a conflict").to_string(), "VNI 10 is in use by network web");
+        let e = r.check_network(&net("db", 11, "10.0.1.128/25")).expect_err("a conflict");
         assert_eq!((e.field, e.message.as_str()), ("subnet", "subnet 10.0.1.128/25 overlaps 10.0.1.0/24 of network web"));
         assert!(r.check_network(&net("db", 11, "10.0.2.0/24")).is_ok());
     }
@@ -191,13 +191,13 @@ mod tests {
         // The same container on the other network, same name: allowed.
         let b = ep(&db, "c1", "10.0.2.2", "ns1", Some("eth1"));
         r.check_endpoint(&b).expect("same name on another network");
-        let e = r.check_endpoint(&ep(&web, "c1", "10.0.1.3", "ns2", Some("eth0"))).unwrap_err();
+        let e = r.check_endpoint(&ep(&web, "c1", "10.0.1.3", "ns2", Some("eth0"))).expect_err("a conflict");
         assert_eq!(e.to_string(), "an endpoint named \"c1\" already exists in network web");
-        let e = r.check_endpoint(&ep(&web, "c2", "10.0.1.2", "ns2", None)).unwrap_err();
+        let e = r.check_endpoint(&ep(&web, "c2", "10.0.1.2", "ns2", None)).expect_err("a conflict");
         assert_eq!(e.to_string(), "IP 10.0.1.2 in network web is in use by endpoint c1");
-        let e = r.check_endpoint(&ep(&web, "c2", "10.0.1.3", "ns1", Some("eth1"))).unwrap_err();
+        let e = r.check_endpoint(&ep(&web, "c2", "10.0.1.3", "ns1", Some("eth1"))).expect_err("a conflict");
         assert_eq!(e.to_string(), "namespace ns1 on node node1 is already attached to network web (endpoint c1)");
-        let e = r.check_endpoint(&ep(&db, "c1", "10.0.2.2", "ns1", Some("eth0"))).unwrap_err();
+        let e = r.check_endpoint(&ep(&db, "c1", "10.0.2.2", "ns1", Some("eth0"))).expect_err("a conflict");
         assert_eq!((e.field, e.message.as_str()), ("interface", "interface eth0 of namespace ns1 on node node1 is already endpoint c1's (network web)"));
         assert_eq!(r.next_interface("node1", "ns1"), "eth1");
         r.add_endpoint(&b);
@@ -212,7 +212,7 @@ mod tests {
         let web = net("web", 10, "10.0.1.0/24");
         assert_eq!(web.gateway, Ipv4Addr::new(10, 0, 1, 1), "first host address by default");
         let spec = EndpointSpec { name: "x".into(), node: "n".into(), ip: "10.0.1.1", mac: None, netns: None, interface: None, aliases: vec![] };
-        let e = endpoint_entry("endpoints[x]", &web, spec).unwrap_err();
+        let e = endpoint_entry("endpoints[x]", &web, spec).expect_err("a conflict");
         assert_eq!(e.to_string(), "endpoints[x].ip: IP 10.0.1.1 is the gateway of network web");
     }
 }
