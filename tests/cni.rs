@@ -92,6 +92,9 @@ fn cni_add_check_del_with_store_and_host_local_ipam_and_a_chained_plugin() {
     assert_eq!(r1["interfaces"][1]["mac"], "02:42:0a:00:00:02");
     assert_eq!(r1["routes"], json!([{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}]), "the way out via web's gateway: {r1}");
     assert_eq!(r1["ips"][0]["gateway"], "10.0.0.1");
+    // ...and it works: the container reaches an outside host, masqueraded by its node.
+    sim.add_outside(2, 1500).expect("outside");
+    assert!(sim.ping(&ns1.replace("/run/netns/", ""), overlay::lab::sim::OUTSIDE_HOST, 2, None), "a CNI container gets out:\n{}", sim.agent_logs(2));
 
     // A second ADD of the same container with CNI_IFNAME=eth1 on another network: a second
     // interface; its DEL removes only that one.

@@ -114,9 +114,13 @@ fn docker_containers_on_the_plugin_network_reach_each_other_and_another_host() {
     assert!(o.status.success(), "container a -> namespace on host 2 over VXLAN:\n{}", text(&o));
     assert!(sim.ping(&x2, ip_b, 2, None), "namespace on host 2 -> container b");
 
-    // The way out: Docker took the overlay's gateway from Join as the default route.
+    // The way out: Docker took the overlay's gateway from Join as the default route, and the
+    // container reaches the outside host through it, masqueraded by node1.
     let routes = docker.ok(&["exec", "ca", "ip", "route"]);
     assert!(routes.contains("default via 10.0.1.254 dev eth0"), "default route via the network's gateway:\n{routes}");
+    sim.add_outside(2, 1500).expect("outside");
+    let o = docker.run(&["exec", "ca", "ping", "-c", "2", "-W", "2", &overlay::lab::sim::OUTSIDE_HOST.to_string()]);
+    assert!(o.status.success(), "a Docker container reaches the outside host through the way out:\n{}\n{}", text(&o), sim.agent_logs(2));
 
     // `docker network connect` of a running container: a second interface on another overlay
     // network; `disconnect` takes it away; the networks stay apart.

@@ -330,6 +330,11 @@ fn the_way_out_survives_an_agent_restart_and_down_removes_it() {
     assert!(tables(&w.sim).contains("table ip overlay"), "the agent made its table");
     assert_eq!(forwarding(&w.sim), "1", "and turned forwarding on");
     assert!(w.sim.ping(&w.web1, OUTSIDE_HOST, 1, None), "the way out works");
+    // A table the agent did not make stays as it is, whatever the agent does.
+    sh(&w.sim, &h1, &["nft", "add", "table", "ip", "someone-else"]);
+    sh(&w.sim, &h1, &["nft", "add", "chain", "ip", "someone-else", "c"]);
+    sh(&w.sim, &h1, &["nft", "add", "rule", "ip", "someone-else", "c", "counter"]);
+    let foreign = sh(&w.sim, &h1, &["nft", "list", "table", "ip", "someone-else"]);
     let count = 500;
     let pinger = flood(&w.sim, &w.web1, OUTSIDE_HOST, count);
     std::thread::sleep(Duration::from_millis(500));
@@ -340,10 +345,25 @@ fn the_way_out_survives_an_agent_restart_and_down_removes_it() {
     assert_no_loss(pinger, count, "ping through the way out across an agent restart");
     let log = std::fs::read_to_string(w.sim.agent_log("node1")).unwrap_or_default();
     assert_eq!(log.matches("change=Table").count(), 1, "the restarted agent adopted the table instead of rebuilding it:\n{log}");
+    // Tampered with while no agent runs (forward rules flushed, a set element gone, forwarding
+    // off, a container's route deleted): the next agent repairs all of it.
+    w.sim.stop_agent("node1").expect("stop");
+    sh(&w.sim, &h1, &["nft", "flush", "chain", "ip", "overlay", "forward"]);
+    sh(&w.sim, &h1, &["nft", "delete", "element", "ip", "overlay", "egress", &format!("{{ {FRONT}.0/24 }}")]);
+    sh(&w.sim, &h1, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    sh(&w.sim, &h1, &["ip", "route", "del", &format!("{FRONT}.2/32")]);
+    assert!(!w.sim.ping(&w.web1, OUTSIDE_HOST, 1, None), "sanity: the tampering broke the way out");
+    w.sim.spawn_agent("node1", &h1, &file).expect("restart");
+    assert!(wait_for(Duration::from_secs(10), || w.sim.ping(&w.web1, OUTSIDE_HOST, 1, None)), "the next agent repaired the way out");
+    let chain = sh(&w.sim, &h1, &["nft", "list", "chain", "ip", "overlay", "forward"]);
+    assert!(chain.contains("overlay:in-new:v1"), "forward rules back:\n{chain}");
+    assert_eq!(forwarding(&w.sim), "1", "forwarding back on");
+    assert_eq!(sh(&w.sim, &h1, &["nft", "list", "table", "ip", "someone-else"]), foreign, "the other table is untouched");
     w.sim.stop_agent("node1").expect("stop");
     let down = w.sim.overlay(&h1, &["down", "--node", "node1", "--pin-root", &w.sim.pin_root.display().to_string()]).expect("down");
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
-    assert!(!tables(&w.sim).contains("overlay"), "down removed the table: {}", tables(&w.sim));
+    assert!(!tables(&w.sim).contains("table ip overlay"), "down removed the table: {}", tables(&w.sim));
+    assert_eq!(sh(&w.sim, &h1, &["nft", "list", "table", "ip", "someone-else"]), foreign, "down left the other table alone");
     assert_eq!(forwarding(&w.sim), "0", "and put forwarding back as it was");
     let routes = sh(&w.sim, &h1, &["ip", "route"]);
     assert!(!routes.contains(FRONT), "no route to a container left: {routes}");
