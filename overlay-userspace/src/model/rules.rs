@@ -92,11 +92,10 @@ impl Rules {
     /// Checks an endpoint against its network (which must be admitted) and the endpoints
     /// admitted so far.
     pub fn check_endpoint(&self, e: &Endpoint) -> Result<(), Conflict> {
-        let Some(net) = self.networks.get(&e.network) else {
+        // The endpoint's own fields against its network (inside the subnet, not the gateway)
+        // are `model::endpoint_entry`'s, which built it.
+        if !self.networks.contains_key(&e.network) {
             return conflict("network", format!("unknown network {:?}", e.network));
-        };
-        if e.ip == net.gateway {
-            return conflict("ip", format!("IP {} is the gateway of network {}", e.ip, net.name));
         }
         if let Some(ns) = &e.netns {
             if let Some(o) = self.attached.get(&(e.node.clone(), ns.clone(), e.network.clone())) {

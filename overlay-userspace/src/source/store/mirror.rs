@@ -365,10 +365,20 @@ mod tests {
         ep(&mut m, 8, "e2", "n1", "b", "10.0.0.2");
         ep(&mut m, 9, "e3", "nope", "b", "10.0.0.3");
         ep(&mut m, 10, "e4", "n1", "b", "10.9.9.9");
+        // The same namespace on one network twice; an interface name taken in a namespace.
+        let raw = |name: &str, net: &str, ip: &str, ns: &str, ifname: &str| {
+            let mac = crate::model::Mac::from_ip(ip.parse().expect("ip"));
+            format!(r#"{{"name":"{name}","network":"{net}","node":"b","ip":"{ip}","mac":"{mac}","netns":"{ns}","interface":"{ifname}"}}"#)
+        };
+        assert_eq!(m.put(&endpoint_key("n1", "e5"), raw("e5", "n1", "10.0.0.5", "e1", "eth1").as_bytes(), 11), None);
+        net(&mut m, 12, "n4", 4100, "10.0.4.0/24");
+        assert_eq!(m.put(&endpoint_key("n4", "e6"), raw("e6", "n4", "10.0.4.2", "s", "eth0").as_bytes(), 13), None);
+        assert_eq!(m.put(&endpoint_key("n1", "e7"), raw("e7", "n1", "10.0.0.7", "s", "eth0").as_bytes(), 14), None);
         let (c, w) = m.cluster(&me());
-        assert_eq!(c.networks.len(), 1, "only the oldest of conflicting networks");
+        assert_eq!(c.networks.len(), 2, "only the oldest of conflicting networks, and n4");
         assert_eq!(c.nodes.len(), 2);
-        assert_eq!(c.endpoints.len(), 1);
+        let eps: Vec<&str> = c.endpoints.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(eps, ["e1", "e6"]);
         let all = w.join("\n");
         for needle in [
             "/overlay/networks/n2: skipped: vni: VNI 4096 is in use by network n1",
@@ -377,13 +387,15 @@ mod tests {
             "/overlay/endpoints/n1/e2: skipped: ip: IP 10.0.0.2 in network n1 is in use by endpoint e1",
             "/overlay/endpoints/nope/e3: skipped: unknown network \"nope\"",
             "/overlay/endpoints/n1/e4: ip: 10.9.9.9 is outside subnet 10.0.0.0/24 of network n1",
+            "/overlay/endpoints/n1/e5: skipped: netns: namespace e1 on node b is already attached to network n1 (endpoint e1)",
+            "/overlay/endpoints/n1/e7: skipped: interface: interface eth0 of namespace s on node b is already endpoint e6's (network n4)",
         ] {
             assert!(all.contains(needle), "missing warning {needle:?} in:\n{all}");
         }
         assert!(m.cluster(&me()).1.is_empty(), "warnings are given once");
         // A valid value replaces the malformed one.
         net(&mut m, 2, "bad", 4099, "10.0.5.0/24");
-        assert_eq!(m.cluster(&me()).0.networks.len(), 2);
+        assert_eq!(m.cluster(&me()).0.networks.len(), 3);
     }
 }
 
