@@ -19,7 +19,7 @@ use crate::{
     control::desired::{self, LocalEndpoint, NodePlan, WayOut},
     host::{
         netlink::{self, Netlink, NetlinkError},
-        wayout::{self, WayOutError},
+        wayout,
     },
     source::store::follow::{Registration, follow},
 };
@@ -34,8 +34,6 @@ pub enum AgentError {
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    #[error("the way out: {0}")]
-    WayOut(#[from] WayOutError),
     #[error("endpoint {endpoint}: {message}")]
     Endpoint { endpoint: String, message: String },
     #[error("store: {0}")]
@@ -87,13 +85,19 @@ impl Agent {
         self.dataplane.attach_ingress(&underlay.name, underlay.index)?;
         let mut report = ApplyReport::default();
         // The way out first: a container given a default route can use it at once.
+        // A way out that cannot be set up (no `nft`, say) is reported and retried; the overlay
+        // itself is applied all the same.
         if self.way_out.as_ref() != Some(&plan.way_out) {
             let d = wayout::Desired { egress: plan.way_out.egress.clone(), overlay: plan.way_out.overlay.clone(), vxlan_port: plan.way_out.vxlan_port };
-            let change = wayout::apply(&d)?;
-            if change != wayout::Change::Nothing {
-                info!(?change, table = wayout::TABLE, "way out (forwarding, masquerade) reconciled");
+            match wayout::apply(&d) {
+                Ok(change) => {
+                    if change != wayout::Change::Nothing {
+                        info!(?change, table = wayout::TABLE, "way out (forwarding, masquerade) reconciled");
+                    }
+                    self.way_out = Some(plan.way_out.clone());
+                }
+                Err(e) => report.pending.push(format!("the way out (table ip {}): {e}", wayout::TABLE)),
             }
-            self.way_out = Some(plan.way_out.clone());
         }
         let mut wired: Vec<(&LocalEndpoint, u32)> = Vec::new();
         for ep in &plan.local {
@@ -285,7 +289,7 @@ pub async fn reconcile(node: &str, pin_dir: &Path, mut desired: Desired, stop: i
                     debug!(took_us = t0.elapsed().as_micros() as u64, "cluster changed, datapath already matches");
                 }
                 for p in &r.pending {
-                    warn!("endpoint not wired yet (retrying): {p}");
+                    warn!("not applied yet (retrying): {p}");
                 }
                 retry_at = (!r.pending.is_empty()).then(|| Instant::now() + RETRY_INTERVAL);
             }
