@@ -120,9 +120,14 @@ fn run_way_out(args: BenchArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let mut progress = |line: &str| println!("{line}");
     let report = bench::wayout::run(&cfg, &exe, &mut progress)?;
-    println!("\n{}", bench::wayout::table(&report));
-    if let Some(p) = &args.json {
-        std::fs::write(p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
+    finish(&bench::wayout::table(&report), &report, args.json.as_deref(), t0)
+}
+
+/// Prints the table, writes the report as JSON when asked, and says how long it took.
+fn finish(table: &str, report: &impl serde::Serialize, json: Option<&std::path::Path>, t0: std::time::Instant) -> anyhow::Result<()> {
+    println!("\n{table}");
+    if let Some(p) = json {
+        std::fs::write(p, serde_json::to_string_pretty(report)?).with_context(|| format!("writing {}", p.display()))?;
         println!("JSON: {}", p.display());
     }
     println!("took {:.0} s", t0.elapsed().as_secs_f64());
@@ -151,11 +156,5 @@ fn run_control(args: BenchArgs) -> anyhow::Result<()> {
     report.convergence = waited;
     report.convergence_from_publish = published;
     report.convergence_remote_from_publish = remote;
-    println!("\n{}", bench::control::table(&report));
-    if let Some(p) = &args.json {
-        std::fs::write(p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
-        println!("JSON: {}", p.display());
-    }
-    println!("took {:.0} s", t0.elapsed().as_secs_f64());
-    Ok(())
+    finish(&bench::control::table(&report), &report, args.json.as_deref(), t0)
 }
