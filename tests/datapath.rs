@@ -407,3 +407,40 @@ fn the_way_out_never_joins_two_overlays_and_internal_networks_have_none() {
     req.extend(arp(1, mac, ip, [0; 6], Ipv4Addr::new(10, 0, 2, 1)));
     assert_eq!(run(&mut t, PROG_EGRESS, &req).0, TC_ACT_REDIRECT, "the internal network's gateway answers ARP");
 }
+
+/// A DNS question (UDP or TCP header only, port 53) from web2 to `dst`, sent to the gateway MAC.
+fn dns_to(dst: Ipv4Addr, proto: u8, dport: u16) -> Vec<u8> {
+    let mut f = eth(GW1, WEB2, 0x0800);
+    let l4_len: usize = if proto == 17 { 8 } else { 20 };
+    f.extend(ipv4(IP2, dst, proto, l4_len, 0x4000, &[]));
+    let mut l4 = vec![0u8; l4_len];
+    l4[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    l4[2..4].copy_from_slice(&dport.to_be_bytes());
+    if proto == 17 {
+        l4[4..6].copy_from_slice(&8u16.to_be_bytes());
+    } else {
+        l4[12] = 0x50;
+    }
+    f.extend(l4);
+    f
+}
+
+#[test]
+fn dns_to_the_gateway_goes_to_the_node_s_resolver_and_nothing_else_does() {
+    let mut t = gateway_host(0);
+    for (proto, what) in [(17u8, "UDP"), (6u8, "TCP")] {
+        let q = dns_to(GW1_IP, proto, 53);
+        let (v, out) = run(&mut t, PROG_EGRESS, &q);
+        assert_eq!(v, TC_ACT_OK, "expected TC_ACT_OK for DNS over {what} to the gateway");
+        assert_eq!(out, q, "handed to the node unchanged");
+    }
+    assert_eq!(t.dp.stats().expect("stats").get(Reason::FwdResolver, Direction::Egress).packets, 2, "counted as fwd-resolver");
+    expect_drop(&mut t, PROG_EGRESS, &dns_to(GW1_IP, 17, 80), Reason::GatewayOverlay, "another port of the gateway's address");
+    // An internal network's containers ask their gateway too.
+    let mut t = gateway_host(1);
+    let (mac, ip) = ([0x02, 0x42, 10, 0, 2, 3], Ipv4Addr::new(10, 0, 2, 3));
+    let mut q = eth([0x02, 0x42, 10, 0, 2, 1], mac, 0x0800);
+    q.extend(ipv4(ip, Ipv4Addr::new(10, 0, 2, 1), 17, 8, 0x4000, &[]));
+    q.extend([0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+    assert_eq!(run(&mut t, PROG_EGRESS, &q).0, TC_ACT_OK, "DNS to an internal network's gateway reaches the resolver");
+}

@@ -40,6 +40,9 @@ pub enum Reason {
     /// Sent to the network's gateway for an address outside every overlay: handed to this
     /// node's stack, which routes it out with the source masqueraded (the way out).
     FwdGateway = 6,
+    /// A DNS question to the network's gateway address: handed to this node's stack for the
+    /// agent's resolver.
+    FwdResolver = 7,
 
     /// A header ended before its fixed part did.
     Truncated = 16,
@@ -94,6 +97,7 @@ impl Reason {
         Reason::ArpReply,
         Reason::PassNotOverlay,
         Reason::FwdGateway,
+        Reason::FwdResolver,
         Reason::Truncated,
         Reason::Vlan,
         Reason::UnsupportedEthertype,
@@ -126,6 +130,7 @@ impl Reason {
             Reason::ArpReply => "arp-reply",
             Reason::PassNotOverlay => "pass-not-overlay",
             Reason::FwdGateway => "fwd-gateway",
+            Reason::FwdResolver => "fwd-resolver",
             Reason::Truncated => "drop-truncated",
             Reason::Vlan => "drop-vlan",
             Reason::UnsupportedEthertype => "drop-ethertype",

@@ -31,6 +31,8 @@ use crate::{
 
 /// `PACKET_HOST`: the frame is for this host (skb->pkt_type).
 const PACKET_HOST: u32 = 0;
+/// DNS, as containers ask their gateway.
+const DNS_PORT: u16 = 53;
 
 /// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner L2 header length, in the top byte of the flags.
 const fn encap_l2_len(len: u64) -> u64 {
@@ -56,6 +58,8 @@ pub enum Action {
     Encap { vtep: u32 },
     /// Hand it to this node's stack: the way out (routed, masqueraded by the node).
     ToHost,
+    /// Hand it to this node's stack for the agent's resolver on the gateway's address.
+    Resolver,
 }
 
 /// Parses, checks and looks up: where the frame from the endpoint behind `ifindex` goes.
@@ -88,15 +92,25 @@ pub fn decide(ctx: &TcContext, ep: &EndpointInfo) -> Result<Action, Reason> {
     let entry = *unsafe { FDB.get(FdbKey::new(ep.vni, dst)) }.ok_or(Reason::UnknownDestination)?;
     match entry.kind {
         FDB_LOCAL => Ok(Action::Peer { ifindex: entry.ifindex }),
-        FDB_GATEWAY => decide_gateway(ep, u32::from_ne_bytes(ip.dst_addr)),
+        FDB_GATEWAY => decide_gateway(ctx, ep, ip, dst),
         _ => Ok(Action::Encap { vtep: entry.vtep }),
     }
 }
 
-/// A packet for the gateway: out of the overlay, unless the network is internal or the
-/// destination is inside an overlay (isolation holds through the way out too).
+/// A packet for the gateway: a DNS question to the gateway's own address goes to the node's
+/// resolver (internal networks too); anything else leaves the overlay, unless the network is
+/// internal or the destination is inside an overlay (isolation holds through the way out too).
 #[inline(always)]
-fn decide_gateway(ep: &EndpointInfo, dst: u32) -> Result<Action, Reason> {
+fn decide_gateway(ctx: &TcContext, ep: &EndpointInfo, ip: &Ipv4Hdr, gw_mac: [u8; 6]) -> Result<Action, Reason> {
+    let dst = u32::from_ne_bytes(ip.dst_addr);
+    let to_gateway = unsafe { NEIGH.get(NeighKey { vni: ep.vni, ip: dst }) }.is_some_and(|n| n.mac == gw_mac);
+    if to_gateway {
+        let l4 = ETH_HLEN + ipv4::header_len(ip);
+        let dns = (ip.proto == IPPROTO_UDP || ip.proto == IPPROTO_TCP)
+            && ipv4::frag_offset(ip) == 0
+            && ctx.load::<[u8; 2]>(l4 + 2).is_ok_and(|p| u16::from_be_bytes(p) == DNS_PORT);
+        return if dns { Ok(Action::Resolver) } else { Err(Reason::GatewayOverlay) };
+    }
     let internal = unsafe { VNIS.get(ep.vni) }.is_none_or(|v| v.flags & VNI_F_INTERNAL != 0);
     if internal {
         return Err(Reason::GatewayInternal);
@@ -168,14 +182,16 @@ pub fn act(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, action: Action) -> 
             }
             Ok(Verdict { action, reason: Reason::FwdEncap, vni: ep.vni, inner_len: len })
         }
-        Action::ToHost => {
+        a @ (Action::ToHost | Action::Resolver) => {
             // The frame is addressed to the gateway's MAC, not the host veth's: mark it for this
-            // host so that IP takes it (and routes it out) instead of dropping it as "other host".
+            // host so that IP takes it (and routes it out, or delivers it to the resolver)
+            // instead of dropping it as "other host".
             // SAFETY: the context pointer is valid; PACKET_HOST is an allowed type.
             if unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) } != 0 {
                 return Err(Reason::RedirectFailed);
             }
-            Ok(Verdict { action: TC_ACT_OK as i32, reason: Reason::FwdGateway, vni: ep.vni, inner_len: len })
+            let reason = if matches!(a, Action::Resolver) { Reason::FwdResolver } else { Reason::FwdGateway };
+            Ok(Verdict { action: TC_ACT_OK as i32, reason, vni: ep.vni, inner_len: len })
         }
     }
 }

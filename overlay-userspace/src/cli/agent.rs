@@ -32,10 +32,31 @@ pub struct AgentArgs {
     /// leaving the host's mount namespace, so pins stay where other processes look.
     #[arg(long, env = "OVERLAY_NETNS")]
     pub netns: Option<String>,
+    /// Where the containers' questions for names outside the overlay go: IP[:PORT], repeatable
+    /// or comma-separated [default: the nameservers of this node's /etc/resolv.conf].
+    #[arg(long, env = "OVERLAY_DNS_UPSTREAM", value_delimiter = ',')]
+    pub dns_upstream: Vec<String>,
+}
+
+/// `--dns-upstream`, or the node's resolv.conf.
+fn dns_upstreams(given: &[String]) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    if given.is_empty() {
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        return Ok(crate::control::resolver::upstreams_from_resolv_conf(&text));
+    }
+    given
+        .iter()
+        .map(|s| {
+            s.parse::<std::net::SocketAddr>()
+                .or_else(|_| s.parse::<std::net::Ipv4Addr>().map(|ip| std::net::SocketAddr::from((ip, 53))))
+                .map_err(|_| anyhow::anyhow!("--dns-upstream {s:?} is not IP or IP:PORT"))
+        })
+        .collect()
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let pin_dir = args.node.pin_dir()?;
+    let dns = dns_upstreams(&args.dns_upstream)?;
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
@@ -44,7 +65,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
     match (&args.cluster, &args.store) {
-        (Some(file), _) => crate::control::agent::run_with_file(&args.node.node, file, &pin_dir, stop).await?,
+        (Some(file), _) => crate::control::agent::run_with_file(&args.node.node, file, &pin_dir, dns, stop).await?,
         (None, Some(url)) => {
             let Some(vtep) = &args.vtep else { bail!("--store needs --vtep: this node's underlay address") };
             if !(1..=3600).contains(&args.lease_ttl) {
@@ -53,7 +74,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             parse_ip("vtep", vtep)?;
             let node = model::node_entry("agent", args.node.node.clone(), vtep, args.underlay.clone())?;
             let reg = Registration { node, ttl: args.lease_ttl };
-            crate::control::agent::run_with_store(url, reg, &pin_dir, stop).await?
+            crate::control::agent::run_with_store(url, reg, &pin_dir, dns, stop).await?
         }
         (None, None) => bail!("pass --cluster FILE or --store etcd://HOST:PORT"),
     }

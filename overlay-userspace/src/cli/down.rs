@@ -14,7 +14,7 @@ pub struct DownArgs {
 
 pub async fn run(args: DownArgs) -> anyhow::Result<()> {
     let dir = args.node.pin_dir()?;
-    let errors = crate::control::agent::teardown(&dir).await;
+    let errors = crate::control::agent::teardown(&args.node.node, &dir).await;
     if errors.is_empty() {
         println!("removed the datapath of node {} ({})", args.node.node, dir.display());
         Ok(())

@@ -16,10 +16,14 @@ use crate::{
     model::{self, Cluster},
     dataplane::{Dataplane, DataplaneError, DiffSummary},
     defaults::{HOST_VETH_PREFIX, RETRY_INTERVAL},
-    control::desired::{self, LocalEndpoint, NodePlan, WayOut},
+    control::{
+        desired::{self, LocalEndpoint, NodePlan, WayOut},
+        names::NameView,
+        resolver::{DNS_LINK, Resolver},
+    },
     host::{
         netlink::{self, Netlink, NetlinkError},
-        wayout,
+        resolv_conf, wayout,
     },
     source::store::follow::{Registration, follow},
 };
@@ -61,6 +65,10 @@ pub struct Agent {
     /// The (wired endpoints, endpoints of this node without a namespace, underlay) the last
     /// sweep kept; the next sweep runs when it differs.
     swept: Option<Swept>,
+    /// Answers the containers' DNS questions on the gateways' addresses.
+    resolver: Resolver,
+    /// The gateways the resolver listens on, as last set up.
+    dns_gateways: Option<Vec<std::net::Ipv4Addr>>,
 }
 
 /// What a sweep kept: (host veth, ifindex) of wired endpoints, (network, name) of this node's
@@ -68,9 +76,35 @@ pub struct Agent {
 type Swept = (Vec<(String, u32)>, Vec<(String, String)>, u32);
 
 impl Agent {
-    pub fn new(node: &str, pin_dir: &Path) -> Result<Self, AgentError> {
+    pub fn new(node: &str, pin_dir: &Path, dns_upstreams: Vec<std::net::SocketAddr>) -> Result<Self, AgentError> {
         let dataplane = Dataplane::load(pin_dir)?;
-        Ok(Agent { node: node.to_string(), dataplane, nl: Netlink::new()?, wired: HashMap::new(), way_out: None, swept: None })
+        Ok(Agent {
+            node: node.to_string(),
+            dataplane,
+            nl: Netlink::new()?,
+            wired: HashMap::new(),
+            way_out: None,
+            swept: None,
+            resolver: Resolver::new(dns_upstreams),
+            dns_gateways: None,
+        })
+    }
+
+    /// Gives the resolver the names of `cluster` (after a change) and makes it listen on every
+    /// gateway address, which the node's link [`DNS_LINK`] holds.
+    pub async fn update_names(&mut self, cluster: &Cluster, gateways: &[std::net::Ipv4Addr]) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.dns_gateways.as_deref() != Some(gateways) {
+            match self.nl.ensure_address_link(DNS_LINK).await {
+                Ok(l) => match self.nl.set_host_addresses(l.index, gateways).await {
+                    Ok(()) => self.dns_gateways = Some(gateways.to_vec()),
+                    Err(e) => errors.push(format!("{DNS_LINK}: {e}")),
+                },
+                Err(e) => errors.push(format!("{DNS_LINK}: {e}")),
+            }
+        }
+        errors.extend(self.resolver.update(NameView::build(cluster), gateways).await);
+        errors
     }
 
     /// Makes the node match `cluster`. Validation already happened; what can still fail here is
@@ -211,12 +245,16 @@ impl Agent {
             self.nl.set_mtu(host.index, mtu).await?;
         }
         self.nl.set_up(host.index).await?;
-        // Replies of the way out reach the container through its host-side veth: a route to its
-        // address and a permanent neighbour entry (its ARP replies are not for the datapath).
-        if !ep.internal {
-            self.nl.replace_neighbour(host.index, ep.ip, ep.mac).await?;
-            if !self.nl.has_host_route(host.index, ep.ip).await? {
-                self.nl.replace_host_route(host.index, ep.ip).await?;
+        // Replies of the way out and of the node's resolver reach the container through its
+        // host-side veth: a route to its address and a permanent neighbour entry (its ARP
+        // replies are not for the datapath).
+        self.nl.replace_neighbour(host.index, ep.ip, ep.mac).await?;
+        if !self.nl.has_host_route(host.index, ep.ip).await? {
+            self.nl.replace_host_route(host.index, ep.ip).await?;
+        }
+        if ep.resolver {
+            if let Err(e) = resolv_conf::write(&self.node, &ep.netns, ep.gateway) {
+                warn!(netns = %ep.netns, "writing its resolv.conf: {e}");
             }
         }
         self.dataplane.attach_egress(&host.name, host.index)?;
@@ -240,6 +278,10 @@ impl Agent {
                 self.nl.delete(l.index).await?;
             }
         }
+        let spaces: Vec<&str> = plan.local.iter().map(|e| e.netns.as_str()).collect();
+        for e in resolv_conf::sweep(&self.node, &spaces) {
+            warn!("{e}");
+        }
         let mut keep: Vec<(&str, u32)> = wired.iter().map(|(e, i)| (e.host_ifname.as_str(), *i)).collect();
         keep.push(underlay);
         self.dataplane.sweep_links(&keep)?;
@@ -254,8 +296,9 @@ pub type Desired = tokio::sync::watch::Receiver<Option<Arc<Cluster>>>;
 /// Keeps the node equal to what `desired` says until `stop` resolves or the source goes away.
 /// This loop is the one reconcile path of every source (file or store). The datapath stays in
 /// place when it returns: forwarding does not depend on the agent running.
-pub async fn reconcile(node: &str, pin_dir: &Path, mut desired: Desired, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
-    let mut agent = Agent::new(node, pin_dir)?;
+pub async fn reconcile(node: &str, pin_dir: &Path, dns: Vec<std::net::SocketAddr>, mut desired: Desired, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+    let mut agent = Agent::new(node, pin_dir, dns)?;
+    let mut names_of: Option<Arc<Cluster>> = None;
     info!(node, pin_dir = %pin_dir.display(), "datapath loaded");
     tokio::pin!(stop);
     let mut retry_at: Option<Instant> = None;
@@ -274,7 +317,14 @@ pub async fn reconcile(node: &str, pin_dir: &Path, mut desired: Desired, stop: i
         let Some(cluster) = desired.borrow_and_update().clone() else { continue };
         let t0 = Instant::now();
         match agent.apply(&cluster).await {
-            Ok(r) => {
+            Ok(mut r) => {
+                // Names follow the cluster (rebuilt only when it changed, or after a failure).
+                if names_of.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &cluster)) {
+                    let gateways: Vec<std::net::Ipv4Addr> = cluster.networks.iter().map(|n| n.gateway).collect();
+                    let errors = agent.update_names(&cluster, &gateways).await;
+                    names_of = errors.is_empty().then(|| cluster.clone());
+                    r.pending.extend(errors);
+                }
                 if !r.diff.is_empty() || first {
                     info!(
                         diff = %r.diff,
@@ -311,23 +361,23 @@ async fn sleep_until(t: Option<Instant>) {
 }
 
 /// Runs the agent on a cluster file until `stop` resolves.
-pub async fn run_with_file(node: &str, file: &Path, pin_dir: &Path, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run_with_file(node: &str, file: &Path, pin_dir: &Path, dns: Vec<std::net::SocketAddr>, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let (tx, rx) = tokio::sync::watch::channel(None);
     let source = tokio::spawn(crate::source::file::watch(node.to_string(), file.to_path_buf(), tx));
-    let r = reconcile(node, pin_dir, rx, stop).await;
+    let r = reconcile(node, pin_dir, dns, rx, stop).await;
     source.abort();
     r
 }
 
 /// Runs the agent on an etcd store until `stop` resolves: registers the node, follows the store
 /// and reconciles. Fails early only if the node cannot be registered at all.
-pub async fn run_with_store(url: &str, reg: Registration, pin_dir: &Path, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run_with_store(url: &str, reg: Registration, pin_dir: &Path, dns: Vec<std::net::SocketAddr>, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     crate::source::store::parse_url(url).map_err(|e| AgentError::Store(e.to_string()))?;
     let node = reg.node.name.clone();
     let (tx, rx) = tokio::sync::watch::channel(None);
     let mut source = tokio::spawn(follow(url.to_string(), reg, tx));
     let r = tokio::select! {
-        r = reconcile(&node, pin_dir, rx, stop) => r,
+        r = reconcile(&node, pin_dir, dns, rx, stop) => r,
         s = &mut source => match s {
             Ok(Err(e)) => Err(AgentError::Store(e.to_string())),
             Ok(Ok(())) => Ok(()),
@@ -340,15 +390,15 @@ pub async fn run_with_store(url: &str, reg: Registration, pin_dir: &Path, stop: 
 
 /// Everything `overlay down` removes for a node: local endpoint veths (their routes and
 /// neighbour entries go with them), the way out's table (forwarding back as it was) and the pins.
-pub async fn teardown(pin_dir: &Path) -> Vec<String> {
-    let mut errors = Vec::new();
+pub async fn teardown(node: &str, pin_dir: &Path) -> Vec<String> {
+    let mut errors = resolv_conf::sweep(node, &[]);
     if let Err(e) = wayout::remove() {
         errors.push(format!("removing table ip {}: {e}", wayout::TABLE));
     }
     match Netlink::new() {
         Ok(nl) => match nl.links().await {
             Ok(links) => {
-                for l in links.into_iter().filter(|l| l.name.starts_with(HOST_VETH_PREFIX)) {
+                for l in links.into_iter().filter(|l| l.name.starts_with(HOST_VETH_PREFIX) || l.name == DNS_LINK) {
                     if let Err(e) = nl.delete(l.index).await {
                         errors.push(format!("deleting {}: {e}", l.name));
                     }

@@ -50,6 +50,8 @@ pub struct LocalEndpoint {
     /// The container's default route goes through this interface: it is on the container's
     /// first network that is not internal.
     pub default_route: bool,
+    /// The container's resolver is this network's gateway: it is the container's first network.
+    pub resolver: bool,
 }
 
 impl LocalEndpoint {
@@ -85,6 +87,8 @@ pub struct WayOut {
     pub overlay: Vec<Ipv4Net>,
     /// The VXLAN port (masqueraded flows keep off it).
     pub vxlan_port: u16,
+    /// Every network's gateway: the containers' resolver addresses, local on the node.
+    pub gateways: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +150,7 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
         base.fdb.insert(FdbKey::new(net.vni, gw_mac.0), FdbEntry::gateway());
         base.subnets.insert((ip_to_map(net.subnet.network().octets()), net.subnet.prefix_len() as u32), SubnetInfo { vni: net.vni, _pad: 0 });
         way_out.overlay.push(net.subnet);
+        way_out.gateways.push(net.gateway);
         if !net.internal {
             way_out.egress.push(net.subnet);
         }
@@ -157,8 +162,10 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
     }
     let mut local = Vec::new();
     let mut unwired = Vec::new();
-    // Namespaces whose default route is taken (by their first non-internal network).
+    // Namespaces whose default route is taken (by their first non-internal network), and whose
+    // resolver is (by their first network).
     let mut routed: std::collections::HashSet<&str> = Default::default();
+    let mut resolved: std::collections::HashSet<&str> = Default::default();
     for ep in &cluster.endpoints {
         let net = cluster.network(&ep.network).expect("validated: endpoint network exists");
         base.neigh.insert(
@@ -170,6 +177,7 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
             base.fdb.insert(FdbKey::new(net.vni, ep.mac.0), FdbEntry::remote(ip_to_map(vtep.octets())));
         } else if let Some(ns) = &ep.netns {
             let default_route = !net.internal && routed.insert(ns.as_str());
+            let resolver = resolved.insert(ns.as_str());
             local.push(LocalEndpoint {
                 name: ep.name.clone(),
                 network: net.name.clone(),
@@ -185,6 +193,7 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
                 gateway: net.gateway,
                 internal: net.internal,
                 default_route,
+                resolver,
             });
         } else {
             unwired.push((net.name.clone(), ep.name.clone()));

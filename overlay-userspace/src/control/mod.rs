@@ -2,3 +2,5 @@
 pub mod agent;
 pub mod attach;
 pub mod desired;
+pub mod names;
+pub mod resolver;

@@ -9,7 +9,7 @@ use std::{
 
 use futures::TryStreamExt;
 use rtnetlink::{
-    Handle, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::{AddressAttribute, AddressMessage},
         link::{LinkAttribute, LinkMessage},
@@ -163,6 +163,41 @@ impl Netlink {
             self.handle.address().del(m).execute().await.map_err(req(format!("removing an old address of link {index}")))?;
         }
         Ok(())
+    }
+
+    /// Makes link `index` hold exactly the /32 addresses `want` (adding missing, removing others).
+    pub async fn set_host_addresses(&self, index: u32, want: &[Ipv4Addr]) -> Result<()> {
+        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut have = Vec::new();
+        let mut stale = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
+            if m.header.index != index {
+                continue;
+            }
+            match ipv4_of(&m) {
+                Some(a) if want.contains(&a) => have.push(a),
+                Some(_) => stale.push(m),
+                None => {}
+            }
+        }
+        for m in stale {
+            self.handle.address().del(m).execute().await.map_err(req(format!("removing an address of link {index}")))?;
+        }
+        for ip in want.iter().filter(|a| !have.contains(a)) {
+            self.add_address(index, *ip, 32).await?;
+        }
+        Ok(())
+    }
+
+    /// A link named `name` that only holds addresses, up (created if missing): a bridge without
+    /// ports (kernels without the dummy driver have bridges).
+    pub async fn ensure_address_link(&self, name: &str) -> Result<Link> {
+        if self.link(name).await?.is_none() {
+            self.handle.link().add(LinkBridge::new(name).build()).execute().await.map_err(req(format!("creating link {name}")))?;
+        }
+        let l = self.link(name).await?.ok_or_else(|| NetlinkError::NoSuchLink(name.to_string()))?;
+        self.set_up(l.index).await?;
+        Ok(l)
     }
 
     /// The interface that holds `ip`.

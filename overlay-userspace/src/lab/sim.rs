@@ -26,6 +26,9 @@ pub fn host_vtep(n: usize) -> Ipv4Addr {
 pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 253);
 /// The host standing for the internet in [`Sim::add_outside`].
 pub const OUTSIDE_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// The address every simulated agent forwards unknown names to (`--dns-upstream`); a test
+/// that wants an upstream serves it in the outside namespace (see [`Sim::add_outside`]).
+pub const OUTSIDE_DNS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 53);
 
 /// A container of the standard demo cluster.
 #[derive(Clone, Debug)]
@@ -143,6 +146,7 @@ impl Sim {
         let mtu = outside_mtu.to_string();
         ip(&["-n", &rt, "link", "set", "eth1", "mtu", &mtu, "up"])?;
         ip(&["-n", &out, "addr", "add", &format!("{OUTSIDE_HOST}/24"), "dev", "eth0"])?;
+        ip(&["-n", &out, "addr", "add", &format!("{OUTSIDE_DNS}/24"), "dev", "eth0"])?;
         // The outside host's own MTU stays 1500 (it advertises a 1460-byte MSS): only the
         // router's side is narrow, so the router has to ask senders to shrink (path-MTU discovery).
         ip(&["-n", &out, "link", "set", "eth0", "up"])?;
@@ -206,10 +210,12 @@ impl Sim {
     /// [`Sim::agent_log`]. `OVERLAY_SIM_AGENT_LOG` overrides its `RUST_LOG` (default `info`).
     fn spawn_agent_with(&mut self, node: &str, host_ns: &str, source: &[&str]) -> io::Result<()> {
         let log = fs::OpenOptions::new().create(true).append(true).open(self.agent_log(node))?;
+        // Names the overlay does not know go to the outside world's DNS server (only ever a
+        // namespace of this simulation), never to this machine's resolvers.
         let child = Command::new(&self.overlay_bin)
             .arg("agent")
             .args(source)
-            .args(["--node", node, "--netns", host_ns, "--pin-root"])
+            .args(["--node", node, "--netns", host_ns, "--dns-upstream", &OUTSIDE_DNS.to_string(), "--pin-root"])
             .arg(&self.pin_root)
             .env("RUST_LOG", std::env::var("OVERLAY_SIM_AGENT_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
@@ -482,6 +488,13 @@ impl Sim {
         for ns in self.namespaces.drain(..).rev() {
             if let Err(e) = ip(&["netns", "del", &ns]) {
                 errors.push(e.to_string());
+            }
+            // The agents write the containers' resolv.conf there.
+            let etc = Path::new(crate::host::resolv_conf::NETNS_ETC).join(&ns);
+            if etc.exists() {
+                if let Err(e) = fs::remove_dir_all(&etc) {
+                    errors.push(format!("{}: {e}", etc.display()));
+                }
             }
         }
         if let Ok(rd) = fs::read_dir(&self.pin_root) {

@@ -254,7 +254,8 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
                 ],
                 "ips": [{"address": format!("{}/{prefix}", r.ip), "gateway": net.gateway, "interface": 1}],
                 "routes": routes,
-                "dns": {},
+                // The container's resolver: its network's gateway, answered by the node.
+                "dns": {"nameservers": [net.gateway]},
             });
             Ok(result.to_string())
         }
