@@ -323,8 +323,9 @@ fn reconcile_writes_only_the_difference() {
     let edited = overlay::source::file::parse(&CLUSTER.replace("ip: 10.0.1.4}", "ip: 10.0.1.14}")).expect("valid");
     let plan2 = desired::plan(&edited, "node2").expect("plan");
     let d = t.dp.apply(&plan2.map_state(LOCAL_IFINDEX, &[(&plan2.local[0], LOCAL_IFINDEX)])).expect("apply");
-    // web3: new MAC (derived from the IP) and new neighbour entry; old ones removed.
-    assert_eq!((d.added, d.changed, d.removed), (2, 0, 2), "one endpoint moved: {d}");
+    // web3: new MAC (derived from the IP) and new neighbour entry; old ones removed; its two
+    // names (web3, web3.nginx-net) now hold the new address.
+    assert_eq!((d.added, d.changed, d.removed), (2, 2, 2), "one endpoint moved: {d}");
 }
 
 #[test]
@@ -443,4 +444,179 @@ fn dns_to_the_gateway_goes_to_the_node_s_resolver_and_nothing_else_does() {
     q.extend(ipv4(ip, Ipv4Addr::new(10, 0, 2, 1), 17, 8, 0x4000, &[]));
     q.extend([0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
     assert_eq!(run(&mut t, PROG_EGRESS, &q).0, TC_ACT_OK, "DNS to an internal network's gateway reaches the resolver");
+}
+
+const DNS_CLUSTER: &str = "
+nodes:
+  - {name: node1, vtep: 192.168.50.1}
+  - {name: node2, vtep: 192.168.50.2}
+networks:
+  - {name: nginx-net, vni: 4097, subnet: 10.0.1.0/24}
+  - {name: test-net, vni: 4098, subnet: 10.0.2.0/24}
+endpoints:
+  - {name: web2, network: nginx-net, node: node2, ip: 10.0.1.3, netns: c2}
+  - {name: web1, network: nginx-net, node: node1, ip: 10.0.1.2, aliases: [www]}
+  - {name: web4, network: nginx-net, node: node1, ip: 10.0.1.5, aliases: [www]}
+  - {name: test1, network: test-net, node: node1, ip: 10.0.2.2}
+";
+
+fn dns_host() -> (TestDataplane, overlay::control::names::NameView) {
+    let mut t = TestDataplane::new("dns");
+    let cluster = overlay::source::file::parse(DNS_CLUSTER).expect("valid cluster");
+    let plan = desired::plan(&cluster, "node2").expect("node2 exists");
+    t.dp.apply(&plan.map_state(LOCAL_IFINDEX, &[(&plan.local[0], LOCAL_IFINDEX)])).expect("apply");
+    (t, overlay::control::names::NameView::build(&cluster))
+}
+
+/// A DNS question from web2 to its gateway: header (id 0x1234, RD), `qd` questions of `name`
+/// (already in wire format) with `qtype`, then `extra` bytes.
+fn dns_query(hdr_flags: u16, counts: [u16; 4], qname: &[u8], qtype: u16, extra: &[u8]) -> Vec<u8> {
+    let mut dns = vec![0x12, 0x34];
+    dns.extend(hdr_flags.to_be_bytes());
+    for c in counts {
+        dns.extend(c.to_be_bytes());
+    }
+    dns.extend(qname);
+    dns.extend(qtype.to_be_bytes());
+    dns.extend(1u16.to_be_bytes());
+    dns.extend(extra);
+    let mut f = eth(GW1, WEB2, 0x0800);
+    f.extend(ipv4(IP2, GW1_IP, 17, 8 + dns.len(), 0x4000, &[]));
+    f.extend(40000u16.to_be_bytes());
+    f.extend(53u16.to_be_bytes());
+    f.extend(((8 + dns.len()) as u16).to_be_bytes());
+    f.extend([0, 0]);
+    f.extend(dns);
+    f
+}
+
+fn wire(name: &str) -> Vec<u8> {
+    let mut w = Vec::new();
+    for l in name.split('.') {
+        w.push(l.len() as u8);
+        w.extend(l.as_bytes());
+    }
+    w.push(0);
+    w
+}
+
+/// The A addresses and RCODE of a DNS message.
+fn answer_of(dns: &[u8]) -> (Vec<Ipv4Addr>, hickory_proto::op::ResponseCode) {
+    let m = hickory_proto::op::Message::from_vec(dns).expect("a valid DNS reply");
+    let mut a: Vec<Ipv4Addr> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::A(x) => Some(x.0),
+            _ => None,
+        })
+        .collect();
+    a.sort();
+    (a, m.metadata.response_code)
+}
+
+#[test]
+fn known_names_are_answered_by_the_datapath_exactly() {
+    let (mut t, _) = dns_host();
+    let q = dns_query(0x0100, [1, 0, 0, 0], &wire("WEB1"), 1, &[]);
+    let (v, out) = run(&mut t, PROG_EGRESS, &q);
+    assert_eq!(v, TC_ACT_REDIRECT, "expected the answer redirected back into the container");
+    // Exactly: addresses, ports and MACs swapped, a response (AA, RD, RA) with one A record
+    // pointing at the question, TTL 5, UDP checksum 0, a fresh IPv4 checksum.
+    let mut dns = vec![0x12, 0x34, 0x85, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+    dns.extend(wire("WEB1"));
+    dns.extend([0, 1, 0, 1]);
+    dns.extend([0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 10, 0, 1, 2]);
+    let mut want = eth(WEB2, GW1, 0x0800);
+    let mut ip = ipv4(GW1_IP, IP2, 17, 8 + dns.len(), 0x4000, &[]);
+    ip[4..6].copy_from_slice(&[0, 0]);
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = overlay::lab::frames::ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    want.extend(ip);
+    want.extend(53u16.to_be_bytes());
+    want.extend(40000u16.to_be_bytes());
+    want.extend(((8 + dns.len()) as u16).to_be_bytes());
+    want.extend([0, 0]);
+    want.extend(dns);
+    assert_eq!(out, want, "expected the exact answer: web1 is 10.0.1.2");
+    assert_eq!(t.dp.stats().expect("stats").get(Reason::DnsReply, Direction::Egress).packets, 1, "counted as dns-reply");
+    // The alias on two endpoints: both, in random rotation.
+    let (v, out) = run(&mut t, PROG_EGRESS, &dns_query(0x0100, [1, 0, 0, 0], &wire("www"), 1, &[]));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(answer_of(&out[42..]).0, [Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 1, 5)]);
+    // NAME.NETWORK, and AAAA of a known name: NOERROR, no records.
+    let (v, out) = run(&mut t, PROG_EGRESS, &dns_query(0x0100, [1, 0, 0, 0], &wire("web1.nginx-net"), 1, &[]));
+    assert_eq!((v, answer_of(&out[42..]).0), (TC_ACT_REDIRECT, vec![Ipv4Addr::new(10, 0, 1, 2)]));
+    let (v, out) = run(&mut t, PROG_EGRESS, &dns_query(0x0100, [1, 0, 0, 0], &wire("web1"), 28, &[]));
+    assert_eq!((v, answer_of(&out[42..])), (TC_ACT_REDIRECT, (vec![], hickory_proto::op::ResponseCode::NoError)));
+    // Another network's name, an unknown one, PTR: the resolver's.
+    for (name, qtype) in [("test1", 1u16), ("nope", 1), ("web1", 12)] {
+        let q = dns_query(0x0100, [1, 0, 0, 0], &wire(name), qtype, &[]);
+        assert_eq!(run(&mut t, PROG_EGRESS, &q), (TC_ACT_OK, q.clone()), "{name}/{qtype} goes to the resolver unchanged");
+    }
+}
+
+#[test]
+fn malformed_or_unusual_questions_are_never_answered_by_the_datapath() {
+    let (mut t, _) = dns_host();
+    let name = wire("web1");
+    let mut long = Vec::new();
+    for _ in 0..30 {
+        long.extend(wire("abcdefgh").split_last().expect("label").1);
+    }
+    long.push(0);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a truncated header", {
+            let mut f = dns_query(0x0100, [1, 0, 0, 0], &[], 1, &[]);
+            f.truncate(42 + 6);
+            let udp = (f.len() - 34) as u16;
+            f[38..40].copy_from_slice(&udp.to_be_bytes());
+            f
+        }),
+        ("a label running past the packet", {
+            let mut f = dns_query(0x0100, [1, 0, 0, 0], &[9, b'w', b'e', b'b'], 1, &[]);
+            f.truncate(f.len() - 4);
+            let udp = (f.len() - 34) as u16;
+            f[38..40].copy_from_slice(&udp.to_be_bytes());
+            f
+        }),
+        ("a compression pointer in the question", dns_query(0x0100, [1, 0, 0, 0], &[0xc0, 0x0c], 1, &[])),
+        ("a name longer than the table's (and over 255 bytes)", dns_query(0x0100, [1, 0, 0, 0], &long, 1, &[])),
+        ("no question", dns_query(0x0100, [0, 0, 0, 0], &name, 1, &[])),
+        ("two questions", dns_query(0x0100, [2, 0, 0, 0], &name, 1, &[0x04, b'w', b'e', b'b', b'1', 0, 0, 1, 0, 1])),
+        ("the QR bit set", dns_query(0x8100, [1, 0, 0, 0], &name, 1, &[])),
+        ("a huge count field", dns_query(0x0100, [0xffff, 0, 0, 0], &name, 1, &[])),
+        ("an EDNS0 OPT record", dns_query(0x0100, [1, 0, 0, 1], &name, 1, &[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0])),
+        ("trailing bytes", dns_query(0x0100, [1, 0, 0, 0], &name, 1, &[0xde, 0xad])),
+        ("another opcode", dns_query(0x2800, [1, 0, 0, 0], &name, 1, &[])),
+    ];
+    for (what, q) in cases {
+        let before = t.dp.stats().expect("stats").get(Reason::DnsReply, Direction::Egress).packets;
+        let (v, out) = run(&mut t, PROG_EGRESS, &q);
+        assert_eq!((v, &out), (TC_ACT_OK, &q), "{what}: expected TC_ACT_OK, unchanged, for the agent's resolver");
+        assert_eq!(t.dp.stats().expect("stats").get(Reason::DnsReply, Direction::Egress).packets, before, "{what}: not answered here");
+    }
+}
+
+#[test]
+fn the_datapath_and_the_agent_give_the_same_answers() {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RecordType},
+    };
+    let (mut t, view) = dns_host();
+    for name in ["web1", "WEB1", "www", "web4", "web1.nginx-net", "www.nginx-net", "web2"] {
+        for (qtype, rt) in [(1u16, RecordType::A), (28, RecordType::AAAA)] {
+            let (v, out) = run(&mut t, PROG_EGRESS, &dns_query(0x0100, [1, 0, 0, 0], &wire(name), qtype, &[]));
+            assert_eq!(v, TC_ACT_REDIRECT, "{name}/{qtype}: answered by the datapath");
+            let mut q = Message::query();
+            q.add_query(Query::query(Name::from_ascii(format!("{name}.")).expect("name"), rt));
+            let agent = match view.answer(&q, IP2, GW1_IP, 0) {
+                overlay::control::names::Answer::Local(m) => m.to_vec().expect("encode"),
+                other => panic!("{name}: the agent answers it too: {other:?}"),
+            };
+            assert_eq!(answer_of(&out[42..]), answer_of(&agent), "{name}/{qtype}: same addresses and RCODE");
+        }
+    }
 }

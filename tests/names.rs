@@ -220,6 +220,19 @@ fn containers_resolve_names_of_their_networks_across_hosts_and_others_upstream()
     let failed: usize = clients.into_iter().map(|h| h.join().expect("client")).sum();
     assert_eq!(failed, 0, "10,000 lookups from 50 clients: {failed} failed");
 
+    // The datapath answered the single-network containers' questions (the pinned name table),
+    // so names keep resolving while the agent is stopped.
+    let dp = overlay::dataplane::Dataplane::open_pinned(&sim.pin_dir("node1")).expect("pins");
+    let answered = dp.stats().expect("stats").get(overlay_common::Reason::DnsReply, overlay_common::Direction::Egress).packets;
+    assert!(answered >= 10_000, "the datapath answered the lookups: {answered}");
+    let mut n = n;
+    n.sim.stop_agent("node1").expect("stop");
+    assert_eq!(getent(&n.sim, &n.w1, "web2").as_deref(), Some("10.0.1.3        web2"), "resolves with node1's agent stopped");
+    assert!(n.sim.exec(&n.w1, &["ping", "-c", "1", "-W", "2", "web3"]).expect("ping").status.success(), "ping by name with the agent stopped");
+    let (h1, file) = (n.sim.host_ns(1), n.file.clone());
+    n.sim.spawn_agent("node1", &h1, &file).expect("restart");
+    let sim = &n.sim;
+
     // A name added or removed is seen on every node.
     std::fs::write(&n.file, yaml(&n, true)).expect("edit");
     for ns in [&n.w1, &n.w2, &n.w3] {

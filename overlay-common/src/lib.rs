@@ -90,7 +90,37 @@ pub struct EndpointInfo {
     pub ip: u32,
     /// The endpoint's MAC: the only source MAC it may send from.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// `EP_F_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// `EndpointInfo::flags`: the endpoint's container is on several networks: it sees names the
+/// name table of this network alone cannot answer, so its DNS questions go to the agent.
+pub const EP_F_MULTI_NETWORK: u8 = 1;
+
+/// Longest DNS name (wire format: length-prefixed labels and the final zero) the datapath
+/// answers; longer names go to the agent's resolver.
+pub const DNS_NAME_MAX: usize = 64;
+/// Most addresses one name has in the name table; names with more go to the agent.
+pub const DNS_ADDRS_MAX: usize = 8;
+/// TTL of overlay names, seconds (the agent's resolver uses the same).
+pub const DNS_TTL: u32 = 5;
+
+/// Key of the name table: a name of network `vni` in DNS wire format, lowercased, zero-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NameKey {
+    pub vni: u32,
+    pub name: [u8; DNS_NAME_MAX],
+}
+
+/// Value of the name table: the name's addresses (network order), `count` of them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NameEntry {
+    pub count: u32,
+    pub addrs: [u32; DNS_ADDRS_MAX],
 }
 
 /// Key of the neighbour table: (VNI, IPv4 network order) -> MAC, used to answer ARP.
@@ -171,6 +201,7 @@ pub const MAX_ENDPOINTS: u32 = 4_096;
 pub const MAX_NEIGH: u32 = 65_536;
 pub const MAX_MEMBERS: u32 = 4_096;
 pub const MAX_SUBNETS: u32 = 4_096;
+pub const MAX_NAMES: u32 = 65_536;
 
 /// Converts an IPv4 address to its map representation (network byte order in a native `u32`).
 #[inline(always)]
@@ -199,6 +230,8 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::VniCounters {}
     unsafe impl aya::Pod for super::SubnetInfo {}
+    unsafe impl aya::Pod for super::NameKey {}
+    unsafe impl aya::Pod for super::NameEntry {}
 }
 
 #[cfg(test)]
@@ -220,6 +253,8 @@ mod tests {
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<VniCounters>(), 32);
         assert_eq!(size_of::<SubnetInfo>(), 8);
+        assert_eq!(size_of::<NameKey>(), 4 + DNS_NAME_MAX);
+        assert_eq!(size_of::<NameEntry>(), 4 + 4 * DNS_ADDRS_MAX);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum Reason {
     /// A DNS question to the network's gateway address: handed to this node's stack for the
     /// agent's resolver.
     FwdResolver = 7,
+    /// A DNS question for a known overlay name, answered by the datapath.
+    DnsReply = 8,
 
     /// A header ended before its fixed part did.
     Truncated = 16,
@@ -98,6 +100,7 @@ impl Reason {
         Reason::PassNotOverlay,
         Reason::FwdGateway,
         Reason::FwdResolver,
+        Reason::DnsReply,
         Reason::Truncated,
         Reason::Vlan,
         Reason::UnsupportedEthertype,
@@ -131,6 +134,7 @@ impl Reason {
             Reason::PassNotOverlay => "pass-not-overlay",
             Reason::FwdGateway => "fwd-gateway",
             Reason::FwdResolver => "fwd-resolver",
+            Reason::DnsReply => "dns-reply",
             Reason::Truncated => "drop-truncated",
             Reason::Vlan => "drop-vlan",
             Reason::UnsupportedEthertype => "drop-ethertype",

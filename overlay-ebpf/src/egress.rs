@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{
-    EndpointInfo, FDB_GATEWAY, FDB_LOCAL, FdbKey, NeighKey, NodeConfig, Reason, VNI_F_INTERNAL,
+    EP_F_MULTI_NETWORK, EndpointInfo, FDB_GATEWAY, FDB_LOCAL, FdbKey, NameEntry, NeighKey, NodeConfig, Reason, VNI_F_INTERNAL,
     wire::{
         ARP_OP_REPLY, ARP_OP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN,
         OUTER_TTL, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_I, VXLAN_HLEN, vxlan_vni_field,
@@ -23,8 +23,9 @@ use overlay_common::{
 
 use crate::{
     arp::EthArp,
+    dns::{self, Question},
     eth, ipv4,
-    maps::{CONFIG, ENDPOINTS, FDB, NEIGH, SUBNETS, VNIS},
+    maps::{CONFIG, DNS_KEY, ENDPOINTS, FDB, NAMES, NEIGH, SUBNETS, VNIS},
     ptr::{ptr_at, ptr_at_mut, put},
     stats::Verdict,
 };
@@ -60,6 +61,8 @@ pub enum Action {
     ToHost,
     /// Hand it to this node's stack for the agent's resolver on the gateway's address.
     Resolver,
+    /// Answer its DNS question for a known overlay name, here.
+    DnsReply { question: Question, entry: *const NameEntry, gw_mac: [u8; 6] },
 }
 
 /// Parses, checks and looks up: where the frame from the endpoint behind `ifindex` goes.
@@ -105,11 +108,27 @@ fn decide_gateway(ctx: &TcContext, ep: &EndpointInfo, ip: &Ipv4Hdr, gw_mac: [u8;
     let dst = u32::from_ne_bytes(ip.dst_addr);
     let to_gateway = unsafe { NEIGH.get(NeighKey { vni: ep.vni, ip: dst }) }.is_some_and(|n| n.mac == gw_mac);
     if to_gateway {
-        let l4 = ETH_HLEN + ipv4::header_len(ip);
+        let hlen = ipv4::header_len(ip);
+        let l4 = ETH_HLEN + hlen;
         let dns = (ip.proto == IPPROTO_UDP || ip.proto == IPPROTO_TCP)
             && ipv4::frag_offset(ip) == 0
+            && ipv4::frag_bits(ip) == 0
             && ctx.load::<[u8; 2]>(l4 + 2).is_ok_and(|p| u16::from_be_bytes(p) == DNS_PORT);
-        return if dns { Ok(Action::Resolver) } else { Err(Reason::GatewayOverlay) };
+        if !dns {
+            return Err(Reason::GatewayOverlay);
+        }
+        // A plain UDP question for a name of this network: answered here. A container on
+        // several networks sees names this network's table does not hold: its resolver answers.
+        if ip.proto == IPPROTO_UDP && hlen == IPV4_HLEN && ep.flags & EP_F_MULTI_NETWORK == 0 {
+            if let Some(q) = dns::question(ctx, ep.vni) {
+                let key = DNS_KEY.get_ptr(0).ok_or(Reason::NoConfig)?;
+                // SAFETY: the per-CPU slot question() just filled.
+                if let Some(entry) = unsafe { NAMES.get(&*key) } {
+                    return Ok(Action::DnsReply { question: q, entry: entry as *const NameEntry, gw_mac });
+                }
+            }
+        }
+        return Ok(Action::Resolver);
     }
     let internal = unsafe { VNIS.get(ep.vni) }.is_none_or(|v| v.flags & VNI_F_INTERNAL != 0);
     if internal {
@@ -181,6 +200,13 @@ pub fn act(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, action: Action) -> 
                 return Err(Reason::RedirectFailed);
             }
             Ok(Verdict { action, reason: Reason::FwdEncap, vni: ep.vni, inner_len: len })
+        }
+        Action::DnsReply { question, entry, gw_mac } => {
+            // SAFETY: a value of the NAMES map, valid while the program runs.
+            dns::reply(ctx, ep, gw_mac, &question, unsafe { &*entry })?;
+            // SAFETY: plain helper call; out of the same veth, into the endpoint's namespace.
+            let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
+            Ok(Verdict { action, reason: Reason::DnsReply, vni: ep.vni, inner_len: len })
         }
         a @ (Action::ToHost | Action::Resolver) => {
             // The frame is addressed to the gateway's MAC, not the host veth's: mark it for this

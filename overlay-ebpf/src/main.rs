@@ -10,6 +10,7 @@
 #![no_main]
 
 mod arp;
+mod dns;
 mod egress;
 mod eth;
 mod ingress;

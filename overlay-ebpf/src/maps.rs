@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use overlay_common::{
     Counter, EndpointInfo, FdbEntry, FdbKey, MAX_ENDPOINTS, MAX_FDB, MAX_MEMBERS, MAX_NEIGH,
-    MAX_SUBNETS, MAX_VNIS, MemberInfo, NeighEntry, NeighKey, NodeConfig, STATS_ENTRIES, SubnetInfo,
-    VniCounters, VniInfo,
+    MAX_NAMES, MAX_SUBNETS, MAX_VNIS, MemberInfo, NameEntry, NameKey, NeighEntry, NeighKey,
+    NodeConfig, STATS_ENTRIES, SubnetInfo, VniCounters, VniInfo,
 };
 
 /// (VNI, MAC) -> local ifindex or remote VTEP.
@@ -38,3 +38,9 @@ pub static VNI_STATS: PerCpuHashMap<u32, VniCounters> = PerCpuHashMap::pinned(MA
 /// out must never reach.
 #[map]
 pub static SUBNETS: LpmTrie<u32, SubnetInfo> = LpmTrie::pinned(MAX_SUBNETS, 0);
+/// (VNI, name in DNS wire format) -> addresses: the names the datapath answers.
+#[map]
+pub static NAMES: HashMap<NameKey, NameEntry> = HashMap::pinned(MAX_NAMES, 0);
+/// Scratch space for the name table key of the DNS question being parsed (one per CPU).
+#[map]
+pub static DNS_KEY: PerCpuArray<NameKey> = PerCpuArray::with_max_entries(1, 0);

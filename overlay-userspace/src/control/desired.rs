@@ -4,8 +4,9 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use overlay_common::{
-    EndpointInfo, FdbEntry, FdbKey, MemberInfo, NeighEntry, NeighKey, NodeConfig, SubnetInfo,
-    VNI_F_INTERNAL, VniInfo, ip_to_map,
+    DNS_ADDRS_MAX, DNS_NAME_MAX, EP_F_MULTI_NETWORK, EndpointInfo, FdbEntry, FdbKey, MemberInfo,
+    NameEntry, NameKey, NeighEntry, NeighKey, NodeConfig, SubnetInfo, VNI_F_INTERNAL, VniInfo,
+    ip_to_map,
 };
 
 use crate::{
@@ -24,6 +25,27 @@ pub struct MapState {
     pub members: BTreeMap<u32, MemberInfo>,
     /// Every overlay subnet: (network-order address, prefix length) -> its VNI.
     pub subnets: BTreeMap<(u32, u32), SubnetInfo>,
+    /// Names the datapath answers: (VNI, name) -> addresses.
+    pub names: BTreeMap<NameKey, NameEntry>,
+}
+
+/// `name` in DNS wire format (length-prefixed labels, final zero), lowercased, zero-padded; `None`
+/// when it does not fit the name table (the agent's resolver answers it then).
+pub fn dns_wire(name: &str) -> Option<[u8; DNS_NAME_MAX]> {
+    let mut out = [0u8; DNS_NAME_MAX];
+    let mut i = 0;
+    for label in name.trim_end_matches('.').split('.') {
+        let l = label.as_bytes();
+        if l.is_empty() || l.len() > 63 || i + 1 + l.len() + 1 > DNS_NAME_MAX {
+            return None;
+        }
+        out[i] = l.len() as u8;
+        for (j, b) in l.iter().enumerate() {
+            out[i + 1 + j] = b.to_ascii_lowercase();
+        }
+        i += 1 + l.len();
+    }
+    Some(out)
 }
 
 /// A local endpoint the agent wires into its namespace.
@@ -52,6 +74,8 @@ pub struct LocalEndpoint {
     pub default_route: bool,
     /// The container's resolver is this network's gateway: it is the container's first network.
     pub resolver: bool,
+    /// The container is on several networks (its DNS questions go to the agent's resolver).
+    pub multi_network: bool,
 }
 
 impl LocalEndpoint {
@@ -194,9 +218,34 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
                 internal: net.internal,
                 default_route,
                 resolver,
+                multi_network: false,
             });
         } else {
             unwired.push((net.name.clone(), ep.name.clone()));
+        }
+    }
+    for i in 0..local.len() {
+        let ns = local[i].netns.clone();
+        local[i].multi_network = local.iter().filter(|e| e.netns == ns).count() > 1;
+    }
+    // Names the datapath answers: every endpoint's name and aliases, and NAME.NETWORK, per
+    // network, as the agent's resolver answers them for a container on one network.
+    let mut names: BTreeMap<(u32, [u8; DNS_NAME_MAX]), Vec<u32>> = BTreeMap::new();
+    for ep in &cluster.endpoints {
+        let net = cluster.network(&ep.network).expect("validated: endpoint network exists");
+        for n in std::iter::once(&ep.name).chain(&ep.aliases) {
+            for form in [n.clone(), format!("{n}.{}", net.name)] {
+                if let Some(w) = dns_wire(&form) {
+                    names.entry((net.vni, w)).or_default().push(ip_to_map(ep.ip.octets()));
+                }
+            }
+        }
+    }
+    for ((vni, name), ips) in names {
+        if ips.len() <= DNS_ADDRS_MAX {
+            let mut addrs = [0u32; DNS_ADDRS_MAX];
+            addrs[..ips.len()].copy_from_slice(&ips);
+            base.names.insert(NameKey { vni, name }, NameEntry { count: ips.len() as u32, addrs });
         }
     }
     Ok(NodePlan {
@@ -221,7 +270,13 @@ impl NodePlan {
             s.fdb.insert(FdbKey::new(ep.vni, ep.mac.0), FdbEntry::local(*ifindex));
             s.endpoints.insert(
                 *ifindex,
-                EndpointInfo { vni: ep.vni, ip: ip_to_map(ep.ip.octets()), mac: ep.mac.0, _pad: [0; 2] },
+                EndpointInfo {
+                    vni: ep.vni,
+                    ip: ip_to_map(ep.ip.octets()),
+                    mac: ep.mac.0,
+                    flags: if ep.multi_network { EP_F_MULTI_NETWORK } else { 0 },
+                    _pad: 0,
+                },
             );
         }
         s

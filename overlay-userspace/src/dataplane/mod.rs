@@ -21,7 +21,7 @@ use aya::{
 };
 use overlay_common::{
     Counter, Direction, EndpointInfo, FdbEntry, FdbKey, MemberInfo, NeighEntry, NeighKey,
-    NodeConfig, Reason, SubnetInfo, VniCounters, VniInfo, stats_index,
+    NameEntry, NameKey, NodeConfig, Reason, SubnetInfo, VniCounters, VniInfo, stats_index,
 };
 
 use crate::{
@@ -46,8 +46,9 @@ const MAP_CONFIG: &str = "CONFIG";
 const MAP_STATS: &str = "STATS";
 const MAP_VNI_STATS: &str = "VNI_STATS";
 const MAP_SUBNETS: &str = "SUBNETS";
-const ALL_MAPS: [&str; 9] =
-    [MAP_FDB, MAP_VNIS, MAP_ENDPOINTS, MAP_NEIGH, MAP_MEMBERS, MAP_CONFIG, MAP_STATS, MAP_VNI_STATS, MAP_SUBNETS];
+const MAP_NAMES: &str = "NAMES";
+const ALL_MAPS: [&str; 10] =
+    [MAP_FDB, MAP_VNIS, MAP_ENDPOINTS, MAP_NEIGH, MAP_MEMBERS, MAP_CONFIG, MAP_STATS, MAP_VNI_STATS, MAP_SUBNETS, MAP_NAMES];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -160,7 +161,7 @@ pub fn node_pin_dir(root: Option<&Path>, node: &str) -> Result<PathBuf> {
     Ok(root.join(node))
 }
 
-/// Typed handles on the nine maps.
+/// Typed handles on the ten maps.
 struct Maps {
     fdb: HashMap<MapData, FdbKey, FdbEntry>,
     vnis: HashMap<MapData, u32, VniInfo>,
@@ -171,6 +172,7 @@ struct Maps {
     stats: PerCpuArray<MapData, Counter>,
     vni_stats: PerCpuHashMap<MapData, u32, VniCounters>,
     subnets: LpmTrie<MapData, u32, SubnetInfo>,
+    names: HashMap<MapData, NameKey, NameEntry>,
 }
 
 impl Maps {
@@ -185,6 +187,7 @@ impl Maps {
             stats: PerCpuArray::try_from(take(MAP_STATS)?).map_err(map_err(MAP_STATS))?,
             vni_stats: PerCpuHashMap::try_from(take(MAP_VNI_STATS)?).map_err(map_err(MAP_VNI_STATS))?,
             subnets: LpmTrie::try_from(take(MAP_SUBNETS)?).map_err(map_err(MAP_SUBNETS))?,
+            names: HashMap::try_from(take(MAP_NAMES)?).map_err(map_err(MAP_NAMES))?,
         })
     }
 }
@@ -330,6 +333,7 @@ impl Dataplane {
                 .iter()
                 .map(|kv| kv.map(|(k, v)| ((k.data(), k.prefix_len()), v)).map_err(map_err(MAP_SUBNETS)))
                 .collect::<Result<_>>()?,
+            names: collect(MAP_NAMES, &self.maps.names)?,
         })
     }
 
@@ -360,12 +364,13 @@ impl Dataplane {
             m.config.set(0, want.config, 0).map_err(map_err(MAP_CONFIG))?;
             sum.changed += 1;
         }
-        let (mut rv, mut rm, mut rn, mut re, mut rf) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut rv, mut rm, mut rn, mut re, mut rf, mut rq) = (vec![], vec![], vec![], vec![], vec![], vec![]);
         sync_cached(MAP_VNIS, &mut m.vnis, &have.vnis, &want.vnis, &mut sum, &mut rv)?;
         sync_cached(MAP_MEMBERS, &mut m.members, &have.members, &want.members, &mut sum, &mut rm)?;
         sync_cached(MAP_NEIGH, &mut m.neigh, &have.neigh, &want.neigh, &mut sum, &mut rn)?;
         sync_cached(MAP_ENDPOINTS, &mut m.endpoints, &have.endpoints, &want.endpoints, &mut sum, &mut re)?;
         sync_cached(MAP_FDB, &mut m.fdb, &have.fdb, &want.fdb, &mut sum, &mut rf)?;
+        sync_cached(MAP_NAMES, &mut m.names, &have.names, &want.names, &mut sum, &mut rq)?;
         // Per-VNI counters exist for exactly the configured VNIs.
         if prev.is_none_or(|p| !p.vnis.keys().eq(want.vnis.keys())) {
             let cpus = nr_cpus().map_err(|(_, e)| io_err("counting CPUs", Path::new("/sys/devices/system/cpu/possible"))(e))?;
@@ -390,6 +395,7 @@ impl Dataplane {
             }
             m.subnets.insert(&LpmKey::new(len, addr), v, 0).map_err(map_err(MAP_SUBNETS))?;
         }
+        remove_all(MAP_NAMES, &mut m.names, rq, &mut sum)?;
         remove_all(MAP_FDB, &mut m.fdb, rf, &mut sum)?;
         remove_all(MAP_ENDPOINTS, &mut m.endpoints, re, &mut sum)?;
         remove_all(MAP_NEIGH, &mut m.neigh, rn, &mut sum)?;
