@@ -39,7 +39,7 @@ fn import_busybox(docker: &Docker, dir: &Path) {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).expect("rootfs");
     std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static (cargo xtask setup installs it)");
-    for applet in ["sh", "ping", "ip", "sleep", "cat"] {
+    for applet in ["sh", "ping", "ip", "sleep", "cat", "nslookup"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
     }
     let tar = Command::new("tar").arg("-C").arg(dir).args(["-c", "."]).output().expect("tar");
@@ -112,6 +112,13 @@ fn docker_containers_on_the_plugin_network_reach_each_other_and_another_host() {
     assert!(![ip_a, ip_b].contains(&ip_x), "the store knows Docker's addresses");
     let o = ping("ca", ip_x);
     assert!(o.status.success(), "container a -> namespace on host 2 over VXLAN:\n{}", text(&o));
+    // Names: with `--dns <gateway>`, Docker's embedded resolver forwards names it does not know
+    // to the overlay's resolver, which knows the endpoint on host 2.
+    docker.ok(&["run", "-d", "--name", "cdns", "--network", "nginx-net", "--ip", "10.0.1.50", "--dns", "10.0.1.254", "ovbusybox:test", "sleep", "600"]);
+    let looked_up = wait_for(Duration::from_secs(10), || docker.run(&["exec", "cdns", "nslookup", &x2]).status.success());
+    let o = docker.run(&["exec", "cdns", "nslookup", &x2]);
+    assert!(looked_up && text(&o).contains(&ip_x.to_string()), "a Docker container resolves an endpoint of another host by name:\n{}\n{}", text(&o), sim.agent_logs(2));
+    docker.ok(&["rm", "-f", "cdns"]);
     assert!(sim.ping(&x2, ip_b, 2, None), "namespace on host 2 -> container b");
 
     // The way out: Docker took the overlay's gateway from Join as the default route, and the

@@ -47,6 +47,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl"),
     // nft: the agent sets up the way out's NAT table through its JSON interface.
     ("nftables", "nft"),
+    // dnsmasq: the standard DNS server `overlay bench --dns` compares the datapath's answers with.
+    ("dnsmasq-base", "/usr/sbin/dnsmasq"),
     // The etcd v3 server the store tests and the control-plane benchmark start.
     ("etcd-server", "etcd"),
     // etcd-client's build script compiles etcd's .proto files: protoc and the well-known types.

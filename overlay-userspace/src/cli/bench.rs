@@ -21,7 +21,7 @@ pub struct BenchArgs {
     /// Modes to build, comma-separated: native, kernel-vxlan, ebpf-tc.
     #[arg(long, value_delimiter = ',', default_value = "native,kernel-vxlan,ebpf-tc")]
     pub modes: Vec<String>,
-    /// Traffic tests to run, comma-separated: tcp, udp, latency.
+    /// Traffic tests to run, comma-separated: tcp, udp, latency; or `dns` alone (as --dns).
     #[arg(long, value_delimiter = ',', default_value = "tcp,udp,latency")]
     pub tests: Vec<String>,
     /// Write the full results (samples, summaries, ratios, targets) as JSON here.
@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// routed traffic to the same host (uses --rounds, --seconds, --json).
     #[arg(long, conflicts_with = "control_plane")]
     pub way_out: bool,
+    /// Measure names instead: lookups/s and round trips of a name answered by the datapath, by
+    /// the agent's resolver, and by dnsmasq on the same node (uses --rounds, --seconds, --json).
+    #[arg(long, conflicts_with_all = ["control_plane", "way_out"])]
+    pub dns: bool,
     /// Control plane: convergence samples of each kind (after `endpoint add`, after
     /// `endpoint add --no-wait`).
     #[arg(long, default_value_t = 100, requires = "control_plane")]
@@ -69,6 +73,12 @@ fn run_blocking(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.way_out {
         return run_way_out(args);
+    }
+    if args.dns || args.tests.iter().any(|t| t == "dns") {
+        if args.tests.iter().any(|t| t != "dns") && !args.dns {
+            bail!("--tests dns runs on its own topology: give it alone (--tests dns)");
+        }
+        return run_dns(args);
     }
     let mut cfg = if args.quick { BenchConfig::quick() } else { BenchConfig::full() };
     cfg.modes = args
@@ -132,6 +142,20 @@ fn finish(table: &str, report: &impl serde::Serialize, json: Option<&std::path::
     }
     println!("took {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn run_dns(args: BenchArgs) -> anyhow::Result<()> {
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 7 });
+    let secs = args.seconds.unwrap_or(if args.quick { 1.0 } else { 3.0 });
+    if !(1..=100).contains(&rounds) || !(0.2..=60.0).contains(&secs) {
+        bail!("--rounds {rounds} / --seconds {secs}: expected 1-100 rounds of 0.2-60 s");
+    }
+    let cfg = bench::dns::DnsConfig { rounds, secs, clients: 4 };
+    let exe = std::env::current_exe().context("finding the overlay binary")?;
+    let t0 = std::time::Instant::now();
+    let mut progress = |line: &str| println!("{line}");
+    let report = bench::dns::run(&cfg, &exe, &mut progress)?;
+    finish(&bench::dns::table(&report), &report, args.json.as_deref(), t0)
 }
 
 fn run_control(args: BenchArgs) -> anyhow::Result<()> {

@@ -168,8 +168,30 @@ fn whole_network(sim: &mut Sim, cs: &[Container], file: &std::path::Path) -> any
     check("app -> test2 (test-net, node2) over eth1", sim.ping(&app, test2.ip, 2, None), true);
     check("test2 -> web2 (the two networks stay apart)", sim.ping(&test2.netns, web2.ip, 1, None), false);
 
+    println!("\n== names: containers reach each other by name (resolver: their network's gateway)");
+    let resolv = std::fs::read_to_string(format!("/etc/netns/{}/resolv.conf", cs[0].netns)).unwrap_or_default();
+    println!("   /etc/netns/{}/resolv.conf (written by the agent): {}", cs[0].netns, resolv.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("; "));
+    let getent = |ns: &str, name: &str| {
+        sim.exec(ns, &["getent", "hosts", name]).ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("").to_string())
+    };
+    let web1 = &cs[0];
+    let by_name = getent(&web1.netns, "web2");
+    println!("   ip netns exec {} getent hosts web2        -> {}", web1.name, by_name.as_deref().unwrap_or("(nothing)"));
+    check("web1 -> web2 by name (node1 -> node2)", by_name.as_deref() == Some("10.0.1.3"), true);
+    let ping = sim.exec(&web1.netns, &["ping", "-c", "1", "-W", "2", "web3"]).is_ok_and(|o| o.status.success());
+    check("ip netns exec web1 ping web3 (node1 -> node3)", ping, true);
+    check("web1 resolves test2 (another network's name)", getent(&web1.netns, "test2").is_some(), false);
+    check("app resolves test2 and web2 (it is on both networks)", getent(&app, "test2").is_some() && getent(&app, "web2").is_some(), true);
+    let dp = Dataplane::open_pinned(&sim.pin_dir("node1"))?;
+    let s = dp.stats()?;
+    println!(
+        "   node1: {} questions answered in the datapath (dns-reply), {} handed to the agent's resolver (fwd-resolver)",
+        s.get(overlay_common::Reason::DnsReply, overlay_common::Direction::Egress).packets,
+        s.get(overlay_common::Reason::FwdResolver, overlay_common::Direction::Egress).packets
+    );
+
     println!("\n== the way out: an outside host {} behind a router, masqueraded by each node", sim::OUTSIDE_HOST);
-    let (web1, web3) = (&cs[0], &cs[2]);
+    let web3 = &cs[2];
     check(&format!("web1 (node1) -> {} ping", sim::OUTSIDE_HOST), sim.ping(&web1.netns, sim::OUTSIDE_HOST, 2, None), true);
     check(&format!("web3 (node3) -> {} ping", sim::OUTSIDE_HOST), sim.ping(&web3.netns, sim::OUTSIDE_HOST, 2, None), true);
     for (c, node) in [(web1, 1), (web3, 3)] {

@@ -5,6 +5,7 @@
 //! all of them; each metric is reported as the median over rounds with its min-max, and every
 //! ratio is taken round by round inside the same run.
 pub mod control;
+pub mod dns;
 pub mod progcost;
 pub mod report;
 pub mod stats;

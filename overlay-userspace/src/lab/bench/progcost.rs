@@ -153,3 +153,33 @@ fn batch(dp: &mut Dataplane, prog: &'static str, frame: &[u8], want: i32, n: u64
     }
     Ok(total as f64 / n as f64)
 }
+
+/// c2 asks its gateway for `c1` (A): the datapath's DNS answer path.
+pub fn dns_frame() -> Vec<u8> {
+    let mut dns = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 2, b'c', b'1', 0, 0, 1, 0, 1];
+    let gw = Ipv4Addr::new(10, 0, 1, 1);
+    let mut f = frames::eth(mac(gw), mac(C2), 0x0800);
+    f.extend(frames::ipv4(C2, gw, 17, 8 + dns.len(), 0x4000, &[]));
+    f.extend(frames::udp(40000, 53, dns.len()));
+    f.append(&mut dns);
+    f
+}
+
+/// ns per DNS answer of the egress program and of the pass-through floor under
+/// `BPF_PROG_TEST_RUN`, `packets` each in `batches` batches (medians): (answer, floor).
+pub fn dns_answer_cost(packets: u64, batches: u32) -> anyhow::Result<(super::stats::Summary, super::stats::Summary)> {
+    let dir = dataplane::host_bpffs()?.join("overlay").join(format!("bench-dnscost-{}", std::process::id()));
+    let mut l = Loaded { dp: Dataplane::load(&dir).context("loading the datapath for test runs")?, dir };
+    let cluster = crate::source::file::parse(CLUSTER)?;
+    let plan = desired::plan(&cluster, "node2")?;
+    l.dp.apply(&plan.map_state(TEST_RUN_IFINDEX, &[(&plan.local[0], TEST_RUN_IFINDEX)]))?;
+    let q = dns_frame();
+    let per_batch = (packets / batches as u64).max(1);
+    batch(&mut l.dp, PROG_EGRESS, &q, TC_ACT_REDIRECT, 1000)?;
+    let (mut answer, mut floor) = (Vec::new(), Vec::new());
+    for _ in 0..batches {
+        answer.push(batch(&mut l.dp, PROG_EGRESS, &q, TC_ACT_REDIRECT, per_batch)?);
+        floor.push(batch(&mut l.dp, PROG_PASS, &q, TC_ACT_OK, per_batch)?);
+    }
+    Ok((super::stats::Summary::of(&answer), super::stats::Summary::of(&floor)))
+}
