@@ -18,7 +18,6 @@ use crate::{
     defaults::{HOST_VETH_PREFIX, RETRY_INTERVAL},
     control::{
         desired::{self, LocalEndpoint, NodePlan, WayOut},
-        names::NameView,
         resolver::{DNS_LINK, Resolver},
     },
     host::{
@@ -92,7 +91,7 @@ impl Agent {
 
     /// Gives the resolver the names of `cluster` (after a change) and makes it listen on every
     /// gateway address, which the node's link [`DNS_LINK`] holds.
-    pub async fn update_names(&mut self, cluster: &Cluster, gateways: &[std::net::Ipv4Addr]) -> Vec<String> {
+    pub async fn update_names(&mut self, cluster: Arc<Cluster>, gateways: &[std::net::Ipv4Addr]) -> Vec<String> {
         let mut errors = Vec::new();
         if self.dns_gateways.as_deref() != Some(gateways) {
             match self.nl.ensure_address_link(DNS_LINK).await {
@@ -103,7 +102,7 @@ impl Agent {
                 Err(e) => errors.push(format!("{DNS_LINK}: {e}")),
             }
         }
-        errors.extend(self.resolver.update(NameView::build(cluster), gateways).await);
+        errors.extend(self.resolver.update(cluster, gateways).await);
         errors
     }
 
@@ -321,7 +320,7 @@ pub async fn reconcile(node: &str, pin_dir: &Path, dns: Vec<std::net::SocketAddr
                 // Names follow the cluster (rebuilt only when it changed, or after a failure).
                 if names_of.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &cluster)) {
                     let gateways: Vec<std::net::Ipv4Addr> = cluster.networks.iter().map(|n| n.gateway).collect();
-                    let errors = agent.update_names(&cluster, &gateways).await;
+                    let errors = agent.update_names(cluster.clone(), &gateways).await;
                     names_of = errors.is_empty().then(|| cluster.clone());
                     r.pending.extend(errors);
                 }

@@ -25,16 +25,22 @@ pub struct MapState {
     pub members: BTreeMap<u32, MemberInfo>,
     /// Every overlay subnet: (network-order address, prefix length) -> its VNI.
     pub subnets: BTreeMap<(u32, u32), SubnetInfo>,
-    /// Names the datapath answers: (VNI, name) -> addresses.
-    pub names: BTreeMap<NameKey, NameEntry>,
+    /// Names the datapath answers: (VNI, name) -> addresses. Shared: every plan and copy of a
+    /// node's state holds the same table (10,000 endpoints make 20,000 names).
+    pub names: std::sync::Arc<BTreeMap<NameKey, NameEntry>>,
 }
 
 /// `name` in DNS wire format (length-prefixed labels, final zero), lowercased, zero-padded; `None`
 /// when it does not fit the name table (the agent's resolver answers it then).
 pub fn dns_wire(name: &str) -> Option<[u8; DNS_NAME_MAX]> {
+    dns_wire_of(&[name])
+}
+
+/// [`dns_wire`] of the names in `parts` joined by dots, without building the joined string.
+fn dns_wire_of(parts: &[&str]) -> Option<[u8; DNS_NAME_MAX]> {
     let mut out = [0u8; DNS_NAME_MAX];
     let mut i = 0;
-    for label in name.trim_end_matches('.').split('.') {
+    for label in parts.iter().flat_map(|p| p.trim_end_matches('.').split('.')) {
         let l = label.as_bytes();
         if l.is_empty() || l.len() > 63 || i + 1 + l.len() + 1 > DNS_NAME_MAX {
             return None;
@@ -230,24 +236,32 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
     }
     // Names the datapath answers: every endpoint's name and aliases, and NAME.NETWORK, per
     // network, as the agent's resolver answers them for a container on one network.
-    let mut names: BTreeMap<(u32, [u8; DNS_NAME_MAX]), Vec<u32>> = BTreeMap::new();
+    let mut flat: Vec<(NameKey, u32)> = Vec::with_capacity(cluster.endpoints.len() * 2);
     for ep in &cluster.endpoints {
         let net = cluster.network(&ep.network).expect("validated: endpoint network exists");
+        let ip = ip_to_map(ep.ip.octets());
         for n in std::iter::once(&ep.name).chain(&ep.aliases) {
-            for form in [n.clone(), format!("{n}.{}", net.name)] {
-                if let Some(w) = dns_wire(&form) {
-                    names.entry((net.vni, w)).or_default().push(ip_to_map(ep.ip.octets()));
-                }
+            for w in [dns_wire_of(&[n]), dns_wire_of(&[n, &net.name])].into_iter().flatten() {
+                flat.push((NameKey { vni: net.vni, name: w }, ip));
             }
         }
     }
-    for ((vni, name), ips) in names {
-        if ips.len() <= DNS_ADDRS_MAX {
+    // Sorted, then grouped: one entry per name with its addresses in cluster order.
+    flat.sort_by_key(|(k, _)| *k);
+    let mut names = Vec::with_capacity(flat.len());
+    let mut i = 0;
+    while i < flat.len() {
+        let j = flat[i..].iter().position(|(k, _)| *k != flat[i].0).map_or(flat.len(), |p| i + p);
+        if j - i <= DNS_ADDRS_MAX {
             let mut addrs = [0u32; DNS_ADDRS_MAX];
-            addrs[..ips.len()].copy_from_slice(&ips);
-            base.names.insert(NameKey { vni, name }, NameEntry { count: ips.len() as u32, addrs });
+            for (slot, (_, ip)) in addrs.iter_mut().zip(&flat[i..j]) {
+                *slot = *ip;
+            }
+            names.push((flat[i].0, NameEntry { count: (j - i) as u32, addrs }));
         }
+        i = j;
     }
+    base.names = std::sync::Arc::new(names.into_iter().collect());
     Ok(NodePlan {
         node: me.name.clone(),
         vtep: me.vtep,

@@ -20,6 +20,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::names::{Answer, NameView};
+use crate::model::Cluster;
 
 /// The node's link holding every gateway address (as /32), where the resolver listens: a bridge
 /// without ports, which only holds addresses.
@@ -40,8 +41,22 @@ pub fn upstreams_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
 }
 
 struct Shared {
-    view: RwLock<Arc<NameView>>,
+    /// The cluster the names come from, and its view once a question needed it: built on the
+    /// first question after a change, not on every change (at 10,000 endpoints a build costs
+    /// milliseconds, and most questions never reach the agent).
+    names: RwLock<(Arc<Cluster>, Option<Arc<NameView>>)>,
     upstreams: Vec<SocketAddr>,
+}
+
+impl Shared {
+    fn view(&self) -> Arc<NameView> {
+        if let Some(v) = &self.names.read().unwrap_or_else(|e| e.into_inner()).1 {
+            return v.clone();
+        }
+        let mut g = self.names.write().unwrap_or_else(|e| e.into_inner());
+        let (cluster, view) = &mut *g;
+        view.get_or_insert_with(|| Arc::new(NameView::build(cluster))).clone()
+    }
 }
 
 /// Listeners on every gateway address, sharing one view of the names.
@@ -60,13 +75,14 @@ impl Drop for Resolver {
 
 impl Resolver {
     pub fn new(upstreams: Vec<SocketAddr>) -> Self {
-        Resolver { shared: Arc::new(Shared { view: RwLock::new(Arc::new(NameView::default())), upstreams }), listeners: HashMap::new() }
+        let empty = Arc::new(Cluster { vxlan_port: 0, nodes: vec![], networks: vec![], endpoints: vec![] });
+        Resolver { shared: Arc::new(Shared { names: RwLock::new((empty, None)), upstreams }), listeners: HashMap::new() }
     }
 
     /// Takes the names of a new cluster and listens on exactly `gateways` (their addresses must
     /// be local already). Returns the gateways it could not listen on, with why.
-    pub async fn update(&mut self, view: NameView, gateways: &[Ipv4Addr]) -> Vec<String> {
-        *self.shared.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+    pub async fn update(&mut self, cluster: Arc<Cluster>, gateways: &[Ipv4Addr]) -> Vec<String> {
+        *self.shared.names.write().unwrap_or_else(|e| e.into_inner()) = (cluster, None);
         self.listeners.retain(|gw, tasks| {
             let keep = gateways.contains(gw);
             if !keep {
@@ -144,7 +160,7 @@ async fn handle(q: &[u8], asker: Ipv4Addr, gw: Ipv4Addr, s: &Shared) -> Option<V
     if query.metadata.message_type != MessageType::Query {
         return None;
     }
-    let view = s.view.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let view = s.view();
     let shuffle = rand_u64();
     match view.answer(&query, asker, gw, shuffle) {
         Answer::Local(m) => m.to_vec().ok(),

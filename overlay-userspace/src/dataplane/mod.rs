@@ -264,6 +264,56 @@ where
     Ok(())
 }
 
+/// [`sync_cached`] for a large table: one ordered walk through both copies (a merge), no
+/// lookup per entry.
+fn sync_merged<K, V>(
+    name: &'static str,
+    map: &mut HashMap<MapData, K, V>,
+    have: &BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+    sum: &mut DiffSummary,
+    removals: &mut Vec<K>,
+) -> Result<()>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod + PartialEq,
+{
+    let (mut h, mut w) = (have.iter().peekable(), want.iter().peekable());
+    loop {
+        match (h.peek(), w.peek()) {
+            (None, None) => return Ok(()),
+            (Some((hk, _)), None) => {
+                removals.push(**hk);
+                h.next();
+            }
+            (None, Some((wk, wv))) => {
+                map.insert(*wk, *wv, 0).map_err(map_err(name))?;
+                sum.added += 1;
+                w.next();
+            }
+            (Some((hk, hv)), Some((wk, wv))) => match hk.cmp(wk) {
+                std::cmp::Ordering::Less => {
+                    removals.push(**hk);
+                    h.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    map.insert(*wk, *wv, 0).map_err(map_err(name))?;
+                    sum.added += 1;
+                    w.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if hv != wv {
+                        map.insert(*wk, *wv, 0).map_err(map_err(name))?;
+                        sum.changed += 1;
+                    }
+                    h.next();
+                    w.next();
+                }
+            },
+        }
+    }
+}
+
 fn remove_all<K: aya::Pod, V: aya::Pod>(
     name: &'static str,
     map: &mut HashMap<MapData, K, V>,
@@ -333,7 +383,7 @@ impl Dataplane {
                 .iter()
                 .map(|kv| kv.map(|(k, v)| ((k.data(), k.prefix_len()), v)).map_err(map_err(MAP_SUBNETS)))
                 .collect::<Result<_>>()?,
-            names: collect(MAP_NAMES, &self.maps.names)?,
+            names: std::sync::Arc::new(collect(MAP_NAMES, &self.maps.names)?),
         })
     }
 
@@ -370,7 +420,9 @@ impl Dataplane {
         sync_cached(MAP_NEIGH, &mut m.neigh, &have.neigh, &want.neigh, &mut sum, &mut rn)?;
         sync_cached(MAP_ENDPOINTS, &mut m.endpoints, &have.endpoints, &want.endpoints, &mut sum, &mut re)?;
         sync_cached(MAP_FDB, &mut m.fdb, &have.fdb, &want.fdb, &mut sum, &mut rf)?;
-        sync_cached(MAP_NAMES, &mut m.names, &have.names, &want.names, &mut sum, &mut rq)?;
+        if !std::sync::Arc::ptr_eq(&have.names, &want.names) {
+            sync_merged(MAP_NAMES, &mut m.names, &have.names, &want.names, &mut sum, &mut rq)?;
+        }
         // Per-VNI counters exist for exactly the configured VNIs.
         if prev.is_none_or(|p| !p.vnis.keys().eq(want.vnis.keys())) {
             let cpus = nr_cpus().map_err(|(_, e)| io_err("counting CPUs", Path::new("/sys/devices/system/cpu/possible"))(e))?;
