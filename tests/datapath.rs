@@ -620,3 +620,14 @@ fn the_datapath_and_the_agent_give_the_same_answers() {
         }
     }
 }
+
+/// `overlay down`'s pin removal also takes maps another agent version pinned in the node's
+/// directory (here: a map pinned under a name this version does not know).
+#[test]
+fn removing_pins_takes_maps_of_other_versions_too() {
+    let t = TestDataplane::new("pins");
+    let fdb = aya::maps::MapData::from_pin(t.dir.join("FDB")).expect("FDB pin");
+    fdb.pin(t.dir.join("OLD_VERSION_MAP")).expect("pin under another name");
+    overlay::dataplane::remove_pins(&t.dir).expect("every pin removed");
+    assert!(!t.dir.exists(), "the node's pin directory is gone");
+}

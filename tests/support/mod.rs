@@ -22,7 +22,7 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// A freshly loaded datapath in a unique pin directory, removed on drop.
 pub struct TestDataplane {
     pub dp: Dataplane,
-    dir: PathBuf,
+    pub dir: PathBuf,
 }
 
 impl TestDataplane {

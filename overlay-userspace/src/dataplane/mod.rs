@@ -632,6 +632,14 @@ pub fn remove_pins(dir: &Path) -> std::result::Result<(), Vec<String>> {
             Err(e) => errors.push(format!("{}: {e}", p.display())),
         }
     }
+    // Maps another version of the agent pinned here (the directory is the node's, all ours).
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())) {
+            if let Err(err) = fs::remove_file(e.path()) {
+                errors.push(format!("{}: {err}", e.path().display()));
+            }
+        }
+    }
     match fs::remove_dir(dir) {
         Ok(()) => remove_pin_root_if_empty(dir),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
