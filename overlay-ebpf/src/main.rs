@@ -1,7 +1,8 @@
 //! The overlay datapath: two TC programs and a pass-through floor for benchmarks.
 //!
 //! - [`overlay_egress`]: TC ingress hook of each local endpoint's host-side veth (frames the
-//!   container sends). Answers ARP, switches locally, encapsulates to remote VTEPs.
+//!   container sends). Answers ARP and DNS for overlay names, switches locally, encapsulates to
+//!   remote VTEPs, hands the way out and other DNS questions to the node.
 //! - [`overlay_ingress`]: TC ingress hook of the underlay interface. Decapsulates VXLAN for
 //!   known VNIs from member VTEPs and delivers into the endpoint's namespace; passes everything
 //!   else untouched.
@@ -24,8 +25,9 @@ use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use overlay_common::Direction;
 
 /// Attached to: TC ingress of an endpoint's host-side veth.
-/// Returns `TC_ACT_REDIRECT` (switched, encapsulated or ARP answered) or `TC_ACT_SHOT` (counted
-/// drop).
+/// Returns `TC_ACT_REDIRECT` (switched, encapsulated, ARP or DNS answered), `TC_ACT_OK` (handed
+/// to the node: the way out, or a DNS question for the agent's resolver) or `TC_ACT_SHOT`
+/// (counted drop).
 #[classifier]
 pub fn overlay_egress(ctx: TcContext) -> i32 {
     let len = ctx.len();

@@ -278,38 +278,31 @@ where
     K: aya::Pod + Ord,
     V: aya::Pod + PartialEq,
 {
+    use std::cmp::Ordering::{Equal, Greater, Less};
     let (mut h, mut w) = (have.iter().peekable(), want.iter().peekable());
     loop {
-        match (h.peek(), w.peek()) {
+        // An exhausted side sorts after everything: what is left of the other is removed or added.
+        let ord = match (h.peek(), w.peek()) {
             (None, None) => return Ok(()),
-            (Some((hk, _)), None) => {
-                removals.push(**hk);
-                h.next();
-            }
-            (None, Some((wk, wv))) => {
-                map.insert(*wk, *wv, 0).map_err(map_err(name))?;
-                sum.added += 1;
-                w.next();
-            }
-            (Some((hk, hv)), Some((wk, wv))) => match hk.cmp(wk) {
-                std::cmp::Ordering::Less => {
-                    removals.push(**hk);
-                    h.next();
+            (Some(_), None) => Less,
+            (None, Some(_)) => Greater,
+            (Some((hk, _)), Some((wk, _))) => hk.cmp(wk),
+        };
+        match ord {
+            Less => removals.extend(h.next().map(|(k, _)| *k)),
+            Greater | Equal => {
+                let (k, v) = w.next().expect("peeked");
+                let old = if ord == Equal { h.next().map(|(_, v)| v) } else { None };
+                if old == Some(v) {
+                    continue;
                 }
-                std::cmp::Ordering::Greater => {
-                    map.insert(*wk, *wv, 0).map_err(map_err(name))?;
+                map.insert(k, v, 0).map_err(map_err(name))?;
+                if old.is_some() {
+                    sum.changed += 1;
+                } else {
                     sum.added += 1;
-                    w.next();
                 }
-                std::cmp::Ordering::Equal => {
-                    if hv != wv {
-                        map.insert(*wk, *wv, 0).map_err(map_err(name))?;
-                        sum.changed += 1;
-                    }
-                    h.next();
-                    w.next();
-                }
-            },
+            }
         }
     }
 }
