@@ -68,7 +68,14 @@ pub struct Agent {
     resolver: Resolver,
     /// The gateways the resolver listens on, as last set up.
     dns_gateways: Option<Vec<std::net::Ipv4Addr>>,
+    /// Veth pairs nobody's yet, both ends still here, by when they were first seen so.
+    orphans: HashMap<String, Instant>,
 }
+
+/// How long a veth pair made here (both ends in the node's namespace) may belong to no endpoint
+/// before a sweep removes it: the Docker plugin makes the pair at Join, and the endpoint it
+/// published just before may reach this agent a moment later.
+const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a sweep kept: (host veth, ifindex) of wired endpoints, (network, name) of this node's
 /// endpoints without a namespace yet, underlay ifindex.
@@ -86,6 +93,7 @@ impl Agent {
             swept: None,
             resolver: Resolver::new(dns_upstreams),
             dns_gateways: None,
+            orphans: HashMap::new(),
         })
     }
 
@@ -158,7 +166,8 @@ impl Agent {
         if !report.pending.is_empty() || self.swept != swept {
             self.sweep(&plan, &wired, (&underlay.name, underlay.index)).await?;
             self.wired.retain(|host, _| plan.local.iter().any(|e| &e.host_ifname == host));
-            self.swept = if report.pending.is_empty() { swept } else { None };
+            // Pending endpoints, or pairs in their grace time: the next apply sweeps again.
+            self.swept = if report.pending.is_empty() && self.orphans.is_empty() { swept } else { None };
         }
         Ok(report)
     }
@@ -271,12 +280,23 @@ impl Agent {
         // plugin creates the pair at Join, before Docker moves one end into the container.
         let mut keep_ifs: Vec<String> = plan.local.iter().map(|e| e.host_ifname.clone()).collect();
         keep_ifs.extend(plan.unwired.iter().map(|(net, name)| desired::host_ifname(net, name)));
-        for l in self.nl.links().await? {
-            if l.name.starts_with(HOST_VETH_PREFIX) && !keep_ifs.contains(&l.name) {
-                info!(ifname = %l.name, "removing veth of a deleted endpoint");
-                self.nl.delete(l.index).await?;
+        let links = self.nl.links().await?;
+        let now = Instant::now();
+        let mut orphans = HashMap::new();
+        for l in links.iter().filter(|l| l.name.starts_with(HOST_VETH_PREFIX) && !keep_ifs.contains(&l.name)) {
+            // A pair whose other end is still here was made a moment ago by the Docker plugin
+            // (at Join), possibly before its endpoint reached this agent: it goes only when it
+            // is still nobody's a while later.
+            let fresh_pair = links.iter().any(|o| Some(o.index) == l.peer && o.peer == Some(l.index));
+            let since = self.orphans.get(&l.name).copied().unwrap_or(now);
+            if fresh_pair && now.duration_since(since) < ORPHAN_GRACE {
+                orphans.insert(l.name.clone(), since);
+                continue;
             }
+            info!(ifname = %l.name, "removing veth of a deleted endpoint");
+            self.nl.delete(l.index).await?;
         }
+        self.orphans = orphans;
         let spaces: Vec<&str> = plan.local.iter().map(|e| e.netns.as_str()).collect();
         for e in resolv_conf::sweep(&self.node, &spaces) {
             warn!("{e}");
