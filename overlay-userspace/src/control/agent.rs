@@ -360,7 +360,8 @@ pub async fn reconcile(node: &str, pin_dir: &Path, dns: Vec<std::net::SocketAddr
                 for p in &r.pending {
                     warn!("not applied yet (retrying): {p}");
                 }
-                retry_at = (!r.pending.is_empty()).then(|| Instant::now() + RETRY_INTERVAL);
+                // Also while a veth pair waits out its grace time, so that it goes when it ends.
+                retry_at = (!r.pending.is_empty() || !agent.orphans.is_empty()).then(|| Instant::now() + RETRY_INTERVAL);
             }
             Err(e) => {
                 warn!("apply failed (retrying): {e}");
