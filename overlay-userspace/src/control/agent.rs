@@ -142,9 +142,17 @@ impl Agent {
         }
         let mut wired: Vec<(&LocalEndpoint, u32)> = Vec::new();
         for ep in &plan.local {
-            if let Some((done, ifindex)) = self.wired.get(&ep.host_ifname) {
-                if done == ep {
-                    wired.push((ep, *ifindex));
+            if let Some((done, ifindex)) = self.wired.get(&ep.host_ifname).cloned() {
+                // What does not touch the interfaces (another network joined or left by the same
+                // container) changes only the maps and the resolver file: no re-wiring.
+                if done.same_wiring(ep) {
+                    if ep.resolver && !done.resolver {
+                        if let Err(e) = resolv_conf::write(&self.node, &ep.netns, ep.gateway) {
+                            warn!(netns = %ep.netns, "writing its resolv.conf: {e}");
+                        }
+                    }
+                    self.wired.insert(ep.host_ifname.clone(), (ep.clone(), ifindex));
+                    wired.push((ep, ifindex));
                     continue;
                 }
             }

@@ -88,6 +88,16 @@ impl LocalEndpoint {
     pub fn mtu_for(&self, underlay_mtu: u32) -> u32 {
         self.mtu.unwrap_or(underlay_mtu.saturating_sub(OVERLAY_OVERHEAD))
     }
+
+    /// Whether `other` is wired exactly like this one (it may differ in what only the maps and
+    /// the resolver file carry: whether the container is on other networks too, which of its
+    /// networks names its resolver).
+    pub fn same_wiring(&self, other: &LocalEndpoint) -> bool {
+        let mut o = other.clone();
+        o.multi_network = self.multi_network;
+        o.resolver = self.resolver;
+        *self == o
+    }
 }
 
 /// What the cluster asks of one node, before local interfaces exist.
