@@ -264,49 +264,6 @@ where
     Ok(())
 }
 
-/// [`sync_cached`] for a large table: one ordered walk through both copies (a merge), no
-/// lookup per entry.
-fn sync_merged<K, V>(
-    name: &'static str,
-    map: &mut HashMap<MapData, K, V>,
-    have: &BTreeMap<K, V>,
-    want: &BTreeMap<K, V>,
-    sum: &mut DiffSummary,
-    removals: &mut Vec<K>,
-) -> Result<()>
-where
-    K: aya::Pod + Ord,
-    V: aya::Pod + PartialEq,
-{
-    use std::cmp::Ordering::{Equal, Greater, Less};
-    let (mut h, mut w) = (have.iter().peekable(), want.iter().peekable());
-    loop {
-        // An exhausted side sorts after everything: what is left of the other is removed or added.
-        let ord = match (h.peek(), w.peek()) {
-            (None, None) => return Ok(()),
-            (Some(_), None) => Less,
-            (None, Some(_)) => Greater,
-            (Some((hk, _)), Some((wk, _))) => hk.cmp(wk),
-        };
-        match ord {
-            Less => removals.extend(h.next().map(|(k, _)| *k)),
-            Greater | Equal => {
-                let (k, v) = w.next().expect("peeked");
-                let old = if ord == Equal { h.next().map(|(_, v)| v) } else { None };
-                if old == Some(v) {
-                    continue;
-                }
-                map.insert(k, v, 0).map_err(map_err(name))?;
-                if old.is_some() {
-                    sum.changed += 1;
-                } else {
-                    sum.added += 1;
-                }
-            }
-        }
-    }
-}
-
 fn remove_all<K: aya::Pod, V: aya::Pod>(
     name: &'static str,
     map: &mut HashMap<MapData, K, V>,
@@ -414,7 +371,7 @@ impl Dataplane {
         sync_cached(MAP_ENDPOINTS, &mut m.endpoints, &have.endpoints, &want.endpoints, &mut sum, &mut re)?;
         sync_cached(MAP_FDB, &mut m.fdb, &have.fdb, &want.fdb, &mut sum, &mut rf)?;
         if !std::sync::Arc::ptr_eq(&have.names, &want.names) {
-            sync_merged(MAP_NAMES, &mut m.names, &have.names, &want.names, &mut sum, &mut rq)?;
+            sync_cached(MAP_NAMES, &mut m.names, &have.names, &want.names, &mut sum, &mut rq)?;
         }
         // Per-VNI counters exist for exactly the configured VNIs.
         if prev.is_none_or(|p| !p.vnis.keys().eq(want.vnis.keys())) {

@@ -292,11 +292,6 @@ pub fn remove() -> Result<bool> {
     Ok(true)
 }
 
-/// Whether table `ip overlay` exists (for tests and `overlay down`'s report).
-pub fn exists() -> Result<bool> {
-    Ok(current()?.is_some())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
