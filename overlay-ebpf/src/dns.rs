@@ -36,17 +36,32 @@ pub struct Question {
 
 /// The question of a plain A or AAAA query whose name fits the table, with its key written to
 /// [`DNS_KEY`]; or `None`. The caller checked: IPv4 without options, UDP, not a fragment,
-/// destination port 53.
+/// destination port 53. Read straight from the packet (a helper call per field cost most of an
+/// answer's time); a packet whose bytes are not all in the linear area is the agent's.
 #[inline(always)]
 pub fn question(ctx: &TcContext, vni: u32) -> Option<Question> {
     let len = ctx.len() as usize;
-    let hdr: [u8; DNS_HLEN] = ctx.load(DNS_OFF).ok()?;
-    // QR 0 and opcode QUERY; exactly one question and nothing else.
-    if hdr[2] & 0xf8 != 0 || hdr[4..12] != [0, 1, 0, 0, 0, 0, 0, 0] {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    if data_end - data != len || data + QNAME_OFF > data_end {
         return None;
     }
-    let udp_len: [u8; 2] = ctx.load(UDP_OFF + 4).ok()?;
-    if u16::from_be_bytes(udp_len) as usize != len.checked_sub(UDP_OFF)? {
+    let hdr = data + DNS_OFF;
+    // SAFETY: the DNS header is inside the bounds checked above.
+    let (flags, counts, udp_len) = unsafe {
+        (
+            *((hdr + 2) as *const u8),
+            core::ptr::read_unaligned((hdr + 4) as *const [u8; 8]),
+            u16::from_be(core::ptr::read_unaligned((data + UDP_OFF + 4) as *const u16)),
+        )
+    };
+    // QR 0 and opcode QUERY; exactly one question and nothing else; the UDP length is the packet's.
+    if flags & 0xf8 != 0 || counts != [0, 1, 0, 0, 0, 0, 0, 0] || udp_len as usize != len - UDP_OFF {
+        return None;
+    }
+    // The name runs from the question's start to the QTYPE and QCLASS that end the packet;
+    // with its final zero it must fit the table's key.
+    let name_len = len.checked_sub(QNAME_OFF + 4)?;
+    if name_len == 0 || name_len > DNS_NAME_MAX {
         return None;
     }
     // The key is built in a per-CPU scratch slot: no large value on the BPF stack.
@@ -54,16 +69,25 @@ pub fn question(ctx: &TcContext, vni: u32) -> Option<Question> {
     // SAFETY: a per-CPU slot of this program; nothing else runs on this CPU meanwhile.
     unsafe { (*key).vni = vni };
     let name = unsafe { core::ptr::addr_of_mut!((*key).name) } as *mut u8;
+    // Zero-padded: sixteen aligned word stores (the name follows the u32 VNI); volatile, so no
+    // memset call in a BPF program.
+    for w in 0..DNS_NAME_MAX / 4 {
+        // SAFETY: inside the key's name, 4-byte aligned.
+        unsafe { (name.add(4 * w) as *mut u32).write_volatile(0) };
+    }
     // Copy the name lowercased, checking its labels: lengths only (a compression pointer in a
-    // query is malformed), ending with the root label within the table's key size.
+    // query is malformed), the root label exactly at the name's end.
     let mut next_label = 0usize;
     let mut end = None;
     for i in 0..DNS_NAME_MAX {
-        let mut b: u8 = ctx.load(QNAME_OFF + i).ok()?;
+        let p = data + QNAME_OFF + i;
+        if i >= name_len || p + 1 > data_end {
+            break;
+        }
+        // SAFETY: p is inside the packet (checked just above).
+        let mut b = unsafe { *(p as *const u8) };
         if i == next_label {
             if b == 0 {
-                // SAFETY: i < DNS_NAME_MAX.
-                unsafe { name.add(i).write_volatile(0) };
                 end = Some(i);
                 break;
             }
@@ -77,23 +101,21 @@ pub fn question(ctx: &TcContext, vni: u32) -> Option<Question> {
         // SAFETY: i < DNS_NAME_MAX, inside the key's name.
         unsafe { name.add(i).write_volatile(b) };
     }
-    let name_len = end? + 1;
-    for i in 0..DNS_NAME_MAX {
-        if i >= name_len {
-            // SAFETY: i < DNS_NAME_MAX. Volatile: no memset call in a BPF program.
-            unsafe { name.add(i).write_volatile(0) };
-        }
-    }
-    // QTYPE and QCLASS end the packet.
-    if QNAME_OFF + name_len + 4 != len {
+    if end? + 1 != name_len {
         return None;
     }
-    let tc: [u8; 4] = ctx.load(QNAME_OFF + name_len).ok()?;
+    // QTYPE and QCLASS end the packet. The mask only tells the verifier the bound checked above.
+    let tc = data + QNAME_OFF + (name_len & 0x7f);
+    if tc + 4 > data_end {
+        return None;
+    }
+    // SAFETY: inside the packet (checked just above).
+    let tc = unsafe { core::ptr::read_unaligned(tc as *const [u8; 4]) };
     let qtype = u16::from_be_bytes([tc[0], tc[1]]);
     if u16::from_be_bytes([tc[2], tc[3]]) != CLASS_IN || (qtype != TYPE_A && qtype != TYPE_AAAA) {
         return None;
     }
-    Some(Question { qtype, name_len: name_len as u32, rd: hdr[2] & 0x01 })
+    Some(Question { qtype, name_len: name_len as u32, rd: flags & 0x01 })
 }
 
 /// One's-complement checksum of a 20-byte IPv4 header.
@@ -110,7 +132,8 @@ fn ip_checksum(h: &[u8; IPV4_HLEN]) -> u16 {
 
 /// Turns the query into its answer, in place: A records for `entry` (in a random rotation, DNS
 /// round robin), none for AAAA; addresses, ports and MACs swapped (from the gateway back to the
-/// endpoint). The caller redirects it into the container.
+/// endpoint). The caller sends it back into the container. Written straight into the packet
+/// (after the tail grows, the skb stays linear: [`question`] only takes linear packets).
 #[inline(always)]
 pub fn reply(ctx: &TcContext, ep: &EndpointInfo, gw_mac: [u8; 6], q: &Question, entry: &NameEntry) -> Result<(), Reason> {
     let count = if q.qtype == TYPE_A { entry.count.min(DNS_ADDRS_MAX as u32) } else { 0 };
@@ -122,7 +145,13 @@ pub fn reply(ctx: &TcContext, ep: &EndpointInfo, gw_mac: [u8; 6], q: &Question, 
             return Err(Reason::AdjustFailed);
         }
     }
-    let ans_off = QNAME_OFF + q.name_len as usize + 4;
+    // Packet pointers are derived again after the helper moved the data.
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    if data + QNAME_OFF > data_end {
+        return Err(Reason::Truncated);
+    }
+    // The masks only tell the verifier the bounds question() checked.
+    let ans_off = QNAME_OFF + ((q.name_len as usize) & 0x7f) + 4;
     // SAFETY: plain helper call.
     let r = unsafe { bpf_get_prandom_u32() };
     let ttl = DNS_TTL.to_be_bytes();
@@ -133,35 +162,42 @@ pub fn reply(ctx: &TcContext, ep: &EndpointInfo, gw_mac: [u8; 6], q: &Question, 
             break;
         }
         let addr = entry.addrs.get(k).ok_or(Reason::Truncated)?.to_ne_bytes();
-        let slot = (k as u32 + r) % count;
+        let slot = ((k as u32 + r) % count) as usize & (DNS_ADDRS_MAX - 1);
+        let p = data + ans_off + ANSWER_LEN * slot;
+        if p + ANSWER_LEN > data_end {
+            return Err(Reason::Truncated);
+        }
         let rr: [u8; ANSWER_LEN] = [
             0xc0, 0x0c, 0, TYPE_A as u8, 0, CLASS_IN as u8, ttl[0], ttl[1], ttl[2], ttl[3], 0, 4, addr[0], addr[1], addr[2], addr[3],
         ];
-        ctx.store(ans_off + ANSWER_LEN * slot as usize, &rr, 0).map_err(|_| Reason::AdjustFailed)?;
+        // SAFETY: inside the packet (checked just above).
+        unsafe { core::ptr::write_unaligned(p as *mut [u8; ANSWER_LEN], rr) };
     }
-    // DNS header: a response, authoritative, recursion available, NOERROR, `count` answers.
-    let flags: [u8; 2] = [0x84 | q.rd, 0x80];
-    ctx.store(DNS_OFF + 2, &flags, 0).map_err(|_| Reason::AdjustFailed)?;
-    ctx.store(DNS_OFF + 6, &(count as u16).to_be_bytes(), 0).map_err(|_| Reason::AdjustFailed)?;
-    // UDP: from port 53 back to the asking port, new length, no checksum (allowed for IPv4).
-    let ports: [u8; 4] = ctx.load(UDP_OFF).map_err(|_| Reason::Truncated)?;
-    let udp_len = ((new_len - UDP_OFF) as u16).to_be_bytes();
-    let udp: [u8; 8] = [ports[2], ports[3], ports[0], ports[1], udp_len[0], udp_len[1], 0, 0];
-    ctx.store(UDP_OFF, &udp, 0).map_err(|_| Reason::AdjustFailed)?;
-    // IPv4: from the gateway back to the endpoint.
-    let addrs: [u8; 8] = ctx.load(IP_OFF + 12).map_err(|_| Reason::Truncated)?;
-    let total = ((new_len - IP_OFF) as u16).to_be_bytes();
-    let mut ip: [u8; IPV4_HLEN] = [
-        0x45, 0, total[0], total[1], 0, 0, 0x40, 0, OUTER_TTL, IPPROTO_UDP, 0, 0, addrs[4], addrs[5], addrs[6], addrs[7], addrs[0],
-        addrs[1], addrs[2], addrs[3],
-    ];
-    let c = ip_checksum(&ip).to_be_bytes();
-    ip[10] = c[0];
-    ip[11] = c[1];
-    ctx.store(IP_OFF, &ip, 0).map_err(|_| Reason::AdjustFailed)?;
-    // Ethernet: from the gateway's MAC to the endpoint's.
-    let m = ep.mac;
-    let eth: [u8; 12] = [m[0], m[1], m[2], m[3], m[4], m[5], gw_mac[0], gw_mac[1], gw_mac[2], gw_mac[3], gw_mac[4], gw_mac[5]];
-    ctx.store(0, &eth, 0).map_err(|_| Reason::AdjustFailed)?;
+    // SAFETY: every offset below is inside the first QNAME_OFF bytes, checked above.
+    unsafe {
+        // DNS header: a response, authoritative, recursion available, NOERROR, `count` answers.
+        core::ptr::write_unaligned((data + DNS_OFF + 2) as *mut [u8; 2], [0x84 | q.rd, 0x80]);
+        core::ptr::write_unaligned((data + DNS_OFF + 6) as *mut [u8; 2], (count as u16).to_be_bytes());
+        // UDP: from port 53 back to the asking port, new length, no checksum (allowed for IPv4).
+        let ports = core::ptr::read_unaligned((data + UDP_OFF) as *const [u8; 4]);
+        let udp_len = ((new_len - UDP_OFF) as u16).to_be_bytes();
+        let udp: [u8; 8] = [ports[2], ports[3], ports[0], ports[1], udp_len[0], udp_len[1], 0, 0];
+        core::ptr::write_unaligned((data + UDP_OFF) as *mut [u8; 8], udp);
+        // IPv4: from the gateway back to the endpoint.
+        let addrs = core::ptr::read_unaligned((data + IP_OFF + 12) as *const [u8; 8]);
+        let total = ((new_len - IP_OFF) as u16).to_be_bytes();
+        let mut ip: [u8; IPV4_HLEN] = [
+            0x45, 0, total[0], total[1], 0, 0, 0x40, 0, OUTER_TTL, IPPROTO_UDP, 0, 0, addrs[4], addrs[5], addrs[6], addrs[7],
+            addrs[0], addrs[1], addrs[2], addrs[3],
+        ];
+        let c = ip_checksum(&ip).to_be_bytes();
+        ip[10] = c[0];
+        ip[11] = c[1];
+        core::ptr::write_unaligned((data + IP_OFF) as *mut [u8; IPV4_HLEN], ip);
+        // Ethernet: from the gateway's MAC to the endpoint's.
+        let m = ep.mac;
+        let eth: [u8; 12] = [m[0], m[1], m[2], m[3], m[4], m[5], gw_mac[0], gw_mac[1], gw_mac[2], gw_mac[3], gw_mac[4], gw_mac[5]];
+        core::ptr::write_unaligned(data as *mut [u8; 12], eth);
+    }
     Ok(())
 }

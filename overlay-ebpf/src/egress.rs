@@ -8,7 +8,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
         BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_REDIRECT,
     },
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type},
+    helpers::{bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -173,8 +173,12 @@ pub fn act(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, action: Action) -> 
     match action {
         Action::ArpReply { ip, mac } => {
             arp_reply(ctx, ep, ip, mac)?;
-            // SAFETY: plain helper call; out of the same veth, i.e. into the endpoint's namespace.
-            let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
+            // SAFETY: plain helper call; into the ingress of the veth's other end, the
+            // endpoint's interface.
+            let action = unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
+            if action != TC_ACT_REDIRECT as i32 {
+                return Err(Reason::RedirectFailed);
+            }
             Ok(Verdict { action, reason: Reason::ArpReply, vni: 0, inner_len: 0 })
         }
         Action::Peer { ifindex } => {
@@ -204,8 +208,12 @@ pub fn act(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, action: Action) -> 
         Action::DnsReply { question, entry, gw_mac } => {
             // SAFETY: a value of the NAMES map, valid while the program runs.
             dns::reply(ctx, ep, gw_mac, &question, unsafe { &*entry })?;
-            // SAFETY: plain helper call; out of the same veth, into the endpoint's namespace.
-            let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
+            // SAFETY: plain helper call. Straight into the ingress of the veth's other end, the
+            // endpoint's interface, in this same pass (no second trip through the veth's queue).
+            let action = unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
+            if action != TC_ACT_REDIRECT as i32 {
+                return Err(Reason::RedirectFailed);
+            }
             Ok(Verdict { action, reason: Reason::DnsReply, vni: ep.vni, inner_len: len })
         }
         a @ (Action::ToHost | Action::Resolver) => {
