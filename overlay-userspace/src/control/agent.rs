@@ -70,6 +70,8 @@ pub struct Agent {
     dns_gateways: Option<Vec<std::net::Ipv4Addr>>,
     /// Veth pairs nobody's yet, both ends still here, by when they were first seen so.
     orphans: HashMap<String, Instant>,
+    /// Plans each change, reusing what the last one computed (the unchanged networks' names).
+    planner: desired::Planner,
 }
 
 /// How long a veth pair made here (both ends in the node's namespace) may belong to no endpoint
@@ -94,6 +96,7 @@ impl Agent {
             resolver: Resolver::new(dns_upstreams),
             dns_gateways: None,
             orphans: HashMap::new(),
+            planner: desired::Planner::default(),
         })
     }
 
@@ -118,7 +121,7 @@ impl Agent {
     /// the host (a namespace missing, an interface gone): those endpoints are reported pending
     /// and everything else is applied.
     pub async fn apply(&mut self, cluster: &Cluster) -> Result<ApplyReport, AgentError> {
-        let plan = desired::plan(cluster, &self.node)?;
+        let plan = self.planner.plan(cluster, &self.node)?;
         let underlay = match &plan.underlay {
             Some(name) => self.nl.link(name).await?.ok_or_else(|| NetlinkError::NoSuchLink(name.clone()))?,
             None => self.nl.interface_with_address(plan.vtep).await?,

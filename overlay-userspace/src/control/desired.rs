@@ -1,6 +1,10 @@
 //! From a cluster description to what one node's datapath must hold. Pure functions: the
 //! description source (file today, a store tomorrow) does not matter here.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    sync::Arc,
+};
 
 use ipnet::Ipv4Net;
 use overlay_common::{
@@ -10,7 +14,7 @@ use overlay_common::{
 };
 
 use crate::{
-    model::{Cluster, Mac},
+    model::{Cluster, Endpoint, Mac, Network},
     defaults::{HOST_VETH_PREFIX, OVERLAY_OVERHEAD, PEER_VETH_PREFIX, SRC_PORT_MAX, SRC_PORT_MIN},
 };
 
@@ -19,15 +23,88 @@ use crate::{
 pub struct MapState {
     pub config: NodeConfig,
     pub vnis: BTreeMap<u32, VniInfo>,
-    pub fdb: BTreeMap<FdbKey, FdbEntry>,
+    /// Per network: gateway, remote endpoints, and (after [`NodePlan::map_state`]) local ones.
+    pub fdb: PerVni<FdbKey, FdbEntry>,
     pub endpoints: BTreeMap<u32, EndpointInfo>,
-    pub neigh: BTreeMap<NeighKey, NeighEntry>,
+    /// Per network: the gateway's and every endpoint's address.
+    pub neigh: PerVni<NeighKey, NeighEntry>,
     pub members: BTreeMap<u32, MemberInfo>,
     /// Every overlay subnet: (network-order address, prefix length) -> its VNI.
     pub subnets: BTreeMap<(u32, u32), SubnetInfo>,
-    /// Names the datapath answers: (VNI, name) -> addresses. Shared: every plan and copy of a
-    /// node's state holds the same table (10,000 endpoints make 20,000 names).
-    pub names: std::sync::Arc<BTreeMap<NameKey, NameEntry>>,
+    /// Per network: (VNI, name) -> addresses, the names the datapath answers.
+    pub names: PerVni<NameKey, NameEntry>,
+}
+
+/// A table kept per network (VNI): each network's part is shared, by every plan and copy of a
+/// node's state, for as long as the network's endpoints do not change. A change then rebuilds
+/// and compares one network's part, not the cluster's (10,000 endpoints make 10,000 FDB and
+/// neighbour entries and 20,000 names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PerVni<K, V>(pub BTreeMap<u32, Arc<BTreeMap<K, V>>>);
+
+impl<K, V> Default for PerVni<K, V> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> PerVni<K, V> {
+    pub fn len(&self) -> usize {
+        self.0.values().map(|t| t.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.values().all(|t| t.is_empty())
+    }
+
+    /// Every entry, network by network.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.values().flat_map(|t| t.iter())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.iter().map(|(k, _)| k)
+    }
+
+    pub fn get(&self, vni: u32, k: &K) -> Option<&V> {
+        self.0.get(&vni)?.get(k)
+    }
+
+    /// Adds an entry to network `vni`'s part (copying that part if it is shared).
+    pub fn insert(&mut self, vni: u32, k: K, v: V) {
+        Arc::make_mut(self.0.entry(vni).or_default()).insert(k, v);
+    }
+}
+
+impl<'a, K: Ord + Clone, V: Clone> IntoIterator for &'a PerVni<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = Box<dyn Iterator<Item = (&'a K, &'a V)> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+/// What a network's parts of the tables are built from, endpoint by endpoint in cluster order:
+/// name, aliases, address, MAC, and the VTEP it is behind (`None`: this node).
+type Source = Vec<(String, Vec<String>, Ipv4Addr, Mac, Option<Ipv4Addr>)>;
+
+/// A network's parts of the tables and what they were built from, reused while that stays the
+/// same.
+#[derive(Debug)]
+struct CachedNetwork {
+    network: Network,
+    source: Source,
+    fdb: Arc<BTreeMap<FdbKey, FdbEntry>>,
+    neigh: Arc<BTreeMap<NeighKey, NeighEntry>>,
+    names: Arc<BTreeMap<NameKey, NameEntry>>,
+}
+
+/// Plans a node's state again and again as the cluster changes (the agent keeps one), reusing
+/// what did not change: the parts of the tables of networks whose endpoints are the same.
+#[derive(Debug, Default)]
+pub struct Planner {
+    /// By VNI.
+    networks: HashMap<u32, CachedNetwork>,
 }
 
 /// `name` in DNS wire format (length-prefixed labels, final zero), lowercased, zero-padded; `None`
@@ -164,91 +241,18 @@ pub fn gateway_mac(gateway: Ipv4Addr) -> Mac {
     Mac::from_ip(gateway)
 }
 
-/// Computes the plan of `node` in `cluster`.
+/// Computes the plan of `node` in `cluster` (from scratch; [`Planner`] reuses earlier work).
 pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
-    let me = cluster.node(node).ok_or_else(|| PlanError::UnknownNode(node.to_string()))?;
-    let vtep_of: BTreeMap<&str, Ipv4Addr> =
-        cluster.nodes.iter().map(|n| (n.name.as_str(), n.vtep)).collect();
-    let mut base = MapState {
-        config: NodeConfig {
-            vtep: ip_to_map(me.vtep.octets()),
-            underlay_ifindex: 0,
-            vxlan_port: cluster.vxlan_port,
-            _pad0: 0,
-            src_port_min: SRC_PORT_MIN,
-            src_port_range: SRC_PORT_MAX - SRC_PORT_MIN + 1,
-        },
-        ..Default::default()
-    };
-    let mut way_out = WayOut { vxlan_port: cluster.vxlan_port, ..Default::default() };
-    for net in &cluster.networks {
-        let flags = if net.internal { VNI_F_INTERNAL } else { 0 };
-        base.vnis.insert(net.vni, VniInfo { mtu: net.mtu.unwrap_or(0), flags });
-        // The gateway: answered by ARP on every node, its MAC the way out of this node.
-        let gw_mac = gateway_mac(net.gateway);
-        base.neigh.insert(NeighKey { vni: net.vni, ip: ip_to_map(net.gateway.octets()) }, NeighEntry { mac: gw_mac.0, _pad: [0; 2] });
-        base.fdb.insert(FdbKey::new(net.vni, gw_mac.0), FdbEntry::gateway());
-        base.subnets.insert((ip_to_map(net.subnet.network().octets()), net.subnet.prefix_len() as u32), SubnetInfo { vni: net.vni, _pad: 0 });
-        way_out.overlay.push(net.subnet);
-        way_out.gateways.push(net.gateway);
-        if !net.internal {
-            way_out.egress.push(net.subnet);
-        }
-    }
-    for (i, n) in cluster.nodes.iter().enumerate() {
-        if n.name != me.name {
-            base.members.insert(ip_to_map(n.vtep.octets()), MemberInfo { node_id: i as u32, _pad: 0 });
-        }
-    }
-    let mut local = Vec::new();
-    let mut unwired = Vec::new();
-    // Namespaces whose default route is taken (by their first non-internal network), and whose
-    // resolver is (by their first network).
-    let mut routed: std::collections::HashSet<&str> = Default::default();
-    let mut resolved: std::collections::HashSet<&str> = Default::default();
-    for ep in &cluster.endpoints {
-        let net = cluster.network(&ep.network).expect("validated: endpoint network exists");
-        base.neigh.insert(
-            NeighKey { vni: net.vni, ip: ip_to_map(ep.ip.octets()) },
-            NeighEntry { mac: ep.mac.0, _pad: [0; 2] },
-        );
-        if ep.node != me.name {
-            let vtep = vtep_of[ep.node.as_str()];
-            base.fdb.insert(FdbKey::new(net.vni, ep.mac.0), FdbEntry::remote(ip_to_map(vtep.octets())));
-        } else if let Some(ns) = &ep.netns {
-            let default_route = !net.internal && routed.insert(ns.as_str());
-            let resolver = resolved.insert(ns.as_str());
-            local.push(LocalEndpoint {
-                name: ep.name.clone(),
-                network: net.name.clone(),
-                vni: net.vni,
-                ip: ep.ip,
-                prefix_len: net.subnet.prefix_len(),
-                mac: ep.mac,
-                mtu: net.mtu,
-                netns: ns.clone(),
-                host_ifname: host_ifname(&net.name, &ep.name),
-                peer_ifname: peer_ifname(&net.name, &ep.name),
-                ifname: ep.interface.clone(),
-                gateway: net.gateway,
-                internal: net.internal,
-                default_route,
-                resolver,
-                multi_network: false,
-            });
-        } else {
-            unwired.push((net.name.clone(), ep.name.clone()));
-        }
-    }
-    for i in 0..local.len() {
-        let ns = local[i].netns.clone();
-        local[i].multi_network = local.iter().filter(|e| e.netns == ns).count() > 1;
-    }
-    // Names the datapath answers: every endpoint's name and aliases, and NAME.NETWORK, per
-    // network, as the agent's resolver answers them for a container on one network.
-    let mut flat: Vec<(NameKey, u32)> = Vec::with_capacity(cluster.endpoints.len() * 2);
-    for ep in &cluster.endpoints {
-        let net = cluster.network(&ep.network).expect("validated: endpoint network exists");
+    Planner::default().plan(cluster, node)
+}
+
+/// The names the datapath answers for `net`, whose endpoints are `eps` (in cluster order): every
+/// endpoint's name and aliases, and NAME.NETWORK, as the agent's resolver answers them for a
+/// container on one network. A name held by more endpoints than an entry holds addresses is
+/// left to the resolver.
+fn name_table(net: &Network, eps: &[&Endpoint]) -> BTreeMap<NameKey, NameEntry> {
+    let mut flat: Vec<(NameKey, u32)> = Vec::with_capacity(eps.len() * 2);
+    for ep in eps {
         let ip = ip_to_map(ep.ip.octets());
         for n in std::iter::once(&ep.name).chain(&ep.aliases) {
             for w in [dns_wire_of(&[n]), dns_wire_of(&[n, &net.name])].into_iter().flatten() {
@@ -256,32 +260,154 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
             }
         }
     }
-    // Sorted, then grouped: one entry per name with its addresses in cluster order.
+    // Sorted (stable: addresses stay in cluster order), then grouped: one entry per name.
     flat.sort_by_key(|(k, _)| *k);
     let mut names = Vec::with_capacity(flat.len());
-    let mut i = 0;
-    while i < flat.len() {
-        let j = flat[i..].iter().position(|(k, _)| *k != flat[i].0).map_or(flat.len(), |p| i + p);
-        if j - i <= DNS_ADDRS_MAX {
+    for group in flat.chunk_by(|a, b| a.0 == b.0) {
+        if group.len() <= DNS_ADDRS_MAX {
             let mut addrs = [0u32; DNS_ADDRS_MAX];
-            for (slot, (_, ip)) in addrs.iter_mut().zip(&flat[i..j]) {
+            for (slot, (_, ip)) in addrs.iter_mut().zip(group) {
                 *slot = *ip;
             }
-            names.push((flat[i].0, NameEntry { count: (j - i) as u32, addrs }));
+            names.push((group[0].0, NameEntry { count: group.len() as u32, addrs }));
         }
-        i = j;
     }
-    base.names = std::sync::Arc::new(names.into_iter().collect());
-    Ok(NodePlan {
-        node: me.name.clone(),
-        vtep: me.vtep,
-        underlay: me.underlay.clone(),
-        vxlan_port: cluster.vxlan_port,
-        base,
-        local,
-        unwired,
-        way_out,
-    })
+    names.into_iter().collect()
+}
+
+impl Planner {
+    /// Network `net`'s parts of the FDB, neighbour and name tables, from the cache while its
+    /// endpoints (`eps`, each with the VTEP it is behind, `None` on this node) are the same.
+    fn network_parts(&mut self, net: &Network, eps: &[(&Endpoint, Option<Ipv4Addr>)]) -> &CachedNetwork {
+        let same = |c: &CachedNetwork| {
+            c.network == *net
+                && c.source.len() == eps.len()
+                && c.source.iter().zip(eps).all(|((n, a, ip, mac, vtep), (e, v))| {
+                    *ip == e.ip && *mac == e.mac && vtep == v && *n == e.name && *a == e.aliases
+                })
+        };
+        if !self.networks.get(&net.vni).is_some_and(same) {
+            // The gateway: answered by ARP on every node, its MAC the way out of this node.
+            let gw_mac = gateway_mac(net.gateway);
+            let mut neigh = BTreeMap::new();
+            let mut fdb = BTreeMap::new();
+            neigh.insert(NeighKey { vni: net.vni, ip: ip_to_map(net.gateway.octets()) }, NeighEntry { mac: gw_mac.0, _pad: [0; 2] });
+            fdb.insert(FdbKey::new(net.vni, gw_mac.0), FdbEntry::gateway());
+            for (ep, vtep) in eps {
+                neigh.insert(NeighKey { vni: net.vni, ip: ip_to_map(ep.ip.octets()) }, NeighEntry { mac: ep.mac.0, _pad: [0; 2] });
+                if let Some(vtep) = vtep {
+                    fdb.insert(FdbKey::new(net.vni, ep.mac.0), FdbEntry::remote(ip_to_map(vtep.octets())));
+                }
+            }
+            let bare: Vec<&Endpoint> = eps.iter().map(|(e, _)| *e).collect();
+            let cached = CachedNetwork {
+                network: net.clone(),
+                source: eps.iter().map(|(e, v)| (e.name.clone(), e.aliases.clone(), e.ip, e.mac, *v)).collect(),
+                fdb: Arc::new(fdb),
+                neigh: Arc::new(neigh),
+                names: Arc::new(name_table(net, &bare)),
+            };
+            self.networks.insert(net.vni, cached);
+        }
+        &self.networks[&net.vni]
+    }
+
+    /// Computes the plan of `node` in `cluster`.
+    pub fn plan(&mut self, cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
+        let me = cluster.node(node).ok_or_else(|| PlanError::UnknownNode(node.to_string()))?;
+        let vtep_of: HashMap<&str, Ipv4Addr> = cluster.nodes.iter().map(|n| (n.name.as_str(), n.vtep)).collect();
+        let mut base = MapState {
+            config: NodeConfig {
+                vtep: ip_to_map(me.vtep.octets()),
+                underlay_ifindex: 0,
+                vxlan_port: cluster.vxlan_port,
+                _pad0: 0,
+                src_port_min: SRC_PORT_MIN,
+                src_port_range: SRC_PORT_MAX - SRC_PORT_MIN + 1,
+            },
+            ..Default::default()
+        };
+        let mut way_out = WayOut { vxlan_port: cluster.vxlan_port, ..Default::default() };
+        for net in &cluster.networks {
+            let flags = if net.internal { VNI_F_INTERNAL } else { 0 };
+            base.vnis.insert(net.vni, VniInfo { mtu: net.mtu.unwrap_or(0), flags });
+            base.subnets.insert((ip_to_map(net.subnet.network().octets()), net.subnet.prefix_len() as u32), SubnetInfo { vni: net.vni, _pad: 0 });
+            way_out.overlay.push(net.subnet);
+            way_out.gateways.push(net.gateway);
+            if !net.internal {
+                way_out.egress.push(net.subnet);
+            }
+        }
+        for (i, n) in cluster.nodes.iter().enumerate() {
+            if n.name != me.name {
+                base.members.insert(ip_to_map(n.vtep.octets()), MemberInfo { node_id: i as u32, _pad: 0 });
+            }
+        }
+        let mut local = Vec::new();
+        let mut unwired = Vec::new();
+        // Namespaces whose default route is taken (by their first non-internal network), and whose
+        // resolver is (by their first network).
+        let mut routed: std::collections::HashSet<&str> = Default::default();
+        let mut resolved: std::collections::HashSet<&str> = Default::default();
+        // Networks by name, and each network's endpoints in cluster order.
+        let net_index: HashMap<&str, usize> = cluster.networks.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+        let mut members_of: Vec<Vec<(&Endpoint, Option<Ipv4Addr>)>> = vec![Vec::new(); cluster.networks.len()];
+        for ep in &cluster.endpoints {
+            let ni = *net_index.get(ep.network.as_str()).expect("validated: endpoint network exists");
+            let net = &cluster.networks[ni];
+            let remote = ep.node != me.name;
+            members_of[ni].push((ep, remote.then(|| vtep_of[ep.node.as_str()])));
+            if remote {
+                continue;
+            }
+            if let Some(ns) = &ep.netns {
+                let default_route = !net.internal && routed.insert(ns.as_str());
+                let resolver = resolved.insert(ns.as_str());
+                local.push(LocalEndpoint {
+                    name: ep.name.clone(),
+                    network: net.name.clone(),
+                    vni: net.vni,
+                    ip: ep.ip,
+                    prefix_len: net.subnet.prefix_len(),
+                    mac: ep.mac,
+                    mtu: net.mtu,
+                    netns: ns.clone(),
+                    host_ifname: host_ifname(&net.name, &ep.name),
+                    peer_ifname: peer_ifname(&net.name, &ep.name),
+                    ifname: ep.interface.clone(),
+                    gateway: net.gateway,
+                    internal: net.internal,
+                    default_route,
+                    resolver,
+                    multi_network: false,
+                });
+            } else {
+                unwired.push((net.name.clone(), ep.name.clone()));
+            }
+        }
+        for i in 0..local.len() {
+            let ns = local[i].netns.clone();
+            local[i].multi_network = local.iter().filter(|e| e.netns == ns).count() > 1;
+        }
+        // Each network's parts of the FDB, neighbour and name tables.
+        self.networks.retain(|vni, _| cluster.networks.iter().any(|n| n.vni == *vni));
+        for (net, eps) in cluster.networks.iter().zip(&members_of) {
+            let parts = self.network_parts(net, eps);
+            base.fdb.0.insert(net.vni, parts.fdb.clone());
+            base.neigh.0.insert(net.vni, parts.neigh.clone());
+            base.names.0.insert(net.vni, parts.names.clone());
+        }
+        Ok(NodePlan {
+            node: me.name.clone(),
+            vtep: me.vtep,
+            underlay: me.underlay.clone(),
+            vxlan_port: cluster.vxlan_port,
+            base,
+            local,
+            unwired,
+            way_out,
+        })
+    }
 }
 
 impl NodePlan {
@@ -291,7 +417,7 @@ impl NodePlan {
         let mut s = self.base.clone();
         s.config.underlay_ifindex = underlay_ifindex;
         for (ep, ifindex) in wired {
-            s.fdb.insert(FdbKey::new(ep.vni, ep.mac.0), FdbEntry::local(*ifindex));
+            s.fdb.insert(ep.vni, FdbKey::new(ep.vni, ep.mac.0), FdbEntry::local(*ifindex));
             s.endpoints.insert(
                 *ifindex,
                 EndpointInfo {
@@ -336,11 +462,11 @@ endpoints:
         assert_eq!(p.base.vnis.len(), 2);
         assert_eq!(p.base.neigh.len(), 6, "every endpoint and both gateways are answerable by ARP");
         assert_eq!(p.base.fdb.len(), 4, "remote endpoints a2 and k1, and the two gateways");
-        assert_eq!(p.base.fdb[&FdbKey::new(10, [0x02, 0x42, 10, 0, 1, 1])], FdbEntry::gateway(), "gateway of network a");
+        assert_eq!(p.base.fdb.get(10, &FdbKey::new(10, [0x02, 0x42, 10, 0, 1, 1])).copied().expect("gateway entry"), FdbEntry::gateway(), "gateway of network a");
         assert_eq!(p.base.subnets.len(), 2);
         assert_eq!(p.way_out.egress.len(), 2);
         assert!(p.local[0].default_route, "the container's only network carries its default route");
-        let k1 = p.base.fdb[&FdbKey::new(10, [0x02, 0x42, 10, 0, 1, 9])];
+        let k1 = *p.base.fdb.get(10, &FdbKey::new(10, [0x02, 0x42, 10, 0, 1, 9])).expect("k1 entry");
         assert_eq!(k1, FdbEntry::remote(ip_to_map([192, 168, 50, 9])));
         assert_eq!(p.local.len(), 1);
         assert_eq!(p.local[0].netns, "c1");
@@ -348,8 +474,40 @@ endpoints:
         assert_eq!(p.unwired, vec![("b".to_string(), "b1".to_string())]);
         let s = p.map_state(7, &[(&p.local[0], 42)]);
         assert_eq!(s.config.underlay_ifindex, 7);
-        assert_eq!(s.fdb[&FdbKey::new(10, [0x02, 0x42, 10, 0, 1, 2])], FdbEntry::local(42));
+        assert_eq!(*s.fdb.get(10, &FdbKey::new(10, [0x02, 0x42, 10, 0, 1, 2])).expect("local entry"), FdbEntry::local(42));
         assert_eq!(s.endpoints[&42].vni, 10);
+    }
+
+    #[test]
+    fn a_planner_reuses_unchanged_networks_and_plans_what_a_fresh_plan_does() {
+        let mut planner = Planner::default();
+        let c = parse(FILE).expect("valid");
+        let first = planner.plan(&c, "node1").expect("plans");
+        assert_eq!(first, plan(&c, "node1").expect("plans"));
+        // An alias in network a, then a2 moved to another node, then network b renamed: each
+        // plan equals a fresh one, and only the changed network's parts are new.
+        let edits: [(&str, &str, bool, bool); 3] = [
+            ("{name: a2, network: a, node: node2, ip: 10.0.1.3, netns: c2}", "{name: a2, network: a, node: node2, ip: 10.0.1.3, netns: c2, aliases: [web]}", false, true),
+            ("{name: a2, network: a, node: node2,", "{name: a2, network: a, node: kernel,", false, true),
+            ("{name: b, vni: 11,", "{name: bb, vni: 11,", true, false),
+        ];
+        let mut text = FILE.to_string();
+        let mut prev = first;
+        for (from, to, b_changes, a_changes) in edits {
+            text = text.replace(from, to).replace("network: b,", if b_changes { "network: bb," } else { "network: b," });
+            let c = parse(&text).unwrap_or_else(|e| panic!("{to}: {e}"));
+            let next = planner.plan(&c, "node1").expect("plans");
+            assert_eq!(next, plan(&c, "node1").expect("plans"), "after {to}: the same plan as from scratch");
+            for (vni, changed) in [(10, a_changes), (11, b_changes)] {
+                let same = Arc::ptr_eq(&prev.base.names.0[&vni], &next.base.names.0[&vni])
+                    && Arc::ptr_eq(&prev.base.fdb.0[&vni], &next.base.fdb.0[&vni])
+                    && Arc::ptr_eq(&prev.base.neigh.0[&vni], &next.base.neigh.0[&vni]);
+                assert_eq!(same, !changed, "after {to}: VNI {vni}'s parts {}", if changed { "rebuilt" } else { "reused" });
+            }
+            prev = next;
+        }
+        let k1 = FdbKey::new(10, [0x02, 0x42, 10, 0, 1, 3]);
+        assert_eq!(prev.base.fdb.get(10, &k1), Some(&FdbEntry::remote(ip_to_map([192, 168, 50, 9]))), "a2 is behind the kernel node now");
     }
 
     #[test]
@@ -369,3 +527,4 @@ endpoints:
         assert_eq!(host_ifname("n", "a-very-long-endpoint-name-indeed").len(), 11);
     }
 }
+

@@ -26,7 +26,7 @@ use overlay_common::{
 
 use crate::{
     defaults::{BPFFS, LINKS_SUBDIR, PIN_SUBDIR},
-    control::desired::MapState,
+    control::desired::{MapState, PerVni},
 };
 
 /// The compiled programs, built by build.rs with aya-build.
@@ -264,6 +264,40 @@ where
     Ok(())
 }
 
+/// [`sync_cached`] network by network, skipping each network whose part is the very one applied
+/// (shared, unchanged since).
+fn sync_per_vni<K, V>(
+    name: &'static str,
+    map: &mut HashMap<MapData, K, V>,
+    have: &PerVni<K, V>,
+    want: &PerVni<K, V>,
+    sum: &mut DiffSummary,
+    removals: &mut Vec<K>,
+) -> Result<()>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod + PartialEq,
+{
+    let none = BTreeMap::new();
+    for vni in want.0.keys().chain(have.0.keys().filter(|v| !want.0.contains_key(v))) {
+        let (h, w) = (have.0.get(vni), want.0.get(vni));
+        if h.zip(w).is_some_and(|(h, w)| std::sync::Arc::ptr_eq(h, w)) {
+            continue;
+        }
+        sync_cached(name, map, h.map_or(&none, |t| &**t), w.map_or(&none, |t| &**t), sum, removals)?;
+    }
+    Ok(())
+}
+
+/// Groups the entries read from a map by network.
+fn per_vni<K: Ord + Clone, V: Clone>(all: BTreeMap<K, V>, vni: impl Fn(&K) -> u32) -> PerVni<K, V> {
+    let mut by: BTreeMap<u32, BTreeMap<K, V>> = BTreeMap::new();
+    for (k, v) in all {
+        by.entry(vni(&k)).or_default().insert(k, v);
+    }
+    PerVni(by.into_iter().map(|(n, t)| (n, std::sync::Arc::new(t))).collect())
+}
+
 fn remove_all<K: aya::Pod, V: aya::Pod>(
     name: &'static str,
     map: &mut HashMap<MapData, K, V>,
@@ -323,9 +357,9 @@ impl Dataplane {
         Ok(MapState {
             config,
             vnis: collect(MAP_VNIS, &self.maps.vnis)?,
-            fdb: collect(MAP_FDB, &self.maps.fdb)?,
+            fdb: per_vni(collect(MAP_FDB, &self.maps.fdb)?, |k| k.vni),
             endpoints: collect(MAP_ENDPOINTS, &self.maps.endpoints)?,
-            neigh: collect(MAP_NEIGH, &self.maps.neigh)?,
+            neigh: per_vni(collect(MAP_NEIGH, &self.maps.neigh)?, |k| k.vni),
             members: collect(MAP_MEMBERS, &self.maps.members)?,
             subnets: self
                 .maps
@@ -333,7 +367,7 @@ impl Dataplane {
                 .iter()
                 .map(|kv| kv.map(|(k, v)| ((k.data(), k.prefix_len()), v)).map_err(map_err(MAP_SUBNETS)))
                 .collect::<Result<_>>()?,
-            names: std::sync::Arc::new(collect(MAP_NAMES, &self.maps.names)?),
+            names: per_vni(collect(MAP_NAMES, &self.maps.names)?, |k| k.vni),
         })
     }
 
@@ -367,12 +401,10 @@ impl Dataplane {
         let (mut rv, mut rm, mut rn, mut re, mut rf, mut rq) = (vec![], vec![], vec![], vec![], vec![], vec![]);
         sync_cached(MAP_VNIS, &mut m.vnis, &have.vnis, &want.vnis, &mut sum, &mut rv)?;
         sync_cached(MAP_MEMBERS, &mut m.members, &have.members, &want.members, &mut sum, &mut rm)?;
-        sync_cached(MAP_NEIGH, &mut m.neigh, &have.neigh, &want.neigh, &mut sum, &mut rn)?;
+        sync_per_vni(MAP_NEIGH, &mut m.neigh, &have.neigh, &want.neigh, &mut sum, &mut rn)?;
         sync_cached(MAP_ENDPOINTS, &mut m.endpoints, &have.endpoints, &want.endpoints, &mut sum, &mut re)?;
-        sync_cached(MAP_FDB, &mut m.fdb, &have.fdb, &want.fdb, &mut sum, &mut rf)?;
-        if !std::sync::Arc::ptr_eq(&have.names, &want.names) {
-            sync_cached(MAP_NAMES, &mut m.names, &have.names, &want.names, &mut sum, &mut rq)?;
-        }
+        sync_per_vni(MAP_FDB, &mut m.fdb, &have.fdb, &want.fdb, &mut sum, &mut rf)?;
+        sync_per_vni(MAP_NAMES, &mut m.names, &have.names, &want.names, &mut sum, &mut rq)?;
         // Per-VNI counters exist for exactly the configured VNIs.
         if prev.is_none_or(|p| !p.vnis.keys().eq(want.vnis.keys())) {
             let cpus = nr_cpus().map_err(|(_, e)| io_err("counting CPUs", Path::new("/sys/devices/system/cpu/possible"))(e))?;
