@@ -150,7 +150,7 @@ fn run_dns(args: BenchArgs) -> anyhow::Result<()> {
     if !(1..=100).contains(&rounds) || !(0.2..=60.0).contains(&secs) {
         bail!("--rounds {rounds} / --seconds {secs}: expected 1-100 rounds of 0.2-60 s");
     }
-    let cfg = bench::dns::DnsConfig { rounds, secs, clients: std::env::var("OVERLAY_BENCH_DNS_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(4) };
+    let cfg = bench::dns::DnsConfig { rounds, secs, clients: 4 };
     let exe = std::env::current_exe().context("finding the overlay binary")?;
     let t0 = std::time::Instant::now();
     let mut progress = |line: &str| println!("{line}");
