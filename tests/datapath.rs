@@ -453,11 +453,14 @@ nodes:
 networks:
   - {name: nginx-net, vni: 4097, subnet: 10.0.1.0/24}
   - {name: test-net, vni: 4098, subnet: 10.0.2.0/24}
+services:
+  - {name: api, network: nginx-net, mode: dnsrr, ports: [{port: 80}]}
+  - {name: other, network: test-net, mode: dnsrr}
 endpoints:
   - {name: web2, network: nginx-net, node: node2, ip: 10.0.1.3, netns: c2}
-  - {name: web1, network: nginx-net, node: node1, ip: 10.0.1.2, aliases: [www]}
-  - {name: web4, network: nginx-net, node: node1, ip: 10.0.1.5, aliases: [www]}
-  - {name: test1, network: test-net, node: node1, ip: 10.0.2.2}
+  - {name: web1, network: nginx-net, node: node1, ip: 10.0.1.2, aliases: [www], service: api}
+  - {name: web4, network: nginx-net, node: node1, ip: 10.0.1.5, aliases: [www], service: api}
+  - {name: test1, network: test-net, node: node1, ip: 10.0.2.2, service: other}
 ";
 
 fn dns_host() -> (TestDataplane, overlay::control::names::NameView) {
@@ -606,7 +609,17 @@ fn the_datapath_and_the_agent_give_the_same_answers() {
         rr::{Name, RecordType},
     };
     let (mut t, view) = dns_host();
-    for name in ["web1", "WEB1", "www", "web4", "web1.nginx-net", "www.nginx-net", "web2"] {
+    // A dnsrr service's name and `tasks.NAME` answer its tasks' addresses, in both paths.
+    let tasks = vec![Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 1, 5)];
+    for name in ["api", "tasks.api", "API.nginx-net", "tasks.api.nginx-net"] {
+        let (v, out) = run(&mut t, PROG_EGRESS, &dns_query(0x0100, [1, 0, 0, 0], &wire(name), 1, &[]));
+        assert_eq!(v, TC_ACT_REDIRECT, "{name}: answered by the datapath");
+        assert_eq!(answer_of(&out[42..]).0, tasks, "{name}: the service's tasks");
+    }
+    // A service of another network is not seen (the agent forwards it upstream).
+    let (v, _) = run(&mut t, PROG_EGRESS, &dns_query(0x0100, [1, 0, 0, 0], &wire("tasks.other"), 1, &[]));
+    assert_eq!(v, TC_ACT_OK, "tasks.other is test-net's: not answered for nginx-net");
+    for name in ["web1", "WEB1", "www", "web4", "web1.nginx-net", "www.nginx-net", "web2", "api", "tasks.api", "tasks.api.nginx-net"] {
         for (qtype, rt) in [(1u16, RecordType::A), (28, RecordType::AAAA)] {
             let (v, out) = run(&mut t, PROG_EGRESS, &dns_query(0x0100, [1, 0, 0, 0], &wire(name), qtype, &[]));
             assert_eq!(v, TC_ACT_REDIRECT, "{name}/{qtype}: answered by the datapath");

@@ -128,10 +128,11 @@ fn yaml(n: &Names, late: bool) -> String {
         y += &format!("  - {{name: node{i}, vtep: {}, underlay: eth0}}\n", host_vtep(i));
     }
     y += "networks:\n  - {name: front, vni: 4301, subnet: 10.0.1.0/24}\n  - {name: back, vni: 4302, subnet: 10.0.2.0/24}\n";
+    y += "services:\n  - {name: cache, network: front, mode: dnsrr, ports: [{port: 6379}]}\n";
     y += "endpoints:\n";
     y += &format!("  - {{name: web1, network: front, node: node1, ip: 10.0.1.2, netns: {}}}\n", n.w1);
-    y += &format!("  - {{name: web2, network: front, node: node2, ip: 10.0.1.3, netns: {}, aliases: [www]}}\n", n.w2);
-    y += &format!("  - {{name: web3, network: front, node: node3, ip: 10.0.1.4, netns: {}, aliases: [www]}}\n", n.w3);
+    y += &format!("  - {{name: web2, network: front, node: node2, ip: 10.0.1.3, netns: {}, aliases: [www], service: cache}}\n", n.w2);
+    y += &format!("  - {{name: web3, network: front, node: node3, ip: 10.0.1.4, netns: {}, aliases: [www], service: cache}}\n", n.w3);
     y += &format!("  - {{name: app, network: front, node: node3, ip: 10.0.1.5, netns: {}}}\n", n.app);
     y += &format!("  - {{name: app, network: back, node: node3, ip: 10.0.2.5, netns: {}}}\n", n.app);
     y += "  - {name: db1, network: back, node: node2, ip: 10.0.2.2}\n";
@@ -159,6 +160,15 @@ fn start() -> Names {
     n
 }
 
+/// Every IPv4 address `what` resolves to in `ns` (`getent ahostsv4`), sorted, without repeats.
+fn addresses(sim: &Sim, ns: &str, what: &str) -> Vec<Ipv4Addr> {
+    let o = sim.exec(ns, &["getent", "ahostsv4", what]).expect("getent");
+    let mut a: Vec<Ipv4Addr> = String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    a.sort();
+    a.dedup();
+    a
+}
+
 fn getent(sim: &Sim, ns: &str, what: &str) -> Option<String> {
     let o = sim.exec(ns, &["getent", "hosts", what]).expect("getent");
     o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
@@ -182,6 +192,14 @@ fn containers_resolve_names_of_their_networks_across_hosts_and_others_upstream()
     assert_eq!(getent(sim, &n.w1, "db1"), None, "back's name does not resolve on front");
     assert_eq!(getent(sim, &n.app, "db1").and_then(|s| s.split_whitespace().next().map(str::to_string)).as_deref(), Some("10.0.2.2"), "app, on both, sees back's names");
     assert_eq!(getent(sim, &n.app, "web1").and_then(|s| s.split_whitespace().next().map(str::to_string)).as_deref(), Some("10.0.1.2"));
+    // A dnsrr service: its name and `tasks.NAME` give its tasks on other hosts, answered by the
+    // datapath (w1) and by the agent's resolver (app, on two networks); not on another network.
+    let tasks = vec![Ipv4Addr::new(10, 0, 1, 3), Ipv4Addr::new(10, 0, 1, 4)];
+    for ns in [&n.w1, &n.app] {
+        for name in ["cache", "tasks.cache", "tasks.cache.front"] {
+            assert_eq!(addresses(sim, ns, name), tasks, "{name} in {ns}");
+        }
+    }
 
     let (w1, w1b) = (n.w1.clone(), n.w1.clone());
     let checks = in_netns(&w1, move || {

@@ -94,6 +94,7 @@ impl State {
                     netns: e.netns.clone(),
                     interface: e.interface.clone(),
                     aliases: e.aliases.clone(),
+                    service: e.service.clone(),
                 })
                 .collect()),
         }

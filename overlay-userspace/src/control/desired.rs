@@ -14,7 +14,7 @@ use overlay_common::{
 };
 
 use crate::{
-    model::{Cluster, Endpoint, Mac, Network},
+    model::{Cluster, Endpoint, Mac, Network, Service, ServiceMode},
     defaults::{HOST_VETH_PREFIX, OVERLAY_OVERHEAD, PEER_VETH_PREFIX, SRC_PORT_MAX, SRC_PORT_MIN},
 };
 
@@ -85,14 +85,15 @@ impl<'a, K: Ord + Clone, V: Clone> IntoIterator for &'a PerVni<K, V> {
 }
 
 /// What a network's parts of the tables are built from, endpoint by endpoint in cluster order:
-/// name, aliases, address, MAC, and the VTEP it is behind (`None`: this node).
-type Source = Vec<(String, Vec<String>, Ipv4Addr, Mac, Option<Ipv4Addr>)>;
+/// name, aliases, address, MAC, the VTEP it is behind (`None`: this node), its service.
+type Source = Vec<(String, Vec<String>, Ipv4Addr, Mac, Option<Ipv4Addr>, Option<String>)>;
 
 /// A network's parts of the tables and what they were built from, reused while that stays the
 /// same.
 #[derive(Debug)]
 struct CachedNetwork {
     network: Network,
+    services: Vec<Service>,
     source: Source,
     fdb: Arc<BTreeMap<FdbKey, FdbEntry>>,
     neigh: Arc<BTreeMap<NeighKey, NeighEntry>>,
@@ -246,19 +247,25 @@ pub fn plan(cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
     Planner::default().plan(cluster, node)
 }
 
-/// The names the datapath answers for `net`, whose endpoints are `eps` (in cluster order): every
-/// endpoint's name and aliases, and NAME.NETWORK, as the agent's resolver answers them for a
-/// container on one network. A name held by more endpoints than an entry holds addresses is
-/// left to the resolver.
-fn name_table(net: &Network, eps: &[&Endpoint]) -> BTreeMap<NameKey, NameEntry> {
+/// The names the datapath answers for `net`, whose endpoints are `eps` and services `services`
+/// (in cluster order): every endpoint's name and aliases; every service's name (its VIP, or in
+/// `dnsrr` mode its tasks' addresses) and `tasks.NAME` (its tasks' addresses); and each with
+/// `.NETWORK`, as the agent's resolver answers them for a container on one network. A name held
+/// by more addresses than an entry holds is left to the resolver.
+fn name_table(net: &Network, eps: &[&Endpoint], services: &[Service]) -> BTreeMap<NameKey, NameEntry> {
     let mut flat: Vec<(NameKey, u32)> = Vec::with_capacity(eps.len() * 2);
-    for ep in eps {
-        let ip = ip_to_map(ep.ip.octets());
-        for n in std::iter::once(&ep.name).chain(&ep.aliases) {
-            for w in [dns_wire_of(&[n]), dns_wire_of(&[n, &net.name])].into_iter().flatten() {
-                flat.push((NameKey { vni: net.vni, name: w }, ip));
-            }
+    let mut add = |name: &str, ip: Ipv4Addr| {
+        for w in [dns_wire_of(&[name]), dns_wire_of(&[name, &net.name])].into_iter().flatten() {
+            flat.push((NameKey { vni: net.vni, name: w }, ip_to_map(ip.octets())));
         }
+    };
+    for ep in eps {
+        for n in std::iter::once(&ep.name).chain(&ep.aliases) {
+            add(n, ep.ip);
+        }
+    }
+    for (_, name, ip) in service_names(services, eps) {
+        add(&name, ip);
     }
     // Sorted (stable: addresses stay in cluster order), then grouped: one entry per name.
     flat.sort_by_key(|(k, _)| *k);
@@ -275,15 +282,32 @@ fn name_table(net: &Network, eps: &[&Endpoint]) -> BTreeMap<NameKey, NameEntry> 
     names.into_iter().collect()
 }
 
+/// The names services add to their network, in order: (service, name, address): `NAME` (the
+/// VIP, or each task's address in `dnsrr` mode) and `tasks.NAME` (each task's address). Tasks
+/// are `eps` naming the service, in cluster order. The agent's resolver uses the same list.
+pub fn service_names<'a>(services: &'a [Service], eps: &[&'a Endpoint]) -> Vec<(&'a str, String, Ipv4Addr)> {
+    let mut out = Vec::new();
+    for s in services {
+        let tasks: Vec<Ipv4Addr> = eps.iter().filter(|e| e.service.as_deref() == Some(s.name.as_str())).map(|e| e.ip).collect();
+        match (s.mode, s.vip) {
+            (ServiceMode::Vip, Some(vip)) => out.push((s.name.as_str(), s.name.clone(), vip)),
+            _ => out.extend(tasks.iter().map(|ip| (s.name.as_str(), s.name.clone(), *ip))),
+        }
+        out.extend(tasks.iter().map(|ip| (s.name.as_str(), format!("tasks.{}", s.name), *ip)));
+    }
+    out
+}
+
 impl Planner {
     /// Network `net`'s parts of the FDB, neighbour and name tables, from the cache while its
     /// endpoints (`eps`, each with the VTEP it is behind, `None` on this node) are the same.
-    fn network_parts(&mut self, net: &Network, eps: &[(&Endpoint, Option<Ipv4Addr>)]) -> &CachedNetwork {
+    fn network_parts(&mut self, net: &Network, services: &[Service], eps: &[(&Endpoint, Option<Ipv4Addr>)]) -> &CachedNetwork {
         let same = |c: &CachedNetwork| {
             c.network == *net
+                && c.services == services
                 && c.source.len() == eps.len()
-                && c.source.iter().zip(eps).all(|((n, a, ip, mac, vtep), (e, v))| {
-                    *ip == e.ip && *mac == e.mac && vtep == v && *n == e.name && *a == e.aliases
+                && c.source.iter().zip(eps).all(|((n, a, ip, mac, vtep, svc), (e, v))| {
+                    *ip == e.ip && *mac == e.mac && vtep == v && *n == e.name && *a == e.aliases && *svc == e.service
                 })
         };
         if !self.networks.get(&net.vni).is_some_and(same) {
@@ -302,10 +326,11 @@ impl Planner {
             let bare: Vec<&Endpoint> = eps.iter().map(|(e, _)| *e).collect();
             let cached = CachedNetwork {
                 network: net.clone(),
-                source: eps.iter().map(|(e, v)| (e.name.clone(), e.aliases.clone(), e.ip, e.mac, *v)).collect(),
+                services: services.to_vec(),
+                source: eps.iter().map(|(e, v)| (e.name.clone(), e.aliases.clone(), e.ip, e.mac, *v, e.service.clone())).collect(),
                 fdb: Arc::new(fdb),
                 neigh: Arc::new(neigh),
-                names: Arc::new(name_table(net, &bare)),
+                names: Arc::new(name_table(net, &bare, services)),
             };
             self.networks.insert(net.vni, cached);
         }
@@ -392,7 +417,8 @@ impl Planner {
         // Each network's parts of the FDB, neighbour and name tables.
         self.networks.retain(|vni, _| cluster.networks.iter().any(|n| n.vni == *vni));
         for (net, eps) in cluster.networks.iter().zip(&members_of) {
-            let parts = self.network_parts(net, eps);
+            let services: Vec<Service> = cluster.services.iter().filter(|s| s.network == net.name).cloned().collect();
+            let parts = self.network_parts(net, &services, eps);
             base.fdb.0.insert(net.vni, parts.fdb.clone());
             base.neigh.0.insert(net.vni, parts.neigh.clone());
             base.names.0.insert(net.vni, parts.names.clone());

@@ -75,7 +75,7 @@ impl Drop for Resolver {
 
 impl Resolver {
     pub fn new(upstreams: Vec<SocketAddr>) -> Self {
-        let empty = Arc::new(Cluster { vxlan_port: 0, nodes: vec![], networks: vec![], endpoints: vec![] });
+        let empty = Arc::new(Cluster { vxlan_port: 0, nodes: vec![], networks: vec![], endpoints: vec![], services: vec![] });
         Resolver { shared: Arc::new(Shared { names: RwLock::new((empty, None)), upstreams }), listeners: HashMap::new() }
     }
 

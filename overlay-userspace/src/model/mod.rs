@@ -9,8 +9,10 @@ use ipnet::Ipv4Net;
 use overlay_common::wire::MAX_VNI;
 
 pub mod rules;
+pub mod service;
 
 pub use rules::{Conflict, Rules};
+pub use service::{PortSpec, Protocol, Service, ServiceMode, ServicePort, ServiceSpec, service_entry};
 
 /// A validated cluster description.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub networks: Vec<Network>,
     pub endpoints: Vec<Endpoint>,
+    /// Services (swarm's): each on one network, with its tasks the endpoints naming it.
+    pub services: Vec<Service>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +62,8 @@ pub struct Endpoint {
     pub interface: Option<String>,
     /// Further names of the endpoint on its network.
     pub aliases: Vec<String>,
+    /// The service (of the same network) this endpoint is a task of.
+    pub service: Option<String>,
 }
 
 /// An Ethernet address.
@@ -197,12 +203,13 @@ pub struct EndpointSpec<'a> {
     pub netns: Option<String>,
     pub interface: Option<String>,
     pub aliases: Vec<String>,
+    pub service: Option<String>,
 }
 
 /// One endpoint entry of network `net`, checked on its own and against its network (address
 /// inside the subnet, a host address, not the gateway).
 pub fn endpoint_entry(entry: &str, net: &Network, spec: EndpointSpec<'_>) -> Result<Endpoint, ConfigError> {
-    let EndpointSpec { name, node, ip, mac, netns, interface, aliases } = spec;
+    let EndpointSpec { name, node, ip, mac, netns, interface, aliases, service } = spec;
     check_name(entry, "endpoint", &name)?;
     let ip: Ipv4Addr = ip.parse().map_err(|_| invalid(entry, "ip", format!("{ip:?} is not an IPv4 address")))?;
     if !net.subnet.contains(&ip) {
@@ -239,7 +246,7 @@ pub fn endpoint_entry(entry: &str, net: &Network, spec: EndpointSpec<'_>) -> Res
             return Err(invalid(entry, "aliases", format!("{a:?} is not a DNS name")));
         }
     }
-    Ok(Endpoint { name, network: net.name.clone(), node, ip, mac, netns, interface, aliases })
+    Ok(Endpoint { name, network: net.name.clone(), node, ip, mac, netns, interface, aliases, service })
 }
 
 /// A network namespace is named (as under `/run/netns`) or given by absolute path (as container
@@ -260,5 +267,12 @@ impl Cluster {
     }
     pub fn network(&self, name: &str) -> Option<&Network> {
         self.networks.iter().find(|n| n.name == name)
+    }
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+    /// The tasks of service `name`, in cluster order.
+    pub fn tasks<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        self.endpoints.iter().filter(move |e| e.service.as_deref() == Some(name))
     }
 }

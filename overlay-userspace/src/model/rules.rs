@@ -8,7 +8,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use super::{Endpoint, Mac, Network, Node};
+use super::{Endpoint, Mac, Network, Node, Protocol, Service};
 
 /// Why an entry cannot join: the field at fault and a message naming the other entry.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +39,12 @@ pub struct Rules {
     attached: HashMap<(String, String, String), String>,
     /// (node, netns, interface) -> (endpoint, network): interface names within a container.
     interfaces: HashMap<(String, String, String), (String, String)>,
+    /// Service name -> its network (names are unique across the cluster, as in a swarm).
+    services: HashMap<String, String>,
+    /// (network, VIP) -> service.
+    vips: HashMap<(String, Ipv4Addr), String>,
+    /// (protocol, published port) -> service: the routing mesh answers each on every node.
+    published: HashMap<(Protocol, u16), String>,
 }
 
 impl Rules {
@@ -110,6 +116,19 @@ impl Rules {
         if let Some(o) = self.ips.get(&(e.network.clone(), e.ip)) {
             return conflict("ip", format!("IP {} in network {} is in use by endpoint {o}", e.ip, e.network));
         }
+        if let Some(o) = self.vips.get(&(e.network.clone(), e.ip)) {
+            return conflict("ip", format!("IP {} in network {} is the VIP of service {o}", e.ip, e.network));
+        }
+        if let Some(s) = &e.service {
+            match self.services.get(s) {
+                None => return conflict("service", format!("unknown service {s:?}")),
+                Some(n) if *n != e.network => return conflict("service", format!("service {s} is on network {n}, not {}", e.network)),
+                Some(_) => {}
+            }
+        }
+        if self.services.get(&e.name) == Some(&e.network) {
+            return conflict("name", format!("{:?} is the name of a service on network {}", e.name, e.network));
+        }
         if let Some(o) = self.macs.get(&(e.network.clone(), e.mac)) {
             return conflict("mac", format!("MAC {} in network {} is in use by endpoint {o}", e.mac, e.network));
         }
@@ -144,6 +163,54 @@ impl Rules {
         }
     }
 
+    /// Checks a service against its network (which must be admitted), the services and the
+    /// endpoints admitted so far.
+    pub fn check_service(&self, s: &Service) -> Result<(), Conflict> {
+        if !self.networks.contains_key(&s.network) {
+            return conflict("network", format!("unknown network {:?}", s.network));
+        }
+        if let Some(n) = self.services.get(&s.name) {
+            return conflict("name", format!("a service named {:?} already exists (on network {n})", s.name));
+        }
+        if self.names.contains(&(s.network.clone(), s.name.clone())) {
+            return conflict("name", format!("{:?} is the name of an endpoint on network {}", s.name, s.network));
+        }
+        if let Some(vip) = s.vip {
+            if let Some(o) = self.ips.get(&(s.network.clone(), vip)) {
+                return conflict("vip", format!("{vip} in network {} is the address of endpoint {o}", s.network));
+            }
+            if let Some(o) = self.vips.get(&(s.network.clone(), vip)) {
+                return conflict("vip", format!("{vip} in network {} is the VIP of service {o}", s.network));
+            }
+        }
+        for p in &s.ports {
+            if let Some(x) = p.publish {
+                if let Some(o) = self.published.get(&(p.protocol, x)) {
+                    return conflict("ports.publish", format!("{x}/{} is already published by service {o}", p.protocol));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn add_service(&mut self, s: &Service) {
+        self.services.insert(s.name.clone(), s.network.clone());
+        if let Some(vip) = s.vip {
+            self.vips.insert((s.network.clone(), vip), s.name.clone());
+        }
+        for p in &s.ports {
+            if let Some(x) = p.publish {
+                self.published.insert((p.protocol, x), s.name.clone());
+            }
+        }
+    }
+
+    /// Whether `ip` of `network` is taken by an endpoint or a VIP.
+    pub fn ip_taken(&self, network: &str, ip: Ipv4Addr) -> bool {
+        let k = (network.to_string(), ip);
+        self.ips.contains_key(&k) || self.vips.contains_key(&k)
+    }
+
     /// The first `ethN` not yet used in namespace `netns` of `node`.
     pub fn next_interface(&self, node: &str, netns: &str) -> String {
         (0..)
@@ -163,8 +230,33 @@ mod tests {
     }
 
     fn ep(n: &Network, name: &str, ip: &str, ns: &str, interface: Option<&str>) -> Endpoint {
-        let spec = EndpointSpec { name: name.into(), node: "node1".into(), ip, mac: None, netns: Some(ns.into()), interface: interface.map(str::to_string), aliases: vec![] };
+        let spec = EndpointSpec { name: name.into(), node: "node1".into(), ip, mac: None, netns: Some(ns.into()), interface: interface.map(str::to_string), aliases: vec![], service: None };
         endpoint_entry("e", n, spec).expect("valid endpoint")
+    }
+
+    #[test]
+    fn services_keep_vips_and_published_ports_unique() {
+        use crate::model::{PortSpec, ServiceSpec, service_entry};
+        let front = net("front", 10, "10.0.1.0/24");
+        let mut r = Rules::new();
+        r.add_network(&front);
+        let svc = |name: &str, vip: Option<&'static str>, publish: i64| {
+            let ports = vec![PortSpec { port: 80, target: None, protocol: None, publish: Some(publish) }];
+            service_entry("s", &front, ServiceSpec { name: name.into(), vip, ports, mode: None }, |_| false).expect("valid entry")
+        };
+        let e = endpoint_entry("e", &front, EndpointSpec { name: "web1".into(), node: "n".into(), ip: "10.0.1.2", mac: None, netns: None, interface: None, aliases: vec![], service: None }).expect("valid");
+        r.add_endpoint(&e);
+        assert_eq!(r.check_service(&svc("a", Some("10.0.1.2"), 80)).unwrap_err().message, "10.0.1.2 in network front is the address of endpoint web1");
+        assert_eq!(r.check_service(&svc("web1", None, 80)).unwrap_err().message, "\"web1\" is the name of an endpoint on network front");
+        let a = svc("a", Some("10.0.1.100"), 80);
+        r.check_service(&a).expect("free VIP and port");
+        r.add_service(&a);
+        assert!(r.ip_taken("front", "10.0.1.100".parse().expect("ip")), "a VIP is taken");
+        assert_eq!(r.check_service(&svc("b", Some("10.0.1.100"), 81)).unwrap_err().message, "10.0.1.100 in network front is the VIP of service a");
+        assert_eq!(r.check_service(&svc("b", None, 80)).unwrap_err().message, "80/tcp is already published by service a");
+        assert_eq!(r.check_service(&svc("a", None, 81)).unwrap_err().message, "a service named \"a\" already exists (on network front)");
+        let on_vip = endpoint_entry("e", &front, EndpointSpec { name: "x".into(), node: "n".into(), ip: "10.0.1.100", mac: None, netns: None, interface: None, aliases: vec![], service: Some("a".into()) }).expect("valid");
+        assert_eq!(r.check_endpoint(&on_vip).unwrap_err().message, "IP 10.0.1.100 in network front is the VIP of service a");
     }
 
     #[test]
@@ -210,7 +302,7 @@ mod tests {
     fn gateway_is_nobody_s_address() {
         let web = net("web", 10, "10.0.1.0/24");
         assert_eq!(web.gateway, Ipv4Addr::new(10, 0, 1, 1), "first host address by default");
-        let spec = EndpointSpec { name: "x".into(), node: "n".into(), ip: "10.0.1.1", mac: None, netns: None, interface: None, aliases: vec![] };
+        let spec = EndpointSpec { name: "x".into(), node: "n".into(), ip: "10.0.1.1", mac: None, netns: None, interface: None, aliases: vec![], service: None };
         let e = endpoint_entry("endpoints[x]", &web, spec).expect_err("a conflict");
         assert_eq!(e.to_string(), "endpoints[x].ip: IP 10.0.1.1 is the gateway of network web");
     }

@@ -12,7 +12,10 @@ use tracing::warn;
 
 use crate::{
     defaults::FILE_POLL,
-    model::{Cluster, ConfigError, Endpoint, EndpointSpec, NetworkSpec, Node, Rules, endpoint_entry, invalid, network_entry, node_entry},
+    model::{
+        Cluster, ConfigError, Endpoint, EndpointSpec, NetworkSpec, Node, PortSpec, Rules, ServiceMode, ServiceSpec, endpoint_entry, invalid, network_entry,
+        node_entry, service_entry,
+    },
 };
 
 #[derive(Deserialize)]
@@ -25,6 +28,28 @@ struct RawCluster {
     networks: Vec<RawNetwork>,
     #[serde(default)]
     endpoints: Vec<RawEndpoint>,
+    #[serde(default)]
+    services: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    network: String,
+    vip: Option<String>,
+    #[serde(default)]
+    ports: Vec<RawPort>,
+    mode: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    port: i64,
+    target: Option<i64>,
+    protocol: Option<String>,
+    publish: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +84,7 @@ struct RawEndpoint {
     interface: Option<String>,
     #[serde(default)]
     aliases: Vec<String>,
+    service: Option<String>,
 }
 
 /// Reads and validates a cluster file.
@@ -102,6 +128,31 @@ fn validate(raw: RawCluster) -> Result<Cluster, ConfigError> {
         rules.add_network(&net);
         networks.push(net);
     }
+    // Services before endpoints (an endpoint names the service it is a task of); an allocated
+    // VIP avoids every endpoint address the file gives.
+    let listed: std::collections::HashSet<(&str, std::net::Ipv4Addr)> =
+        raw.endpoints.iter().filter_map(|e| Some((e.network.as_str(), e.ip.parse().ok()?))).collect();
+    let mut services = Vec::new();
+    for (i, s) in raw.services.iter().enumerate() {
+        let entry = label("services", i, &s.name);
+        let net = rules.network(&s.network).ok_or_else(|| invalid(&entry, "network", format!("unknown network {:?}", s.network)))?.clone();
+        let ports = s.ports.iter().map(|p| PortSpec { port: p.port, target: p.target, protocol: p.protocol.clone(), publish: p.publish }).collect();
+        let spec = ServiceSpec { name: s.name.clone(), vip: s.vip.as_deref(), ports, mode: s.mode.as_deref() };
+        let svc = service_entry(&entry, &net, spec, |ip| listed.contains(&(net.name.as_str(), ip)) || rules.ip_taken(&net.name, ip))?;
+        // The model takes VIP services whole (address, ports, the routing mesh's published
+        // ports); until the datapath balances a VIP, a VIP that would resolve but not answer is
+        // refused rather than half-applied.
+        if svc.mode == ServiceMode::Vip {
+            return Err(invalid(
+                &entry,
+                "mode",
+                "vip (the default) is not forwarded by this version yet: the VIP datapath is being built; use mode: dnsrr (the name resolves to the tasks)",
+            ));
+        }
+        rules.check_service(&svc).map_err(|c| invalid(&entry, c.field, c.message))?;
+        rules.add_service(&svc);
+        services.push(svc);
+    }
     let mut endpoints: Vec<Endpoint> = Vec::new();
     for (i, e) in raw.endpoints.into_iter().enumerate() {
         let entry = label("endpoints", i, &e.name);
@@ -113,7 +164,7 @@ fn validate(raw: RawCluster) -> Result<Cluster, ConfigError> {
             (None, Some(ns)) => Some(rules.next_interface(&e.node, ns)),
             (None, None) => None,
         };
-        let spec = EndpointSpec { name: e.name, node: e.node, ip: &e.ip, mac: e.mac.as_deref(), netns: e.netns, interface, aliases: e.aliases };
+        let spec = EndpointSpec { name: e.name, node: e.node, ip: &e.ip, mac: e.mac.as_deref(), netns: e.netns, interface, aliases: e.aliases, service: e.service };
         let ep = endpoint_entry(&entry, &net, spec)?;
         if !rules.has_node(&ep.node) {
             return Err(invalid(entry, "node", format!("unknown node {:?}", ep.node)));
@@ -122,7 +173,7 @@ fn validate(raw: RawCluster) -> Result<Cluster, ConfigError> {
         rules.add_endpoint(&ep);
         endpoints.push(ep);
     }
-    Ok(Cluster { vxlan_port, nodes, networks, endpoints })
+    Ok(Cluster { vxlan_port, nodes, networks, endpoints, services })
 }
 
 /// A file that does not name this node is rejected like any other invalid file.
@@ -268,6 +319,44 @@ endpoints:
         assert_eq!(err(&format!("vxlan_port: 70000\n{GOOD}")), "cluster.vxlan_port: 70000 is not a UDP port (1-65535)");
         assert_eq!(err(&with("name: node2", "name: node1")), "nodes[node1].name: duplicate node name \"node1\"");
         assert_eq!(err(&with("name: test-net", "name: nginx-net")), "networks[nginx-net].name: a network named \"nginx-net\" already exists");
+    }
+
+    const SERVICES: &str = "
+nodes:
+  - {name: node1, vtep: 192.168.50.1}
+  - {name: node2, vtep: 192.168.50.2}
+networks:
+  - {name: front, vni: 10, subnet: 10.0.1.0/24}
+  - {name: back, vni: 11, subnet: 10.0.2.0/24}
+services:
+  - {name: api, network: front, mode: dnsrr, ports: [{port: 80, target: 8080}, {port: 53, protocol: udp}]}
+endpoints:
+  - {name: api1, network: front, node: node1, ip: 10.0.1.2, service: api}
+  - {name: api2, network: front, node: node2, ip: 10.0.1.3, service: api}
+  - {name: db1, network: back, node: node2, ip: 10.0.2.3}
+";
+
+    #[test]
+    fn services_and_their_tasks() {
+        let c = parse(SERVICES).expect("valid");
+        let api = c.service("api").expect("api");
+        assert_eq!((api.mode, api.vip, api.network.as_str()), (ServiceMode::Dnsrr, None, "front"));
+        assert_eq!(api.ports[0], crate::model::ServicePort { port: 80, target: 8080, protocol: crate::model::Protocol::Tcp, publish: None });
+        assert_eq!(api.ports[1].target, 53, "target defaults to the port");
+        assert_eq!(c.tasks("api").map(|e| e.name.as_str()).collect::<Vec<_>>(), ["api1", "api2"]);
+        let bad = |from: &str, to: &str| {
+            assert!(SERVICES.contains(from), "test bug: {from:?}");
+            err(&SERVICES.replace(from, to))
+        };
+        assert_eq!(bad("ip: 10.0.2.3}", "ip: 10.0.2.3, service: nope}"), "endpoints[db1].service: unknown service \"nope\"");
+        assert_eq!(bad("ip: 10.0.2.3}", "ip: 10.0.2.3, service: api}"), "endpoints[db1].service: service api is on network front, not back");
+        assert_eq!(bad("{name: api2,", "{name: api,"), "endpoints[api].name: \"api\" is the name of a service on network front");
+        parse(&SERVICES.replace("{name: db1,", "{name: api,")).expect("a service's name is free on other networks");
+        assert_eq!(bad("network: front, mode: dnsrr", "network: nowhere, mode: dnsrr"), "services[api].network: unknown network \"nowhere\"");
+        assert!(bad("mode: dnsrr, ports: [{port: 80,", "mode: dnsrr, ports: [{port: 80, publish: 80,").starts_with("services[api].ports.publish: 80/tcp: a dnsrr service cannot publish"));
+        assert!(bad("{port: 53, protocol: udp}", "{port: 53, protocol: sctp}").starts_with("services[api].ports.protocol: \"sctp\" is not a protocol"));
+        assert!(bad("mode: dnsrr, ", "").starts_with("services[api].mode: vip (the default) is not forwarded by this version yet"));
+        assert!(bad("  - {name: api, network: front", "  - {name: api, network: back, mode: dnsrr}\n  - {name: api, network: front").starts_with("services[api].name: a service named \"api\" already exists"));
     }
 
     const MULTI: &str = "

@@ -190,6 +190,7 @@ fn scale_endpoint(i: usize, nodes: usize) -> EndpointRecord {
         netns: (node != 0).then(|| format!("ns{i}")),
         interface: None,
         aliases: vec![],
+        service: None,
     }
 }
 
@@ -282,7 +283,7 @@ pub fn scale(cfg: &ControlConfig, bin: &Path, progress: &mut impl FnMut(&str)) -
         // The same endpoint comes and goes: 10.<last network>.1.250, on node s001.
         let net = endpoints.div_ceil(500) - 1;
         let ip = Ipv4Addr::new(10, 100 + net as u8, 1, 250);
-        let e = EndpointRecord { name: "chg".into(), network: format!("scale{net}"), node: node_name(1), ip: ip.to_string(), mac: Mac::from_ip(ip).to_string(), netns: Some("chg".into()), interface: None, aliases: vec![] };
+        let e = EndpointRecord { name: "chg".into(), network: format!("scale{net}"), node: node_name(1), ip: ip.to_string(), mac: Mac::from_ip(ip).to_string(), netns: Some("chg".into()), interface: None, aliases: vec![], service: None };
         let key = endpoint_key(&e.network, &e.name);
         let value = serde_json::to_vec(&e)?;
         let vni = 5000 + net as u32;

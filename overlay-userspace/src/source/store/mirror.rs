@@ -295,7 +295,7 @@ impl Mirror {
         for w in conflicts {
             warn(w, &mut self.warned);
         }
-        (Cluster { vxlan_port: VXLAN_PORT, nodes, networks, endpoints }, warnings)
+        (Cluster { vxlan_port: VXLAN_PORT, nodes, networks, endpoints, services: vec![] }, warnings)
     }
 }
 

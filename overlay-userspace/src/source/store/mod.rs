@@ -481,6 +481,7 @@ impl Store {
                 netns: spec.netns.clone(),
                 interface: interface.clone(),
                 aliases: spec.aliases.clone(),
+                service: None,
             };
             let ep = model::endpoint_entry("endpoint", &net, es).map_err(|e| match e {
                 model::ConfigError::Invalid { field, message, .. } => bad(format!("{field}: {message}")),
@@ -496,6 +497,7 @@ impl Store {
                 netns: spec.netns.clone(),
                 interface: interface.clone(),
                 aliases: spec.aliases.clone(),
+                service: None,
             };
             let key = endpoint_key(&spec.network, &spec.name);
             let value = format!("{}/{}", spec.network, spec.name);
@@ -630,6 +632,7 @@ impl Store {
                     netns: None,
                     interface: None,
                     aliases: vec![],
+                    service: None,
                 }));
             }
         }

@@ -123,6 +123,9 @@ pub struct EndpointRecord {
     pub interface: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The service this endpoint is a task of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// A value that is not what its key promises.
@@ -217,6 +220,7 @@ impl EndpointRecord {
             netns: self.netns.clone(),
             interface: self.interface.clone(),
             aliases: self.aliases.clone(),
+            service: self.service.clone(),
         };
         checked(key, model::endpoint_entry("endpoint", net, spec))
     }
