@@ -246,17 +246,17 @@ mod tests {
         };
         let e = endpoint_entry("e", &front, EndpointSpec { name: "web1".into(), node: "n".into(), ip: "10.0.1.2", mac: None, netns: None, interface: None, aliases: vec![], service: None }).expect("valid");
         r.add_endpoint(&e);
-        assert_eq!(r.check_service(&svc("a", Some("10.0.1.2"), 80)).unwrap_err().message, "10.0.1.2 in network front is the address of endpoint web1");
-        assert_eq!(r.check_service(&svc("web1", None, 80)).unwrap_err().message, "\"web1\" is the name of an endpoint on network front");
+        assert_eq!(r.check_service(&svc("a", Some("10.0.1.2"), 80)).expect_err("conflict").message, "10.0.1.2 in network front is the address of endpoint web1");
+        assert_eq!(r.check_service(&svc("web1", None, 80)).expect_err("conflict").message, "\"web1\" is the name of an endpoint on network front");
         let a = svc("a", Some("10.0.1.100"), 80);
         r.check_service(&a).expect("free VIP and port");
         r.add_service(&a);
         assert!(r.ip_taken("front", "10.0.1.100".parse().expect("ip")), "a VIP is taken");
-        assert_eq!(r.check_service(&svc("b", Some("10.0.1.100"), 81)).unwrap_err().message, "10.0.1.100 in network front is the VIP of service a");
-        assert_eq!(r.check_service(&svc("b", None, 80)).unwrap_err().message, "80/tcp is already published by service a");
-        assert_eq!(r.check_service(&svc("a", None, 81)).unwrap_err().message, "a service named \"a\" already exists (on network front)");
+        assert_eq!(r.check_service(&svc("b", Some("10.0.1.100"), 81)).expect_err("conflict").message, "10.0.1.100 in network front is the VIP of service a");
+        assert_eq!(r.check_service(&svc("b", None, 80)).expect_err("conflict").message, "80/tcp is already published by service a");
+        assert_eq!(r.check_service(&svc("a", None, 81)).expect_err("conflict").message, "a service named \"a\" already exists (on network front)");
         let on_vip = endpoint_entry("e", &front, EndpointSpec { name: "x".into(), node: "n".into(), ip: "10.0.1.100", mac: None, netns: None, interface: None, aliases: vec![], service: Some("a".into()) }).expect("valid");
-        assert_eq!(r.check_endpoint(&on_vip).unwrap_err().message, "IP 10.0.1.100 in network front is the VIP of service a");
+        assert_eq!(r.check_endpoint(&on_vip).expect_err("conflict").message, "IP 10.0.1.100 in network front is the VIP of service a");
     }
 
     #[test]
