@@ -644,3 +644,148 @@ fn removing_pins_takes_maps_of_other_versions_too() {
     overlay::dataplane::remove_pins(&t.dir).expect("every pin removed");
     assert!(!t.dir.exists(), "the node's pin directory is gone");
 }
+
+const SVC_CLUSTER: &str = "
+nodes:
+  - {name: node1, vtep: 192.168.50.1}
+  - {name: node2, vtep: 192.168.50.2}
+networks:
+  - {name: nginx-net, vni: 4097, subnet: 10.0.1.0/24}
+services:
+  - {name: web, network: nginx-net, vip: 10.0.1.100, ports: [{port: 80, target: 8080}, {port: 53, protocol: udp}]}
+endpoints:
+  - {name: web2, network: nginx-net, node: node2, ip: 10.0.1.3, netns: c2}
+  - {name: t1, network: nginx-net, node: node1, ip: 10.0.1.10, service: web}
+  - {name: t2, network: nginx-net, node: node1, ip: 10.0.1.11, service: web}
+  - {name: t3, network: nginx-net, node: node1, ip: 10.0.1.12, service: web}
+";
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
+const VIP_MAC: [u8; 6] = [0x02, 0x42, 10, 0, 1, 100];
+
+fn svc_host() -> TestDataplane {
+    let mut t = TestDataplane::new("svc");
+    let cluster = overlay::source::file::parse(SVC_CLUSTER).expect("valid cluster");
+    let plan = desired::plan(&cluster, "node2").expect("node2 exists");
+    t.dp.apply(&plan.map_state(LOCAL_IFINDEX, &[(&plan.local[0], LOCAL_IFINDEX)])).expect("apply");
+    t
+}
+
+/// The one's-complement sum of `pseudo header + segment` folded: 0 when the L4 checksum holds.
+fn l4_sum(src: &[u8], dst: &[u8], proto: u8, seg: &[u8]) -> u16 {
+    let mut b = Vec::new();
+    b.extend(src);
+    b.extend(dst);
+    b.extend([0, proto]);
+    b.extend((seg.len() as u16).to_be_bytes());
+    b.extend(seg);
+    if b.len() % 2 == 1 {
+        b.push(0);
+    }
+    let mut s: u32 = b.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// A TCP segment from web2 (port `sport`) to `dst`:`dport` with `flags`, checksum filled.
+fn tcp_from_web2(dst_mac: [u8; 6], dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut seg = vec![0u8; 20];
+    seg[0..2].copy_from_slice(&sport.to_be_bytes());
+    seg[2..4].copy_from_slice(&dport.to_be_bytes());
+    seg[4..8].copy_from_slice(&7u32.to_be_bytes());
+    seg[12] = 5 << 4;
+    seg[13] = flags;
+    seg[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let c = l4_sum(&IP2.octets(), &dst.octets(), 6, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut f = eth(dst_mac, WEB2, 0x0800);
+    f.extend(ipv4(IP2, dst, 6, 20, 0x4000, &[]));
+    f.extend(seg);
+    f
+}
+
+#[test]
+fn a_vip_is_balanced_to_its_tasks_and_replies_come_back_from_it() {
+    let mut t = svc_host();
+    let tasks = [Ipv4Addr::new(10, 0, 1, 10), Ipv4Addr::new(10, 0, 1, 11), Ipv4Addr::new(10, 0, 1, 12)];
+    let mut seen = std::collections::BTreeMap::new();
+    for sport in 40000..40300u16 {
+        let syn = tcp_from_web2(VIP_MAC, VIP, sport, 80, 0x02);
+        let (v, out) = run(&mut t, PROG_EGRESS, &syn);
+        assert_eq!(v, TC_ACT_REDIRECT, "port {sport}: encapsulated to a task's node");
+        let inner = &out[50..];
+        let task = Ipv4Addr::new(inner[30], inner[31], inner[32], inner[33]);
+        assert!(tasks.contains(&task), "port {sport}: sent to {task}, not a task");
+        assert_eq!(inner[0..6], [0x02, 0x42, 10, 0, 1, inner[33]], "the task's MAC");
+        assert_eq!(inner[26..30], IP2.octets(), "the client's address is kept");
+        assert_eq!(u16::from_be_bytes([inner[36], inner[37]]), 8080, "the target port");
+        assert_eq!(u16::from_be_bytes([inner[34], inner[35]]), sport, "the client's port is kept");
+        assert_eq!(ipv4_checksum(&inner[14..34]), 0, "IPv4 checksum holds");
+        assert_eq!(l4_sum(&inner[26..30], &inner[30..34], 6, &inner[34..]), 0, "TCP checksum holds");
+        *seen.entry(task).or_insert(0u32) += 1;
+        // The next packet of the flow goes to the same task.
+        let ack = tcp_from_web2(VIP_MAC, VIP, sport, 80, 0x10);
+        let (_, out2) = run(&mut t, PROG_EGRESS, &ack);
+        assert_eq!(out2[80..84], inner[30..34], "port {sport}: every packet of a flow to one task");
+        // The task's reply, arriving from node1, enters the client from the VIP and port 80.
+        if sport % 50 == 0 {
+            let mut seg = vec![0u8; 20];
+            seg[0..2].copy_from_slice(&8080u16.to_be_bytes());
+            seg[2..4].copy_from_slice(&sport.to_be_bytes());
+            seg[12] = 5 << 4;
+            seg[13] = 0x12;
+            let c = l4_sum(&task.octets(), &IP2.octets(), 6, &seg);
+            seg[16..18].copy_from_slice(&c.to_be_bytes());
+            let mut reply = eth(WEB2, [0x02, 0x42, 10, 0, 1, task.octets()[3]], 0x0800);
+            reply.extend(ipv4(task, IP2, 6, 20, 0x4000, &[]));
+            reply.extend(seg);
+            let (v, back) = run(&mut t, PROG_INGRESS, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &reply));
+            assert_eq!(v, TC_ACT_REDIRECT, "the reply is delivered");
+            assert_eq!(back[6..12], VIP_MAC, "from the VIP's MAC");
+            assert_eq!(back[26..30], VIP.octets(), "from the VIP");
+            assert_eq!(u16::from_be_bytes([back[34], back[35]]), 80, "from the service port");
+            assert_eq!(ipv4_checksum(&back[14..34]), 0, "IPv4 checksum holds");
+            assert_eq!(l4_sum(&back[26..30], &back[30..34], 6, &back[34..]), 0, "TCP checksum holds");
+        }
+    }
+    // Maglev spreads 300 flows evenly enough over three tasks.
+    assert_eq!(seen.len(), 3, "every task chosen: {seen:?}");
+    assert!(seen.values().all(|n| (70..=130).contains(n)), "each task within 30% of 100 flows: {seen:?}");
+    // The choice is the flow hash's alone: the same flow picks the same task on every node.
+    let cluster = overlay::source::file::parse(SVC_CLUSTER).expect("valid");
+    let plan = desired::plan(&cluster, "node2").expect("plan");
+    let bal = &plan.base.balancing[&0];
+    let flow = overlay_common::flow_hash(u32::from_ne_bytes(IP2.octets()), 40123u16.to_be(), 6, 80u16.to_be());
+    let want = bal.backends[bal.maglev[(flow % overlay_common::MAGLEV_M) as usize] as usize];
+    let (_, out) = run(&mut t, PROG_EGRESS, &tcp_from_web2(VIP_MAC, VIP, 40123, 80, 0x10));
+    assert_eq!(out[80..84], want.ip.to_ne_bytes(), "the task the agent's Maglev table gives");
+    assert!(!t.dp.connections().expect("connection table").is_empty(), "connections are remembered");
+}
+
+#[test]
+fn a_vip_answers_ping_and_refuses_other_ports() {
+    let mut t = svc_host();
+    let mut icmp = vec![8u8, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g'];
+    let c = ipv4_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ping = eth(VIP_MAC, WEB2, 0x0800);
+    ping.extend(ipv4(IP2, VIP, 1, icmp.len(), 0x4000, &[]));
+    ping.extend(&icmp);
+    let (v, out) = run(&mut t, PROG_EGRESS, &ping);
+    assert_eq!(v, TC_ACT_REDIRECT, "the echo reply goes back into the container");
+    assert_eq!(out[0..6], WEB2, "to the client's MAC");
+    assert_eq!(out[6..12], VIP_MAC, "from the VIP's MAC");
+    assert_eq!(out[26..30], VIP.octets(), "from the VIP");
+    assert_eq!(out[30..34], IP2.octets(), "to the client");
+    assert_eq!(out[34], 0, "an echo reply");
+    assert_eq!(ipv4_checksum(&out[14..34]), 0, "IPv4 checksum holds");
+    assert_eq!(ipv4_checksum(&out[34..]), 0, "ICMP checksum holds");
+    expect_drop(&mut t, PROG_EGRESS, &tcp_from_web2(VIP_MAC, VIP, 40000, 81, 0x02), Reason::ServiceNoPort, "a port the service does not serve");
+    expect_drop(&mut t, PROG_EGRESS, &tcp_from_web2(VIP_MAC, VIP, 40000, 53, 0x02), Reason::ServiceNoPort, "53/tcp when only 53/udp is served");
+    // With no task left, a connection is refused and counted.
+    let cluster = overlay::source::file::parse(&SVC_CLUSTER.replace(", service: web}", "}")).expect("valid");
+    let plan = desired::plan(&cluster, "node2").expect("plan");
+    t.dp.apply(&plan.map_state(LOCAL_IFINDEX, &[(&plan.local[0], LOCAL_IFINDEX)])).expect("apply");
+    expect_drop(&mut t, PROG_EGRESS, &tcp_from_web2(VIP_MAC, VIP, 40001, 80, 0x02), Reason::ServiceNoBackend, "a service without tasks");
+}

@@ -32,6 +32,8 @@ pub const FDB_LOCAL: u32 = 1;
 pub const FDB_REMOTE: u32 = 2;
 /// `FdbEntry::kind`: the MAC is the network's gateway: the way out through this node.
 pub const FDB_GATEWAY: u32 = 3;
+/// `FdbEntry::kind`: the MAC is a service's VIP (`Mac::from_ip(vip)`): translated to a task.
+pub const FDB_SERVICE: u32 = 4;
 
 /// Value of the FDB.
 #[repr(C)]
@@ -55,6 +57,9 @@ impl FdbEntry {
     }
     pub const fn gateway() -> Self {
         Self { kind: FDB_GATEWAY, ifindex: 0, vtep: 0, _pad: 0 }
+    }
+    pub const fn service() -> Self {
+        Self { kind: FDB_SERVICE, ifindex: 0, vtep: 0, _pad: 0 }
     }
 }
 
@@ -98,6 +103,96 @@ pub struct EndpointInfo {
 /// `EndpointInfo::flags`: the endpoint's container is on several networks: it sees names the
 /// name table of this network alone cannot answer, so its DNS questions go to the agent.
 pub const EP_F_MULTI_NETWORK: u8 = 1;
+
+/// Key of the service table: one port of one service's VIP in network `vni`. `port` is in
+/// network order (as in the packet); `proto` 6 (TCP) or 17 (UDP); `port` and `proto` 0: the
+/// VIP itself (it exists; it answers ping).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub vni: u32,
+    pub vip: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of the service table: the service's slot in the Maglev and backend tables, and how
+/// many backends (tasks) it has (0: connections are refused and counted).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceEntry {
+    pub id: u32,
+    pub backends: u32,
+}
+
+/// Size of one service's Maglev lookup table (a prime, as Maglev requires): each entry names a
+/// backend; a flow's hash picks the entry.
+pub const MAGLEV_M: u32 = 1021;
+/// Services one node can balance.
+pub const MAX_SERVICES: u32 = 256;
+/// Backends (tasks) one service can have.
+pub const MAX_BACKENDS: u32 = 64;
+/// Entries of the connection tables (LRU: the least recently used connection goes first).
+pub const MAX_CONNECTIONS: u32 = 65_536;
+
+/// One backend of a service: a task's address and the target port (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub ip: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of the connection table: a client's flow to a VIP port, as the client sends it (ports
+/// in network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub vni: u32,
+    pub client: u32,
+    pub vip: u32,
+    pub client_port: u16,
+    pub vip_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of the reverse table: the same flow as the task's replies carry it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevKey {
+    pub vni: u32,
+    pub backend: u32,
+    pub client: u32,
+    pub backend_port: u16,
+    pub client_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Where a reply's source is rewritten back to: the VIP and its port (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevEntry {
+    pub vip: u32,
+    pub vip_port: u16,
+    pub _pad: u16,
+}
+
+/// The flow hash that picks a backend: the client's address and port, the protocol and the
+/// service port (not the node: every node picks the same task for a flow). Ports in network
+/// order as in the packet. Shared by the datapath and the agent's tests.
+pub const fn flow_hash(client: u32, client_port: u16, proto: u8, service_port: u16) -> u32 {
+    let mut x = client ^ 0x9e37_79b9;
+    x ^= (client_port as u32) << 16 | service_port as u32;
+    x = x.wrapping_mul(0x85eb_ca6b) ^ proto as u32;
+    x ^= x >> 13;
+    x = x.wrapping_mul(0xc2b2_ae35);
+    x ^= x >> 16;
+    x
+}
 
 /// Longest DNS name (wire format: length-prefixed labels and the final zero) the datapath
 /// answers; longer names go to the agent's resolver.
@@ -232,6 +327,12 @@ mod pod {
     unsafe impl aya::Pod for super::SubnetInfo {}
     unsafe impl aya::Pod for super::NameKey {}
     unsafe impl aya::Pod for super::NameEntry {}
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceEntry {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::RevKey {}
+    unsafe impl aya::Pod for super::RevEntry {}
 }
 
 #[cfg(test)]
@@ -255,6 +356,12 @@ mod tests {
         assert_eq!(size_of::<SubnetInfo>(), 8);
         assert_eq!(size_of::<NameKey>(), 4 + DNS_NAME_MAX);
         assert_eq!(size_of::<NameEntry>(), 4 + 4 * DNS_ADDRS_MAX);
+        assert_eq!(size_of::<ServiceKey>(), 12);
+        assert_eq!(size_of::<ServiceEntry>(), 8);
+        assert_eq!(size_of::<Backend>(), 8);
+        assert_eq!(size_of::<CtKey>(), 20);
+        assert_eq!(size_of::<RevKey>(), 20);
+        assert_eq!(size_of::<RevEntry>(), 8);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub enum Reason {
     FwdResolver = 7,
     /// A DNS question for a known overlay name, answered by the datapath.
     DnsReply = 8,
+    /// A ping to a service's VIP, answered by the datapath.
+    VipEchoReply = 9,
 
     /// A header ended before its fixed part did.
     Truncated = 16,
@@ -89,6 +91,10 @@ pub enum Reason {
     GatewayOverlay = 35,
     /// Sent to the gateway of an internal network: it has no way out.
     GatewayInternal = 36,
+    /// To a service's VIP on a port (or protocol) the service does not serve.
+    ServiceNoPort = 37,
+    /// To a service's VIP port while the service has no task.
+    ServiceNoBackend = 38,
 }
 
 impl Reason {
@@ -101,6 +107,7 @@ impl Reason {
         Reason::FwdGateway,
         Reason::FwdResolver,
         Reason::DnsReply,
+        Reason::VipEchoReply,
         Reason::Truncated,
         Reason::Vlan,
         Reason::UnsupportedEthertype,
@@ -122,6 +129,8 @@ impl Reason {
         Reason::RedirectFailed,
         Reason::GatewayOverlay,
         Reason::GatewayInternal,
+        Reason::ServiceNoPort,
+        Reason::ServiceNoBackend,
     ];
 
     /// The name operators see in `overlay stats`.
@@ -135,6 +144,7 @@ impl Reason {
             Reason::FwdGateway => "fwd-gateway",
             Reason::FwdResolver => "fwd-resolver",
             Reason::DnsReply => "dns-reply",
+            Reason::VipEchoReply => "vip-echo-reply",
             Reason::Truncated => "drop-truncated",
             Reason::Vlan => "drop-vlan",
             Reason::UnsupportedEthertype => "drop-ethertype",
@@ -156,6 +166,8 @@ impl Reason {
             Reason::RedirectFailed => "drop-redirect-failed",
             Reason::GatewayOverlay => "drop-gateway-overlay",
             Reason::GatewayInternal => "drop-gateway-internal",
+            Reason::ServiceNoPort => "drop-service-no-port",
+            Reason::ServiceNoBackend => "drop-service-no-backend",
         }
     }
 

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{
-    EP_F_MULTI_NETWORK, EndpointInfo, FDB_GATEWAY, FDB_LOCAL, FdbKey, NameEntry, NeighKey, NodeConfig, Reason, VNI_F_INTERNAL,
+    Backend, EP_F_MULTI_NETWORK, EndpointInfo, FDB_GATEWAY, FDB_LOCAL, FDB_SERVICE, FdbKey, NameEntry, NeighKey, NodeConfig, Reason, VNI_F_INTERNAL,
     wire::{
         ARP_OP_REPLY, ARP_OP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN,
         OUTER_TTL, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_I, VXLAN_HLEN, vxlan_vni_field,
@@ -27,6 +27,7 @@ use crate::{
     eth, ipv4,
     maps::{CONFIG, DNS_KEY, ENDPOINTS, FDB, NAMES, NEIGH, SUBNETS, VNIS},
     ptr::{ptr_at, ptr_at_mut, put},
+    service::{self, Decision, Next},
     stats::Verdict,
 };
 
@@ -63,6 +64,10 @@ pub enum Action {
     Resolver,
     /// Answer its DNS question for a known overlay name, here.
     DnsReply { question: Question, entry: *const NameEntry, gw_mac: [u8; 6] },
+    /// Answer its ping to a service's VIP.
+    VipEcho { vip_mac: [u8; 6] },
+    /// Translate it from a VIP to one of the service's tasks, then switch or encapsulate it.
+    Service { proto: u8, backend: Backend, mac: [u8; 6], next: Next },
 }
 
 /// Parses, checks and looks up: where the frame from the endpoint behind `ifindex` goes.
@@ -96,6 +101,10 @@ pub fn decide(ctx: &TcContext, ep: &EndpointInfo) -> Result<Action, Reason> {
     match entry.kind {
         FDB_LOCAL => Ok(Action::Peer { ifindex: entry.ifindex }),
         FDB_GATEWAY => decide_gateway(ctx, ep, ip, dst),
+        FDB_SERVICE => match service::decide(ctx, ep, ip)? {
+            Decision::Echo => Ok(Action::VipEcho { vip_mac: dst }),
+            Decision::Task { backend, mac, next } => Ok(Action::Service { proto: ip.proto, backend, mac, next }),
+        },
         _ => Ok(Action::Encap { vtep: entry.vtep }),
     }
 }
@@ -182,28 +191,26 @@ pub fn act(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, action: Action) -> 
             Ok(Verdict { action, reason: Reason::ArpReply, vni: 0, inner_len: 0 })
         }
         Action::Peer { ifindex } => {
-            // SAFETY: plain helper call.
+            // A task's reply to a client of its service leaves here with the VIP as source.
+            service::reverse(ctx, ep.vni)?;
+            peer(ep, ifindex, len)
+        }
+        Action::Encap { vtep } => encap(ctx, ep, vtep, len),
+        Action::VipEcho { vip_mac } => {
+            service::echo_reply(ctx, ep, vip_mac)?;
+            // SAFETY: plain helper call; back into the endpoint's own interface.
             let action = unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
             if action != TC_ACT_REDIRECT as i32 {
                 return Err(Reason::RedirectFailed);
             }
-            Ok(Verdict { action, reason: Reason::FwdLocal, vni: ep.vni, inner_len: len })
+            Ok(Verdict { action, reason: Reason::VipEchoReply, vni: ep.vni, inner_len: len })
         }
-        Action::Encap { vtep } => {
-            let cfg = *CONFIG.get(0).ok_or(Reason::NoConfig)?;
-            if cfg.vtep == 0 {
-                return Err(Reason::NoConfig);
+        Action::Service { proto, backend, mac, next } => {
+            service::to_task(ctx, proto, &backend, &mac)?;
+            match next {
+                Next::Peer { ifindex } => peer(ep, ifindex, len),
+                Next::Encap { vtep } => encap(ctx, ep, vtep, len),
             }
-            let hash = flow_hash(ctx);
-            encapsulate(ctx, &cfg, ep.vni, vtep, len, hash)?;
-            // Outer L2 comes from the kernel's neighbour table after a FIB lookup of the remote
-            // VTEP.
-            // SAFETY: plain helper call; a null nexthop asks the kernel to look the route up.
-            let action = unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
-            if action != TC_ACT_REDIRECT as i32 {
-                return Err(Reason::RedirectFailed);
-            }
-            Ok(Verdict { action, reason: Reason::FwdEncap, vni: ep.vni, inner_len: len })
         }
         Action::DnsReply { question, entry, gw_mac } => {
             // SAFETY: a value of the NAMES map, valid while the program runs.
@@ -228,6 +235,35 @@ pub fn act(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, action: Action) -> 
             Ok(Verdict { action: TC_ACT_OK as i32, reason, vni: ep.vni, inner_len: len })
         }
     }
+}
+
+/// Switches the frame to the local endpoint behind `ifindex`, into its namespace.
+#[inline(always)]
+fn peer(ep: &EndpointInfo, ifindex: u32, len: u32) -> Result<Verdict, Reason> {
+    // SAFETY: plain helper call.
+    let action = unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
+    if action != TC_ACT_REDIRECT as i32 {
+        return Err(Reason::RedirectFailed);
+    }
+    Ok(Verdict { action, reason: Reason::FwdLocal, vni: ep.vni, inner_len: len })
+}
+
+/// Encapsulates the frame to the remote VTEP `vtep` and sends it out of the underlay.
+#[inline(always)]
+fn encap(ctx: &TcContext, ep: &EndpointInfo, vtep: u32, len: u32) -> Result<Verdict, Reason> {
+    let cfg = *CONFIG.get(0).ok_or(Reason::NoConfig)?;
+    if cfg.vtep == 0 {
+        return Err(Reason::NoConfig);
+    }
+    let hash = flow_hash(ctx);
+    encapsulate(ctx, &cfg, ep.vni, vtep, len, hash)?;
+    // Outer L2 comes from the kernel's neighbour table after a FIB lookup of the remote VTEP.
+    // SAFETY: plain helper call; a null nexthop asks the kernel to look the route up.
+    let action = unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+    if action != TC_ACT_REDIRECT as i32 {
+        return Err(Reason::RedirectFailed);
+    }
+    Ok(Verdict { action, reason: Reason::FwdEncap, vni: ep.vni, inner_len: len })
 }
 
 /// The endpoint behind the veth this frame entered by.

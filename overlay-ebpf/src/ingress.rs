@@ -159,6 +159,8 @@ pub fn act(ctx: &TcContext, action: Action) -> Result<Verdict, Reason> {
     let p = ptr_at_mut::<[u8; ETH_HLEN]>(ctx, 0).map_err(|_| Reason::AdjustFailed)? as *mut u8;
     // SAFETY: 14 bytes checked by ptr_at_mut; the source is on the stack.
     unsafe { put::eth_header(p, inner_eth.as_ptr()) };
+    // A task's reply to a client of its service enters with the VIP as source.
+    crate::service::reverse(ctx, vni)?;
     // SAFETY: plain helper call; switches to the veth peer inside the endpoint's namespace.
     let action = unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
     if action != TC_ACT_REDIRECT as i32 {

@@ -18,6 +18,7 @@ mod ingress;
 mod ipv4;
 mod maps;
 mod ptr;
+mod service;
 mod stats;
 mod vxlan;
 

@@ -2,12 +2,13 @@
 //! restarted agent finds them again and forwarding never stops.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use overlay_common::{
-    Counter, EndpointInfo, FdbEntry, FdbKey, MAX_ENDPOINTS, MAX_FDB, MAX_MEMBERS, MAX_NEIGH,
-    MAX_NAMES, MAX_SUBNETS, MAX_VNIS, MemberInfo, NameEntry, NameKey, NeighEntry, NeighKey,
-    NodeConfig, STATS_ENTRIES, SubnetInfo, VniCounters, VniInfo,
+    Backend, Counter, CtKey, EndpointInfo, FdbEntry, FdbKey, MAGLEV_M, MAX_BACKENDS,
+    MAX_CONNECTIONS, MAX_ENDPOINTS, MAX_FDB, MAX_MEMBERS, MAX_NAMES, MAX_NEIGH, MAX_SERVICES,
+    MAX_SUBNETS, MAX_VNIS, MemberInfo, NameEntry, NameKey, NeighEntry, NeighKey, NodeConfig,
+    RevEntry, RevKey, STATS_ENTRIES, ServiceEntry, ServiceKey, SubnetInfo, VniCounters, VniInfo,
 };
 
 /// (VNI, MAC) -> local ifindex or remote VTEP.
@@ -44,3 +45,21 @@ pub static NAMES: HashMap<NameKey, NameEntry> = HashMap::pinned(MAX_NAMES, 0);
 /// Scratch space for the name table key of the DNS question being parsed (one per CPU).
 #[map]
 pub static DNS_KEY: PerCpuArray<NameKey> = PerCpuArray::with_max_entries(1, 0);
+/// (VNI, VIP, port, protocol) -> the service's slot and backend count. Written by the agent.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceEntry> = HashMap::pinned(MAX_SERVICES * 8, 0);
+/// Maglev lookup tables, [`MAGLEV_M`] entries per service slot: backend index. Written by the
+/// agent, the same on every node for the same task set.
+#[map]
+pub static MAGLEV: Array<u32> = Array::pinned(MAX_SERVICES * MAGLEV_M, 0);
+/// Backends, [`MAX_BACKENDS`] per service slot. Written by the agent.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::pinned(MAX_SERVICES * MAX_BACKENDS, 0);
+/// Client flow -> its backend: every packet of a connection goes to the task its first one
+/// chose. Written by the datapath (the agent never rewrites it).
+#[map]
+pub static CONNECTIONS: LruHashMap<CtKey, Backend> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+/// The same flows seen from the task's replies -> the VIP and port they came to. Written by the
+/// datapath.
+#[map]
+pub static REVERSE: LruHashMap<RevKey, RevEntry> = LruHashMap::pinned(MAX_CONNECTIONS, 0);

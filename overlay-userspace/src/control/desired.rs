@@ -8,9 +8,9 @@ use std::{
 
 use ipnet::Ipv4Net;
 use overlay_common::{
-    DNS_ADDRS_MAX, DNS_NAME_MAX, EP_F_MULTI_NETWORK, EndpointInfo, FdbEntry, FdbKey, MemberInfo,
-    NameEntry, NameKey, NeighEntry, NeighKey, NodeConfig, SubnetInfo, VNI_F_INTERNAL, VniInfo,
-    ip_to_map,
+    Backend, DNS_ADDRS_MAX, DNS_NAME_MAX, EP_F_MULTI_NETWORK, EndpointInfo, FdbEntry, FdbKey, MAX_BACKENDS, MAX_SERVICES,
+    MemberInfo, NameEntry, NameKey, NeighEntry, NeighKey, NodeConfig, ServiceEntry, ServiceKey, SubnetInfo, VNI_F_INTERNAL,
+    VniInfo, ip_to_map,
 };
 
 use crate::{
@@ -33,6 +33,18 @@ pub struct MapState {
     pub subnets: BTreeMap<(u32, u32), SubnetInfo>,
     /// Per network: (VNI, name) -> addresses, the names the datapath answers.
     pub names: PerVni<NameKey, NameEntry>,
+    /// Every VIP port (and each VIP itself, port and protocol 0) -> its slot and task count.
+    pub services: BTreeMap<ServiceKey, ServiceEntry>,
+    /// Slot -> the backends of one VIP port and its Maglev table.
+    pub balancing: BTreeMap<u32, Arc<Balancing>>,
+}
+
+/// How one VIP port is balanced: its backends (tasks and target port) and the Maglev table
+/// over them ([`super::maglev::table`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Balancing {
+    pub backends: Vec<Backend>,
+    pub maglev: Vec<u32>,
 }
 
 /// A table kept per network (VNI): each network's part is shared, by every plan and copy of a
@@ -213,6 +225,8 @@ pub struct WayOut {
 pub enum PlanError {
     #[error("node {0:?} is not in the cluster description")]
     UnknownNode(String),
+    #[error("more than {0} service ports (the datapath's service table is full)")]
+    TooManyServicePorts(u32),
 }
 
 /// A short stable suffix for interface names (names are limited to 15 bytes).
@@ -317,6 +331,12 @@ impl Planner {
             let mut fdb = BTreeMap::new();
             neigh.insert(NeighKey { vni: net.vni, ip: ip_to_map(net.gateway.octets()) }, NeighEntry { mac: gw_mac.0, _pad: [0; 2] });
             fdb.insert(FdbKey::new(net.vni, gw_mac.0), FdbEntry::gateway());
+            // A VIP: answered by ARP with its own MAC, which the FDB marks as a service's.
+            for vip in services.iter().filter_map(|s| s.vip) {
+                let mac = Mac::from_ip(vip);
+                neigh.insert(NeighKey { vni: net.vni, ip: ip_to_map(vip.octets()) }, NeighEntry { mac: mac.0, _pad: [0; 2] });
+                fdb.insert(FdbKey::new(net.vni, mac.0), FdbEntry::service());
+            }
             for (ep, vtep) in eps {
                 neigh.insert(NeighKey { vni: net.vni, ip: ip_to_map(ep.ip.octets()) }, NeighEntry { mac: ep.mac.0, _pad: [0; 2] });
                 if let Some(vtep) = vtep {
@@ -413,6 +433,29 @@ impl Planner {
         for i in 0..local.len() {
             let ns = local[i].netns.clone();
             local[i].multi_network = local.iter().filter(|e| e.netns == ns).count() > 1;
+        }
+        // VIP services: every port gets a slot, its backends (the tasks, with the target port)
+        // and a Maglev table; the VIP itself an entry (it answers ping).
+        let mut slot = 0u32;
+        for svc in &cluster.services {
+            let (Some(vip), Some(ni)) = (svc.vip, net_index.get(svc.network.as_str())) else { continue };
+            let vni = cluster.networks[*ni].vni;
+            let vip_m = ip_to_map(vip.octets());
+            let tasks: Vec<u32> = cluster.tasks(&svc.name).map(|e| ip_to_map(e.ip.octets())).take(MAX_BACKENDS as usize).collect();
+            base.services.insert(ServiceKey { vni, vip: vip_m, port: 0, proto: 0, _pad: 0 }, ServiceEntry { id: 0, backends: 0 });
+            for p in &svc.ports {
+                if slot >= MAX_SERVICES {
+                    return Err(PlanError::TooManyServicePorts(MAX_SERVICES));
+                }
+                let backends: Vec<Backend> = tasks.iter().map(|ip| Backend { ip: *ip, port: p.target.to_be(), _pad: 0 }).collect();
+                let maglev = super::maglev::table(&backends);
+                base.services.insert(
+                    ServiceKey { vni, vip: vip_m, port: p.port.to_be(), proto: p.protocol.number(), _pad: 0 },
+                    ServiceEntry { id: slot, backends: backends.len() as u32 },
+                );
+                base.balancing.insert(slot, Arc::new(Balancing { backends, maglev }));
+                slot += 1;
+            }
         }
         // Each network's parts of the FDB, neighbour and name tables.
         self.networks.retain(|vni, _| cluster.networks.iter().any(|n| n.vni == *vni));

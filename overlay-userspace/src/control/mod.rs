@@ -2,5 +2,6 @@
 pub mod agent;
 pub mod attach;
 pub mod desired;
+pub mod maglev;
 pub mod names;
 pub mod resolver;

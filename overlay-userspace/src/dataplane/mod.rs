@@ -20,8 +20,8 @@ use aya::{
     util::nr_cpus,
 };
 use overlay_common::{
-    Counter, Direction, EndpointInfo, FdbEntry, FdbKey, MemberInfo, NeighEntry, NeighKey,
-    NameEntry, NameKey, NodeConfig, Reason, SubnetInfo, VniCounters, VniInfo, stats_index,
+    Backend, Counter, CtKey, Direction, EndpointInfo, FdbEntry, FdbKey, MAGLEV_M, MAX_BACKENDS, MemberInfo, NameEntry, NameKey,
+    NeighEntry, NeighKey, NodeConfig, Reason, ServiceEntry, ServiceKey, SubnetInfo, VniCounters, VniInfo, stats_index,
 };
 
 use crate::{
@@ -47,8 +47,40 @@ const MAP_STATS: &str = "STATS";
 const MAP_VNI_STATS: &str = "VNI_STATS";
 const MAP_SUBNETS: &str = "SUBNETS";
 const MAP_NAMES: &str = "NAMES";
-const ALL_MAPS: [&str; 10] =
-    [MAP_FDB, MAP_VNIS, MAP_ENDPOINTS, MAP_NEIGH, MAP_MEMBERS, MAP_CONFIG, MAP_STATS, MAP_VNI_STATS, MAP_SUBNETS, MAP_NAMES];
+const MAP_SERVICES: &str = "SERVICES";
+const MAP_MAGLEV: &str = "MAGLEV";
+const MAP_BACKENDS: &str = "BACKENDS";
+const MAP_CONNECTIONS: &str = "CONNECTIONS";
+const MAP_REVERSE: &str = "REVERSE";
+/// Every map and its one owner: the agent's desired state (written by [`Dataplane::apply`]
+/// from a plan), the datapath itself (the connection tables: never written nor wiped by a
+/// reconcile, so connections survive agent restarts and config changes), or the counters (the
+/// datapath counts, `overlay stats` reads). All are pinned; `overlay down` removes them all.
+const ALL_MAPS: [(&str, Owner); 15] = [
+    (MAP_FDB, Owner::Desired),
+    (MAP_VNIS, Owner::Desired),
+    (MAP_ENDPOINTS, Owner::Desired),
+    (MAP_NEIGH, Owner::Desired),
+    (MAP_MEMBERS, Owner::Desired),
+    (MAP_CONFIG, Owner::Desired),
+    (MAP_SUBNETS, Owner::Desired),
+    (MAP_NAMES, Owner::Desired),
+    (MAP_SERVICES, Owner::Desired),
+    (MAP_MAGLEV, Owner::Desired),
+    (MAP_BACKENDS, Owner::Desired),
+    (MAP_CONNECTIONS, Owner::Datapath),
+    (MAP_REVERSE, Owner::Datapath),
+    (MAP_STATS, Owner::Counters),
+    (MAP_VNI_STATS, Owner::Counters),
+];
+
+/// Who writes a map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Desired,
+    Datapath,
+    Counters,
+}
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -173,6 +205,11 @@ struct Maps {
     vni_stats: PerCpuHashMap<MapData, u32, VniCounters>,
     subnets: LpmTrie<MapData, u32, SubnetInfo>,
     names: HashMap<MapData, NameKey, NameEntry>,
+    services: HashMap<MapData, ServiceKey, ServiceEntry>,
+    maglev: Array<MapData, u32>,
+    backends: Array<MapData, Backend>,
+    /// Datapath-owned: read for `overlay stats`, never written here.
+    connections: aya::maps::HashMap<MapData, CtKey, Backend>,
 }
 
 impl Maps {
@@ -188,6 +225,10 @@ impl Maps {
             vni_stats: PerCpuHashMap::try_from(take(MAP_VNI_STATS)?).map_err(map_err(MAP_VNI_STATS))?,
             subnets: LpmTrie::try_from(take(MAP_SUBNETS)?).map_err(map_err(MAP_SUBNETS))?,
             names: HashMap::try_from(take(MAP_NAMES)?).map_err(map_err(MAP_NAMES))?,
+            services: HashMap::try_from(take(MAP_SERVICES)?).map_err(map_err(MAP_SERVICES))?,
+            maglev: Array::try_from(take(MAP_MAGLEV)?).map_err(map_err(MAP_MAGLEV))?,
+            backends: Array::try_from(take(MAP_BACKENDS)?).map_err(map_err(MAP_BACKENDS))?,
+            connections: aya::maps::HashMap::try_from(take(MAP_CONNECTIONS)?).map_err(map_err(MAP_CONNECTIONS))?,
         })
     }
 }
@@ -368,6 +409,9 @@ impl Dataplane {
                 .map(|kv| kv.map(|(k, v)| ((k.data(), k.prefix_len()), v)).map_err(map_err(MAP_SUBNETS)))
                 .collect::<Result<_>>()?,
             names: per_vni(collect(MAP_NAMES, &self.maps.names)?, |k| k.vni),
+            services: collect(MAP_SERVICES, &self.maps.services)?,
+            // Not read back: the first apply of a process writes every service's tables once.
+            balancing: BTreeMap::new(),
         })
     }
 
@@ -405,6 +449,22 @@ impl Dataplane {
         sync_cached(MAP_ENDPOINTS, &mut m.endpoints, &have.endpoints, &want.endpoints, &mut sum, &mut re)?;
         sync_per_vni(MAP_FDB, &mut m.fdb, &have.fdb, &want.fdb, &mut sum, &mut rf)?;
         sync_per_vni(MAP_NAMES, &mut m.names, &have.names, &want.names, &mut sum, &mut rq)?;
+        // A service's backends and Maglev table before its entry: a new entry never points at
+        // a slot still holding another service's table.
+        for (id, t) in &want.balancing {
+            if have.balancing.get(id).is_some_and(|h| std::sync::Arc::ptr_eq(h, t) || h == t) {
+                continue;
+            }
+            for (i, b) in t.backends.iter().enumerate() {
+                m.backends.set(id * MAX_BACKENDS + i as u32, b, 0).map_err(map_err(MAP_BACKENDS))?;
+            }
+            for (j, idx) in t.maglev.iter().enumerate() {
+                m.maglev.set(id * MAGLEV_M + j as u32, idx, 0).map_err(map_err(MAP_MAGLEV))?;
+            }
+            sum.changed += 1;
+        }
+        let mut rs = vec![];
+        sync_cached(MAP_SERVICES, &mut m.services, &have.services, &want.services, &mut sum, &mut rs)?;
         // Per-VNI counters exist for exactly the configured VNIs.
         if prev.is_none_or(|p| !p.vnis.keys().eq(want.vnis.keys())) {
             let cpus = nr_cpus().map_err(|(_, e)| io_err("counting CPUs", Path::new("/sys/devices/system/cpu/possible"))(e))?;
@@ -429,6 +489,7 @@ impl Dataplane {
             }
             m.subnets.insert(&LpmKey::new(len, addr), v, 0).map_err(map_err(MAP_SUBNETS))?;
         }
+        remove_all(MAP_SERVICES, &mut m.services, rs, &mut sum)?;
         remove_all(MAP_NAMES, &mut m.names, rq, &mut sum)?;
         remove_all(MAP_FDB, &mut m.fdb, rf, &mut sum)?;
         remove_all(MAP_ENDPOINTS, &mut m.endpoints, re, &mut sum)?;
@@ -444,6 +505,12 @@ impl Dataplane {
         Ok(sum)
     }
 
+    /// The connections the datapath balanced to a service task and still remembers (its
+    /// connection table: written by the datapath only).
+    pub fn connections(&self) -> Result<Vec<(CtKey, Backend)>> {
+        self.maps.connections.iter().collect::<std::result::Result<_, _>>().map_err(map_err(MAP_CONNECTIONS))
+    }
+
     /// One FDB entry, looked up directly (without reading the whole table).
     pub fn fdb_entry(&self, vni: u32, mac: [u8; 6]) -> Result<Option<FdbEntry>> {
         match self.maps.fdb.get(&FdbKey::new(vni, mac), 0) {
@@ -456,7 +523,7 @@ impl Dataplane {
     /// Memory the kernel accounts to the datapath's maps (`memlock` of each map), in bytes.
     pub fn map_memory(&self) -> Result<u64> {
         let mut total = 0;
-        for name in ALL_MAPS {
+        for (name, _) in ALL_MAPS {
             let data = MapData::from_pin(self.dir.join(name)).map_err(map_err(name))?;
             use std::os::fd::{AsFd as _, AsRawFd as _};
             let fd = data.fd().as_fd().as_raw_fd();
@@ -606,7 +673,7 @@ pub fn remove_pins(dir: &Path) -> std::result::Result<(), Vec<String>> {
         }
     }
     let _ = fs::remove_dir(&links);
-    for m in ALL_MAPS {
+    for (m, _) in ALL_MAPS {
         let p = dir.join(m);
         match fs::remove_file(&p) {
             Ok(()) => {}

@@ -13,7 +13,7 @@ use tracing::warn;
 use crate::{
     defaults::FILE_POLL,
     model::{
-        Cluster, ConfigError, Endpoint, EndpointSpec, NetworkSpec, Node, PortSpec, Rules, ServiceMode, ServiceSpec, endpoint_entry, invalid, network_entry,
+        Cluster, ConfigError, Endpoint, EndpointSpec, NetworkSpec, Node, PortSpec, Rules, ServiceSpec, endpoint_entry, invalid, network_entry,
         node_entry, service_entry,
     },
 };
@@ -139,14 +139,13 @@ fn validate(raw: RawCluster) -> Result<Cluster, ConfigError> {
         let ports = s.ports.iter().map(|p| PortSpec { port: p.port, target: p.target, protocol: p.protocol.clone(), publish: p.publish }).collect();
         let spec = ServiceSpec { name: s.name.clone(), vip: s.vip.as_deref(), ports, mode: s.mode.as_deref() };
         let svc = service_entry(&entry, &net, spec, |ip| listed.contains(&(net.name.as_str(), ip)) || rules.ip_taken(&net.name, ip))?;
-        // The model takes VIP services whole (address, ports, the routing mesh's published
-        // ports); until the datapath balances a VIP, a VIP that would resolve but not answer is
-        // refused rather than half-applied.
-        if svc.mode == ServiceMode::Vip {
+        // The model takes published ports whole; until the routing mesh answers them on every
+        // node, a published port is refused rather than half-applied.
+        if let Some(p) = svc.ports.iter().find(|p| p.publish.is_some()) {
             return Err(invalid(
                 &entry,
-                "mode",
-                "vip (the default) is not forwarded by this version yet: the VIP datapath is being built; use mode: dnsrr (the name resolves to the tasks)",
+                "ports.publish",
+                format!("{}/{}: published ports (the routing mesh) are not served by this version yet; reach the service on its VIP", p.publish.unwrap_or(0), p.protocol),
             ));
         }
         rules.check_service(&svc).map_err(|c| invalid(&entry, c.field, c.message))?;
@@ -340,7 +339,7 @@ endpoints:
     fn services_and_their_tasks() {
         let c = parse(SERVICES).expect("valid");
         let api = c.service("api").expect("api");
-        assert_eq!((api.mode, api.vip, api.network.as_str()), (ServiceMode::Dnsrr, None, "front"));
+        assert_eq!((api.mode, api.vip, api.network.as_str()), (crate::model::ServiceMode::Dnsrr, None, "front"));
         assert_eq!(api.ports[0], crate::model::ServicePort { port: 80, target: 8080, protocol: crate::model::Protocol::Tcp, publish: None });
         assert_eq!(api.ports[1].target, 53, "target defaults to the port");
         assert_eq!(c.tasks("api").map(|e| e.name.as_str()).collect::<Vec<_>>(), ["api1", "api2"]);
@@ -355,7 +354,10 @@ endpoints:
         assert_eq!(bad("network: front, mode: dnsrr", "network: nowhere, mode: dnsrr"), "services[api].network: unknown network \"nowhere\"");
         assert!(bad("mode: dnsrr, ports: [{port: 80,", "mode: dnsrr, ports: [{port: 80, publish: 80,").starts_with("services[api].ports.publish: 80/tcp: a dnsrr service cannot publish"));
         assert!(bad("{port: 53, protocol: udp}", "{port: 53, protocol: sctp}").starts_with("services[api].ports.protocol: \"sctp\" is not a protocol"));
-        assert!(bad("mode: dnsrr, ", "").starts_with("services[api].mode: vip (the default) is not forwarded by this version yet"));
+        assert!(bad("mode: dnsrr, ports: [{port: 80,", "ports: [{port: 80, publish: 8080,").starts_with("services[api].ports.publish: 8080/tcp: published ports (the routing mesh) are not served by this version yet"));
+        let vip = parse(&SERVICES.replace("mode: dnsrr, ", "")).expect("a VIP service");
+        assert_eq!(vip.service("api").and_then(|s| s.vip), Some("10.0.1.254".parse().expect("ip")), "allocated from the top of the subnet");
+        assert_eq!(bad("mode: dnsrr, ", "vip: 10.0.1.2, "), "endpoints[api1].ip: IP 10.0.1.2 in network front is the VIP of service api");
         assert!(bad("  - {name: api, network: front", "  - {name: api, network: back, mode: dnsrr}\n  - {name: api, network: front").starts_with("services[api].name: a service named \"api\" already exists"));
     }
 
