@@ -1,0 +1,206 @@
+//! Services, in a simulated three-host cluster with real TCP: a VIP balanced over four tasks on
+//! three hosts (each a tiny server that answers with its name and the client address it saw),
+//! connections that stay with their task, a task drained from the service, an agent restart
+//! under open connections, ping to the VIP, names, and isolation from another network. Every
+//! namespace, agent and pin made here is removed when the test ends (the `Sim` guard).
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use overlay::{
+    host::netlink::{enter_netns, netns_path},
+    lab::sim::{Sim, host_vtep, wait_for},
+};
+use support::*;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+/// (task, node, address)
+const TASKS: [(&str, usize, Ipv4Addr); 4] = [
+    ("t1", 1, Ipv4Addr::new(10, 0, 1, 10)),
+    ("t2", 2, Ipv4Addr::new(10, 0, 1, 11)),
+    ("t3", 3, Ipv4Addr::new(10, 0, 1, 12)),
+    ("t4", 3, Ipv4Addr::new(10, 0, 1, 13)),
+];
+
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    let p = netns_path(ns);
+    std::thread::spawn(move || {
+        enter_netns(&p).expect("setns");
+        f()
+    })
+}
+
+/// A task's server on port 8080: to each connection it first writes "NAME CLIENT-ADDRESS\n",
+/// then echoes every line until the client closes. Stops when `stop` is set.
+fn serve(ns: &str, name: &'static str, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = in_netns(ns, move || {
+        let l = TcpListener::bind(("0.0.0.0", 8080)).expect("bind 8080");
+        l.set_nonblocking(true).expect("nonblocking");
+        tx.send(()).expect("ready");
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((s, peer)) => {
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                        let mut w = s.try_clone().expect("clone");
+                        let _ = writeln!(w, "{name} {}", peer.ip());
+                        let mut r = BufReader::new(s);
+                        let mut line = String::new();
+                        while !stop.load(Ordering::Relaxed) {
+                            line.clear();
+                            match r.read_line(&mut line) {
+                                Ok(0) => break,
+                                Ok(_) => {
+                                    let _ = w.write_all(line.as_bytes());
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                Err(_) => break,
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("server listening");
+    h
+}
+
+/// One connection to the VIP from inside the current namespace: (task name, address it saw).
+fn hello(to: SocketAddr) -> std::io::Result<(TcpStream, String, String)> {
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new(s.try_clone()?).read_line(&mut line)?;
+    let mut it = line.split_whitespace();
+    let (name, saw) = (it.next().unwrap_or_default().to_string(), it.next().unwrap_or_default().to_string());
+    Ok((s, name, saw))
+}
+
+/// Sends a line on `s` and reads it back.
+fn echo(s: &mut TcpStream, text: &str) -> bool {
+    if writeln!(s, "{text}").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(s.try_clone().expect("clone")).read_line(&mut line).is_ok() && line.trim() == text
+}
+
+/// `n` new connections from namespace `ns`: how many reached each task, and the client
+/// addresses the tasks saw.
+fn spread(ns: &str, n: usize) -> (BTreeMap<String, usize>, Vec<String>) {
+    in_netns(ns, move || {
+        let mut per = BTreeMap::new();
+        let mut saw = Vec::new();
+        for _ in 0..n {
+            let (_, name, addr) = hello((VIP, 80).into()).expect("a connection through the VIP");
+            *per.entry(name).or_insert(0) += 1;
+            saw.push(addr);
+        }
+        (per, saw)
+    })
+    .join()
+    .expect("client")
+}
+
+fn yaml(sim: &Sim, tasks: &[(&str, usize, Ipv4Addr)], in_service: &[&str], client: &str, other: &str) -> String {
+    let mut y = String::from("nodes:\n");
+    for i in 1..=3 {
+        y += &format!("  - {{name: node{i}, vtep: {}, underlay: eth0}}\n", host_vtep(i));
+    }
+    y += "networks:\n  - {name: front, vni: 4401, subnet: 10.0.1.0/24}\n  - {name: back, vni: 4402, subnet: 10.0.2.0/24}\n";
+    y += &format!("services:\n  - {{name: web, network: front, vip: {VIP}, ports: [{{port: 80, target: 8080}}]}}\n");
+    y += "endpoints:\n";
+    y += &format!("  - {{name: client, network: front, node: node1, ip: {CLIENT}, netns: {client}}}\n");
+    y += &format!("  - {{name: other, network: back, node: node1, ip: 10.0.2.2, netns: {other}}}\n");
+    for (name, node, ip) in tasks {
+        let svc = if in_service.contains(name) { ", service: web" } else { "" };
+        y += &format!("  - {{name: {name}, network: front, node: node{node}, ip: {ip}, netns: {}{svc}}}\n", sim.ns_name(name));
+    }
+    y
+}
+
+#[test]
+fn a_vip_balances_connections_over_tasks_on_every_host() {
+    require_root();
+    let mut sim = Sim::new("v", Path::new(OVERLAY_BIN)).expect("simulation");
+    sim.build_underlay(3).expect("underlay");
+    let client = sim.add_ns("client").expect("ns");
+    let other = sim.add_ns("other").expect("ns");
+    for (t, _, _) in TASKS {
+        sim.add_ns(t).expect("ns");
+    }
+    let all: Vec<&str> = TASKS.iter().map(|t| t.0).collect();
+    let file = sim.write_file("cluster.yaml", &yaml(&sim, &TASKS, &all, &client, &other)).expect("file");
+    for i in 1..=3 {
+        let h = sim.host_ns(i);
+        sim.spawn_agent(&format!("node{i}"), &h, &file).expect("agent");
+    }
+    let wired = wait_for(Duration::from_secs(20), || {
+        sim.has_address(&client, CLIENT) && TASKS.iter().all(|(t, _, ip)| sim.has_address(&sim.ns_name(t), *ip))
+    });
+    assert!(wired, "wired:\n{}", sim.agent_logs(3));
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers: Vec<_> = TASKS.iter().map(|(t, _, _)| serve(&sim.ns_name(t), t, stop.clone())).collect();
+
+    // Ping and names.
+    assert!(sim.ping(&client, VIP, 2, None), "the VIP answers ping:\n{}", sim.agent_logs(3));
+    let getent = |what: &str| String::from_utf8_lossy(&sim.exec(&client, &["getent", "ahostsv4", what]).expect("getent").stdout).to_string();
+    assert!(getent("web").lines().all(|l| l.starts_with("10.0.1.100 ")) && !getent("web").is_empty(), "web resolves to its VIP");
+    let tasks_seen: std::collections::BTreeSet<String> = getent("tasks.web").lines().filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect();
+    assert_eq!(tasks_seen.len(), 4, "tasks.web resolves to the four tasks: {tasks_seen:?}");
+
+    // 1,000 new connections: every task within 30% of its fair share; each saw the client.
+    let (per, saw) = spread(&client, 1000);
+    assert_eq!(per.len(), 4, "every task is reached: {per:?}");
+    assert!(per.values().all(|n| (175..=325).contains(n)), "each task within 30% of 250: {per:?}");
+    assert!(saw.iter().all(|a| a == &CLIENT.to_string()), "tasks see the client's own address");
+
+    // Another network cannot reach the VIP.
+    let refused = in_netns(&other, || TcpStream::connect_timeout(&(VIP, 80).into(), Duration::from_secs(1)).is_err()).join().expect("other");
+    assert!(refused, "a container on another network does not reach the VIP");
+
+    // Long-lived connections: one keeps its task while that task is drained from the service,
+    // and both survive a restart of the client node's agent.
+    let (mut long, drained, _) = in_netns(&client, || hello((VIP, 80).into())).join().expect("client").expect("long-lived connection");
+    let (mut long2, _, _) = in_netns(&client, || hello((VIP, 80).into())).join().expect("client").expect("second connection");
+    let kept: Vec<&str> = all.iter().copied().filter(|t| **t != drained).collect();
+    sim.write_file("cluster.yaml", &yaml(&sim, &TASKS, &kept, &client, &other)).expect("file");
+    let gone = wait_for(Duration::from_secs(10), || !spread(&client, 40).0.contains_key(&drained));
+    assert!(gone, "{drained} gets no new connection once drained:\n{}", sim.agent_logs(3));
+    let (per, _) = spread(&client, 200);
+    assert!(!per.contains_key(&drained), "no new connection reaches the drained {drained}: {per:?}");
+    assert!(echo(&mut long, "still-there"), "the connection to the drained task carries on");
+    let log1 = sim.agent_log("node1");
+    let applied = move || std::fs::read_to_string(&log1).unwrap_or_default().matches("applied cluster state").count();
+    let before = applied();
+    sim.kill_agent("node1").expect("kill");
+    assert!(echo(&mut long, "agent-down") && echo(&mut long2, "agent-down"), "connections carry on with the agent down");
+    assert_eq!(spread(&client, 20).0.values().sum::<usize>(), 20, "new connections work with the agent down");
+    let h1 = sim.host_ns(1);
+    sim.spawn_agent("node1", &h1, &file).expect("agent");
+    assert!(wait_for(Duration::from_secs(10), || applied() > before), "agent back:\n{}", sim.agent_logs(1));
+    assert!(echo(&mut long, "agent-back") && echo(&mut long2, "agent-back"), "connections survive the agent's restart");
+
+    stop.store(true, Ordering::Relaxed);
+    drop((long, long2));
+    for s in servers {
+        s.join().expect("server");
+    }
+}
