@@ -761,6 +761,27 @@ fn a_vip_is_balanced_to_its_tasks_and_replies_come_back_from_it() {
     let (_, out) = run(&mut t, PROG_EGRESS, &tcp_from_web2(VIP_MAC, VIP, 40123, 80, 0x10));
     assert_eq!(out[80..84], want.ip.to_ne_bytes(), "the task the agent's Maglev table gives");
     assert!(!t.dp.connections().expect("connection table").is_empty(), "connections are remembered");
+
+    // The same client port later used to reach the task directly: its replies are the task's
+    // own, not rewritten to the VIP (the earlier VIP flow's reverse entry goes with the SYN).
+    let (_, out) = run(&mut t, PROG_EGRESS, &tcp_from_web2(VIP_MAC, VIP, 41000, 80, 0x02));
+    let task = Ipv4Addr::new(out[80], out[81], out[82], out[83]);
+    let task_mac = [0x02, 0x42, 10, 0, 1, task.octets()[3]];
+    let (v, direct) = run(&mut t, PROG_EGRESS, &tcp_from_web2(task_mac, task, 41000, 8080, 0x02));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(direct[80..84], task.octets(), "a direct SYN is not translated");
+    let mut seg = vec![0u8; 20];
+    seg[0..2].copy_from_slice(&8080u16.to_be_bytes());
+    seg[2..4].copy_from_slice(&41000u16.to_be_bytes());
+    seg[12] = 5 << 4;
+    seg[13] = 0x12;
+    let c = l4_sum(&task.octets(), &IP2.octets(), 6, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut reply = eth(WEB2, task_mac, 0x0800);
+    reply.extend(ipv4(task, IP2, 6, 20, 0x4000, &[]));
+    reply.extend(seg);
+    let (_, back) = run(&mut t, PROG_INGRESS, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &reply));
+    assert_eq!(back, reply, "the direct flow's reply enters unchanged");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{
-    Backend, EP_F_MULTI_NETWORK, EndpointInfo, FDB_GATEWAY, FDB_LOCAL, FDB_SERVICE, FdbKey, NameEntry, NeighKey, NodeConfig, Reason, VNI_F_INTERNAL,
+    Backend, EP_F_MULTI_NETWORK, EndpointInfo, FDB_GATEWAY, FDB_LOCAL, FDB_REMOTE, FDB_SERVICE, FdbKey, NameEntry, NeighKey, NodeConfig, Reason, VNI_F_INTERNAL,
     wire::{
         ARP_OP_REPLY, ARP_OP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN,
         OUTER_TTL, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_I, VXLAN_HLEN, vxlan_vni_field,
@@ -98,6 +98,9 @@ pub fn decide(ctx: &TcContext, ep: &EndpointInfo) -> Result<Action, Reason> {
         return Err(Reason::Broadcast);
     }
     let entry = *unsafe { FDB.get(FdbKey::new(ep.vni, dst)) }.ok_or(Reason::UnknownDestination)?;
+    if entry.kind == FDB_LOCAL || entry.kind == FDB_REMOTE {
+        service::forget_direct(ctx, ep.vni, ip);
+    }
     match entry.kind {
         FDB_LOCAL => Ok(Action::Peer { ifindex: entry.ifindex }),
         FDB_GATEWAY => decide_gateway(ctx, ep, ip, dst),

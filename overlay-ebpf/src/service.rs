@@ -181,3 +181,36 @@ pub fn reverse(ctx: &TcContext, vni: u32) -> Result<(), Reason> {
     let v = r.vip.to_ne_bytes();
     ctx.store(6, &[0x02u8, 0x42, v[0], v[1], v[2], v[3]], 0).map_err(|_| Reason::AdjustFailed)
 }
+
+/// A frame a container sends to another address directly (not to a VIP): if it opens a flow
+/// (TCP SYN without ACK, or any UDP datagram) whose replies match a `REVERSE` entry left by an
+/// earlier flow through a VIP with the same addresses and ports, that entry goes, so the replies
+/// are not rewritten to come from the VIP.
+#[inline(always)]
+pub fn forget_direct(ctx: &TcContext, vni: u32, ip: &Ipv4Hdr) {
+    let proto = ip.proto;
+    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || ipv4::header_len(ip) != IPV4_HLEN || ipv4::frag_offset(ip) != 0 {
+        return;
+    }
+    if proto == IPPROTO_TCP {
+        let Ok(f) = ptr_at::<u8>(ctx, L4_OFF + 13) else { return };
+        // SAFETY: bounds checked by ptr_at.
+        let f = unsafe { *f };
+        if f & TCP_SYN == 0 || f & TCP_ACK != 0 {
+            return;
+        }
+    }
+    let Ok(ports) = ptr_at::<[u16; 2]>(ctx, L4_OFF) else { return };
+    // SAFETY: bounds checked by ptr_at.
+    let [sport, dport] = unsafe { *ports };
+    let key = RevKey {
+        vni,
+        backend: u32::from_ne_bytes(ip.dst_addr),
+        client: u32::from_ne_bytes(ip.src_addr),
+        backend_port: dport,
+        client_port: sport,
+        proto,
+        _pad: [0; 3],
+    };
+    let _ = REVERSE.remove(&key);
+}

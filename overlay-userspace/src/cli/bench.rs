@@ -43,6 +43,11 @@ pub struct BenchArgs {
     /// the agent's resolver, and by dnsmasq on the same node (uses --rounds, --seconds, --json).
     #[arg(long, conflicts_with_all = ["control_plane", "way_out"])]
     pub dns: bool,
+    /// Measure services instead: short TCP connections per second and request/response round
+    /// trips from a container to a task on another host, directly and through the service's
+    /// VIP (uses --rounds, --seconds, --json).
+    #[arg(long, conflicts_with_all = ["control_plane", "way_out", "dns"])]
+    pub services: bool,
     /// Control plane: convergence samples of each kind (after `endpoint add`, after
     /// `endpoint add --no-wait`).
     #[arg(long, default_value_t = 100, requires = "control_plane")]
@@ -73,6 +78,9 @@ fn run_blocking(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.way_out {
         return run_way_out(args);
+    }
+    if args.services {
+        return run_services(args);
     }
     if args.dns || args.tests.iter().any(|t| t == "dns") {
         if args.tests.iter().any(|t| t != "dns") && !args.dns {
@@ -156,6 +164,19 @@ fn run_dns(args: BenchArgs) -> anyhow::Result<()> {
     let mut progress = |line: &str| println!("{line}");
     let report = bench::dns::run(&cfg, &exe, &mut progress)?;
     finish(&bench::dns::table(&report), &report, args.json.as_deref(), t0)
+}
+
+fn run_services(args: BenchArgs) -> anyhow::Result<()> {
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 7 });
+    let secs = args.seconds.unwrap_or(if args.quick { 1.0 } else { 3.0 });
+    if !(1..=100).contains(&rounds) || !(0.2..=60.0).contains(&secs) {
+        bail!("--rounds {rounds} / --seconds {secs}: expected 1-100 rounds of 0.2-60 s");
+    }
+    let exe = std::env::current_exe().context("finding the overlay binary")?;
+    let t0 = std::time::Instant::now();
+    let mut progress = |line: &str| println!("{line}");
+    let report = bench::service::run(&bench::service::ServiceConfig { rounds, secs }, &exe, &mut progress)?;
+    finish(&bench::service::table(&report), &report, args.json.as_deref(), t0)
 }
 
 fn run_control(args: BenchArgs) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ pub mod control;
 pub mod dns;
 pub mod progcost;
 pub mod report;
+pub mod service;
 pub mod stats;
 pub mod topo;
 pub mod traffic;
