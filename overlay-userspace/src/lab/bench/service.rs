@@ -155,6 +155,16 @@ pub fn run(cfg: &ServiceConfig, exe: &std::path::Path, progress: &mut dyn FnMut(
     if !sim::wait_for(Duration::from_secs(20), || sim.has_address(&client, CLIENT) && sim.has_address(&task, TASK)) {
         bail!("containers not wired:\n{}", sim.agent_logs(2));
     }
+    // A load generator's settings, in the client's own namespace: the connection rate test
+    // opens tens of thousands of connections, and the closing side keeps each port in
+    // TIME_WAIT for a minute; reusing them (safe with TCP timestamps) keeps the rate from
+    // collapsing into the kernel's search for a free port.
+    for (key, value) in [("net.ipv4.tcp_tw_reuse", "1"), ("net.ipv4.ip_local_port_range", "1024 65000")] {
+        let o = sim.exec(&client, &["sysctl", "-qw", &format!("{key}={value}")])?;
+        if !o.status.success() {
+            bail!("sysctl {key} in {client}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let server = serve(&task, stop.clone())?;
     let direct: SocketAddr = (TASK, 8080).into();
