@@ -435,3 +435,96 @@ fn network_connect_and_disconnect_a_running_container_across_hosts() {
     let e = fails(&sim, 1, &["network", "disconnect", "back", &c1]);
     assert!(e.contains(&format!("namespace {c1} on node node1 is not connected to network back")), "{e}");
 }
+
+/// Services through the store and the CLI: `service create` allocates a VIP that no endpoint
+/// gets, tasks join with `--service`, every agent balances the VIP (a TCP server in each task,
+/// reached through the VIP from a container on another host), `service ls`/`inspect` show it,
+/// bad definitions are refused with their message, `service rm` is refused while tasks remain.
+#[test]
+fn services_are_created_joined_and_balanced_through_the_store() {
+    let mut sim = store_cluster("sv", 2);
+    let out = ok(&sim, 1, &["service", "create", "api", "--network", "web", "--port", "80:8080"]);
+    assert!(out.starts_with("api (network web, vip 10.0.0.254, ports 80->8080/tcp)"), "{out}");
+    // Bad definitions: each refused with its field, nothing written.
+    for (args, want) in [
+        (vec!["service", "create", "api", "--network", "web"], "a service named \"api\" already exists"),
+        (vec!["service", "create", "x", "--network", "nope"], "no network named \"nope\""),
+        (vec!["service", "create", "x", "--network", "web", "--port", "80"], "expected A:B[/udp]"),
+        (vec!["service", "create", "x", "--network", "web", "--port", "80:70000"], "ports.target: 70000 is not a port"),
+        (vec!["service", "create", "x", "--network", "web", "--vip", "10.0.0.254"], "10.0.0.254 in network web is the VIP of service api"),
+        (vec!["service", "create", "x", "--network", "web", "--publish", "8080:80"], "published ports (the routing mesh) are not served by this version yet"),
+        (vec!["service", "create", "x", "--network", "web", "--mode", "ipvs"], "mode: \"ipvs\" is not a mode"),
+    ] {
+        let e = fails(&sim, 1, &args);
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    assert_eq!(ok(&sim, 1, &["service", "ls"]).lines().count(), 2, "only api was created");
+    // Tasks on both hosts; a client on host 1.
+    let mut tasks = Vec::new();
+    for (name, n) in [("a1", 1), ("a2", 2)] {
+        let ns = sim.add_ns(name).expect("ns");
+        let out = ok(&sim, n, &["endpoint", "add", "--network", "web", "--netns", &ns, "--service", "api"]);
+        tasks.push((ns, out.split_whitespace().nth(3).expect("ip").to_string()));
+    }
+    let zz = sim.add_ns("zz").expect("ns");
+    let e = fails(&sim, 1, &["endpoint", "add", "--network", "web", "--netns", &zz, "--service", "nope"]);
+    assert!(e.contains("unknown service \"nope\""), "{e}");
+    let (client, _) = attach(&mut sim, "cl", 1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut servers = Vec::new();
+    for (ns, _) in &tasks {
+        let (p, stop, name) = (overlay::host::netlink::netns_path(ns), stop.clone(), ns.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        servers.push(thread::spawn(move || {
+            overlay::host::netlink::enter_netns(&p).expect("setns");
+            let l = std::net::TcpListener::bind(("0.0.0.0", 8080)).expect("bind");
+            l.set_nonblocking(true).expect("nonblocking");
+            tx.send(()).expect("ready");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        use std::io::Write as _;
+                        let _ = writeln!(s, "{name}");
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }));
+        rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+    }
+    let p = overlay::host::netlink::netns_path(&client);
+    let reached = thread::spawn(move || {
+        overlay::host::netlink::enter_netns(&p).expect("setns");
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.len() < 2 && Instant::now() < deadline {
+            let Ok(s) = std::net::TcpStream::connect_timeout(&(Ipv4Addr::new(10, 0, 0, 254), 80).into(), Duration::from_millis(500)) else {
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line);
+            seen.insert(line.trim().to_string());
+        }
+        seen
+    })
+    .join()
+    .expect("client");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in servers {
+        s.join().expect("server");
+    }
+    assert_eq!(reached.len(), 2, "connections through the VIP reach both tasks: {reached:?}\n{}", logs(&sim, 2));
+    let ls = ok(&sim, 2, &["service", "ls"]);
+    assert!(ls.lines().nth(1).is_some_and(|l| l.split_whitespace().collect::<Vec<_>>() == ["api", "vip", "10.0.0.254", "web", "2", "80->8080/tcp"]), "{ls}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&sim, 2, &["service", "inspect", "api"])).expect("JSON");
+    assert_eq!(v[0]["Endpoint"]["VirtualIPs"][0]["Addr"], "10.0.0.254/24");
+    assert_eq!(v[0]["Tasks"].as_array().map(Vec::len), Some(2));
+    let e = fails(&sim, 1, &["service", "rm", "api"]);
+    assert!(e.contains("service api still has 2 task(s)"), "{e}");
+    for (ns, _) in &tasks {
+        ok(&sim, 1, &["endpoint", "rm", &format!("web/{ns}")]);
+    }
+    assert_eq!(ok(&sim, 1, &["service", "rm", "api"]).trim(), "api");
+    assert_eq!(ok(&sim, 1, &["service", "ls"]).lines().count(), 1, "gone");
+}

@@ -23,6 +23,8 @@ enum Command {
     Network(cli::network::NetworkArgs),
     /// Attach network namespaces to networks, detach and list them.
     Endpoint(cli::endpoint::EndpointArgs),
+    /// Create, list, inspect and remove services: a VIP balanced over tasks (in the etcd store).
+    Service(cli::service::ServiceArgs),
     /// List the cluster's nodes and whether they are up.
     Node(cli::node::NodeCmdArgs),
     /// Show per-VNI and per-verdict counters from the node's pinned maps.
@@ -95,6 +97,7 @@ fn main() -> anyhow::Result<()> {
             Command::Agent(a) => cli::agent::run(a).await,
             Command::Network(a) => cli::network::run(a).await,
             Command::Endpoint(a) => cli::endpoint::run(a).await,
+            Command::Service(a) => cli::service::run(a).await,
             Command::Node(a) => cli::node::run(a).await,
             Command::Stats(a) => cli::stats::run(a),
             Command::Fdb(a) => cli::fdb::run(a),

@@ -89,6 +89,9 @@ pub struct JoinOpts {
     /// Another name of the endpoint on this network (repeatable).
     #[arg(long = "alias")]
     pub aliases: Vec<String>,
+    /// Join service NAME (of the same network) as one of its tasks (see `overlay service`).
+    #[arg(long)]
+    pub service: Option<String>,
     /// A fixed address instead of the next free one.
     #[arg(long)]
     pub ip: Option<String>,
@@ -132,6 +135,7 @@ pub async fn join(store: &Store, network: String, netns: String, j: JoinOpts) ->
         ip,
         interface: j.interface,
         aliases: j.aliases,
+        service: j.service,
     };
     let wait = (!j.no_wait).then(|| Duration::from_secs_f64(j.timeout));
     attach(store, &spec, j.pin_root.as_deref(), wait).await

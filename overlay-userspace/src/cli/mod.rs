@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod fdb;
 pub mod network;
 pub mod node;
+pub mod service;
 pub mod state;
 pub mod stats;
 

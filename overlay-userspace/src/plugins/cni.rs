@@ -231,6 +231,7 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
                 ip,
                 interface: Some(env.ifname.clone()),
                 aliases: vec![],
+                service: None,
             };
             let r = match attach(&store, &spec, conf.pin_root.as_deref(), Some(WIRE_TIMEOUT)).await {
                 Ok(r) => r,

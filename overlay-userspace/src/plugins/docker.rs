@@ -144,7 +144,7 @@ impl Plugin {
             None => None,
         };
         // The interface is named by Docker (DstPrefix eth: eth0, eth1, ... in the container).
-        let spec = EndpointSpec { name: name.clone(), network: m.network.clone(), node: self.node.clone(), netns: None, ip, interface: None, aliases: vec![] };
+        let spec = EndpointSpec { name: name.clone(), network: m.network.clone(), node: self.node.clone(), netns: None, ip, interface: None, aliases: vec![], service: None };
         let r = self.store.endpoint_add(&spec).await?;
         let given_mac = iface.get("MacAddress").and_then(Value::as_str).unwrap_or("");
         if !given_mac.is_empty() && !given_mac.eq_ignore_ascii_case(&r.mac) {

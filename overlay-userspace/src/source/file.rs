@@ -14,7 +14,7 @@ use crate::{
     defaults::FILE_POLL,
     model::{
         Cluster, ConfigError, Endpoint, EndpointSpec, NetworkSpec, Node, PortSpec, Rules, ServiceSpec, endpoint_entry, invalid, network_entry,
-        node_entry, service_entry,
+        node_entry, service_entry, check_supported,
     },
 };
 
@@ -139,15 +139,7 @@ fn validate(raw: RawCluster) -> Result<Cluster, ConfigError> {
         let ports = s.ports.iter().map(|p| PortSpec { port: p.port, target: p.target, protocol: p.protocol.clone(), publish: p.publish }).collect();
         let spec = ServiceSpec { name: s.name.clone(), vip: s.vip.as_deref(), ports, mode: s.mode.as_deref() };
         let svc = service_entry(&entry, &net, spec, |ip| listed.contains(&(net.name.as_str(), ip)) || rules.ip_taken(&net.name, ip))?;
-        // The model takes published ports whole; until the routing mesh answers them on every
-        // node, a published port is refused rather than half-applied.
-        if let Some(p) = svc.ports.iter().find(|p| p.publish.is_some()) {
-            return Err(invalid(
-                &entry,
-                "ports.publish",
-                format!("{}/{}: published ports (the routing mesh) are not served by this version yet; reach the service on its VIP", p.publish.unwrap_or(0), p.protocol),
-            ));
-        }
+        check_supported(&entry, &svc)?;
         rules.check_service(&svc).map_err(|c| invalid(&entry, c.field, c.message))?;
         rules.add_service(&svc);
         services.push(svc);

@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use overlay_common::wire::VXLAN_PORT;
 
 use super::records::{
-    ALIVE, AliveRecord, ENDPOINTS, EndpointRecord, Malformed, NETWORKS, NODES, NetworkRecord, NodeRecord,
+    ALIVE, AliveRecord, ENDPOINTS, EndpointRecord, Malformed, NETWORKS, NODES, NetworkRecord, NodeRecord, SERVICES, ServiceRecord,
 };
-use crate::model::{Cluster, Endpoint, Mac, Network, Node, Rules};
+use crate::model::{Cluster, Endpoint, Mac, Network, Node, Rules, Service};
 
 struct Entry<T> {
     create_rev: i64,
@@ -45,6 +45,7 @@ type Table<T> = BTreeMap<String, Entry<T>>;
 #[derive(Default)]
 pub struct Mirror {
     networks: Table<Network>,
+    services: Table<ServiceRecord>,
     nodes: Table<Node>,
     alive: BTreeSet<String>,
     endpoints: Table<Parsed>,
@@ -148,6 +149,7 @@ impl Mirror {
     pub fn clear(&mut self) {
         self.index = None;
         self.networks.clear();
+        self.services.clear();
         self.nodes.clear();
         self.alive.clear();
         self.endpoints.clear();
@@ -158,6 +160,8 @@ impl Mirror {
     pub fn put(&mut self, key: &str, value: &[u8], create_rev: i64) -> Option<Malformed> {
         if let Some(name) = key.strip_prefix(NETWORKS) {
             put(&mut self.networks, name, create_rev, NetworkRecord::parse(key, value).map(|(_, n)| n))
+        } else if let Some(name) = key.strip_prefix(SERVICES) {
+            put(&mut self.services, name, create_rev, ServiceRecord::parse(key, value))
         } else if let Some(name) = key.strip_prefix(NODES) {
             put(&mut self.nodes, name, create_rev, NodeRecord::parse(key, value))
         } else if let Some(name) = key.strip_prefix(ALIVE) {
@@ -174,6 +178,8 @@ impl Mirror {
     pub fn delete(&mut self, key: &str) {
         if let Some(name) = key.strip_prefix(NETWORKS) {
             self.networks.remove(name);
+        } else if let Some(name) = key.strip_prefix(SERVICES) {
+            self.services.remove(name);
         } else if let Some(name) = key.strip_prefix(NODES) {
             self.nodes.remove(name);
         } else if let Some(name) = key.strip_prefix(ALIVE) {
@@ -235,7 +241,7 @@ impl Mirror {
 
     /// Whether a key is one the cluster is built from (others, like IPAM's, are not).
     pub fn relevant(key: &str) -> bool {
-        [NETWORKS, NODES, ALIVE, ENDPOINTS].iter().any(|p| key.starts_with(p))
+        [NETWORKS, SERVICES, NODES, ALIVE, ENDPOINTS].iter().any(|p| key.starts_with(p))
     }
 
     /// The cluster as node `me` sees it: every network, the live nodes (always including `me`,
@@ -258,6 +264,34 @@ impl Mirror {
                     networks.push(net.clone());
                 }
                 Err(c) => warn(format!("{NETWORKS}{name}: skipped: {}: {}", c.field, c.message), &mut self.warned),
+            }
+        }
+
+        // Services after networks (a service names its network) and before endpoints (a task
+        // names its service).
+        let mut services: Vec<Service> = Vec::new();
+        for (name, rec) in by_age(&self.services) {
+            let key = format!("{SERVICES}{name}");
+            let Some(net) = rules.network(&rec.network).cloned() else {
+                warn(format!("{key}: skipped: unknown network {:?}", rec.network), &mut self.warned);
+                continue;
+            };
+            let svc = match rec.to_service(&key, &net).and_then(|s| {
+                crate::model::check_supported("service", &s).map_err(|e| Malformed { key: key.clone(), message: e.to_string() })?;
+                Ok(s)
+            }) {
+                Ok(s) => s,
+                Err(m) => {
+                    warn(format!("{}: skipped: {}", m.key, m.message), &mut self.warned);
+                    continue;
+                }
+            };
+            match rules.check_service(&svc) {
+                Ok(()) => {
+                    rules.add_service(&svc);
+                    services.push(svc);
+                }
+                Err(c) => warn(format!("{key}: skipped: {}: {}", c.field, c.message), &mut self.warned),
             }
         }
 
@@ -295,7 +329,7 @@ impl Mirror {
         for w in conflicts {
             warn(w, &mut self.warned);
         }
-        (Cluster { vxlan_port: VXLAN_PORT, nodes, networks, endpoints, services: vec![] }, warnings)
+        (Cluster { vxlan_port: VXLAN_PORT, nodes, networks, endpoints, services }, warnings)
     }
 }
 

@@ -15,7 +15,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyVal
 use ipnet::Ipv4Net;
 use overlay_common::wire::MAX_VNI;
 
-pub use records::{AliveRecord, EndpointRecord, Malformed, NetworkRecord, NodeRecord};
+pub use records::{AliveRecord, EndpointRecord, Malformed, NetworkRecord, NodeRecord, PortRecord, ServiceRecord};
 use records::*;
 
 use crate::model::{self, Mac};
@@ -55,6 +55,8 @@ pub enum StoreError {
     NetworkInUse { network: String, count: usize, names: String },
     #[error("no endpoint named {0:?} (see `overlay endpoint ls`)")]
     UnknownEndpoint(String),
+    #[error("no service named {0:?} (see `overlay service ls`)")]
+    UnknownService(String),
     #[error("unknown node {0:?}: no agent has registered it (see `overlay node ls`)")]
     UnknownNode(String),
     #[error("{0}")]
@@ -155,6 +157,20 @@ pub struct EndpointSpec {
     /// there; `None` without one: as the runtime names it (Docker).
     pub interface: Option<String>,
     pub aliases: Vec<String>,
+    /// The service the endpoint is a task of.
+    pub service: Option<String>,
+}
+
+/// What `service create` asks for.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub network: String,
+    /// [default: allocated: the subnet's highest free address]
+    pub vip: Option<Ipv4Addr>,
+    pub ports: Vec<model::PortSpec>,
+    /// `vip` or `dnsrr` [default: vip]
+    pub mode: Option<String>,
 }
 
 impl Store {
@@ -292,6 +308,14 @@ impl Store {
                 }
             }
         }
+        for (r, _) in self.services().await?.0 {
+            let Some(net) = rules.network(&r.network).cloned() else { continue };
+            if let Ok(svc) = r.to_service(&service_key(&r.name), &net) {
+                if rules.check_service(&svc).is_ok() {
+                    rules.add_service(&svc);
+                }
+            }
+        }
         if with_endpoints {
             let s = self.snapshot(ENDPOINTS, 0).await?;
             for kv in &s.kvs {
@@ -400,6 +424,89 @@ impl Store {
         Err(StoreError::Contended(network_key(name)))
     }
 
+    /// Services, oldest first, with their create revisions; malformed ones apart.
+    pub async fn services(&self) -> Result<(Vec<(ServiceRecord, i64)>, Vec<Malformed>)> {
+        let s = self.snapshot(SERVICES, 0).await?;
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        for kv in &s.kvs {
+            match ServiceRecord::parse(&str_of(kv), kv.value()) {
+                Ok(r) => ok.push((r, kv.create_revision())),
+                Err(e) => bad.push(e),
+            }
+        }
+        ok.sort_by_key(|(_, rev)| *rev);
+        Ok((ok, bad))
+    }
+
+    /// Creates a service; in `vip` mode its VIP (given, or the subnet's highest free address)
+    /// is taken in the network's address space, so no endpoint gets it.
+    pub async fn service_create(&self, spec: &ServiceSpec) -> Result<ServiceRecord> {
+        let invalid = |e: model::ConfigError| match e {
+            model::ConfigError::Invalid { field, message, .. } => StoreError::Invalid(format!("{field}: {message}")),
+            other => StoreError::Invalid(other.to_string()),
+        };
+        for _ in 0..TXN_ATTEMPTS {
+            let (rec, net_rev) = self.network(&spec.network).await?;
+            let net = rec.to_network().map_err(|m| Malformed { key: network_key(&rec.name), message: m })?;
+            let (rules, _) = self.rules(true).await?;
+            let used = self.snapshot(&ipam_prefix(&spec.network), 0).await?;
+            let taken: std::collections::HashSet<Vec<u8>> = used.kvs.iter().map(|kv| kv.key().to_vec()).collect();
+            let vip = spec.vip.map(|v| v.to_string());
+            let m = model::ServiceSpec { name: spec.name.clone(), vip: vip.as_deref(), ports: spec.ports.clone(), mode: spec.mode.as_deref() };
+            let svc = model::service_entry("service", &net, m, |ip| taken.contains(ipam_key(&net.name, ip).as_bytes()) || rules.ip_taken(&net.name, ip))
+                .map_err(invalid)?;
+            model::check_supported("service", &svc).map_err(invalid)?;
+            rules.check_service(&svc)?;
+            if let Some(v) = svc.vip {
+                if taken.contains(ipam_key(&net.name, v).as_bytes()) {
+                    return Err(StoreError::Invalid(format!("vip: {v} is taken in network {}", net.name)));
+                }
+            }
+            let r = ServiceRecord::of(&svc, now_secs());
+            let key = service_key(&svc.name);
+            let mut when = vec![
+                Compare::create_revision(network_key(&spec.network), CompareOp::Equal, net_rev),
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            ];
+            let mut then = vec![TxnOp::put(key.as_str(), serde_json::to_vec(&r).expect("records serialise"), None)];
+            if let Some(v) = svc.vip {
+                let ipam = ipam_key(&net.name, v);
+                when.push(Compare::create_revision(ipam.as_str(), CompareOp::Equal, 0));
+                then.push(TxnOp::put(ipam, format!("service:{}", svc.name), None));
+            }
+            if self.txn(Txn::new().when(when).and_then(then)).await? {
+                return Ok(r);
+            }
+            if self.get_one(&key).await?.0.is_some() {
+                return Err(model::Conflict { field: "name", message: format!("a service named {:?} already exists", spec.name) }.into());
+            }
+        }
+        Err(StoreError::Contended(service_key(&spec.name)))
+    }
+
+    /// Removes a service and frees its VIP; refused while endpoints are its tasks.
+    pub async fn service_rm(&self, name: &str) -> Result<ServiceRecord> {
+        let key = service_key(name);
+        for _ in 0..TXN_ATTEMPTS {
+            let Some(kv) = self.get_one(&key).await?.0 else { return Err(StoreError::UnknownService(name.to_string())) };
+            let rec = ServiceRecord::parse(&key, kv.value())?;
+            let (eps, _) = self.endpoints(Some(&rec.network)).await?;
+            let tasks: Vec<String> = eps.iter().filter(|e| e.service.as_deref() == Some(name)).map(|e| e.name.clone()).collect();
+            if !tasks.is_empty() {
+                return Err(StoreError::Invalid(format!("service {name} still has {} task(s) ({}); remove them first", tasks.len(), tasks.join(", "))));
+            }
+            let mut then = vec![TxnOp::delete(key.as_str(), None)];
+            if let Some(v) = rec.vip.as_deref().and_then(|v| v.parse::<Ipv4Addr>().ok()) {
+                then.push(TxnOp::delete(ipam_key(&rec.network, v), None));
+            }
+            let txn = Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())]).and_then(then);
+            if self.txn(txn).await? {
+                return Ok(rec);
+            }
+        }
+        Err(StoreError::Contended(key))
+    }
+
     /// Nodes with liveness: (record, alive), by name; malformed ones apart.
     pub async fn nodes(&self) -> Result<(Vec<(NodeRecord, Option<AliveRecord>)>, Vec<Malformed>)> {
         let nodes = self.snapshot(NODES, 0).await?;
@@ -481,7 +588,7 @@ impl Store {
                 netns: spec.netns.clone(),
                 interface: interface.clone(),
                 aliases: spec.aliases.clone(),
-                service: None,
+                service: spec.service.clone(),
             };
             let ep = model::endpoint_entry("endpoint", &net, es).map_err(|e| match e {
                 model::ConfigError::Invalid { field, message, .. } => bad(format!("{field}: {message}")),
@@ -497,7 +604,7 @@ impl Store {
                 netns: spec.netns.clone(),
                 interface: interface.clone(),
                 aliases: spec.aliases.clone(),
-                service: None,
+                service: spec.service.clone(),
             };
             let key = endpoint_key(&spec.network, &spec.name);
             let value = format!("{}/{}", spec.network, spec.name);

@@ -5,6 +5,7 @@
 //! /overlay/nodes/<name>           NodeRecord      persistent (what `node ls` lists)
 //! /overlay/alive/<name>           AliveRecord     under the agent's lease: liveness
 //! /overlay/endpoints/<network>/<name>      EndpointRecord  persistent
+//! /overlay/services/<name>                 ServiceRecord   persistent (its VIP also under ipam)
 //! /overlay/ipam/<network>/<ip>             endpoint name   the address is taken (IPAM)
 //! /overlay/attach/<node>/<network>/<netns> endpoint name   the namespace joined the network
 //! /overlay/ifname/<node>/<ifname>/<netns>  network/name    the interface name is taken
@@ -17,7 +18,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{self, ConfigError, Endpoint, EndpointSpec, Network, NetworkSpec, Node};
+use crate::model::{self, ConfigError, Endpoint, EndpointSpec, Network, NetworkSpec, Node, PortSpec, Service, ServiceMode, ServiceSpec};
 
 /// Every key of the overlay starts with this.
 pub const PREFIX: &str = "/overlay/";
@@ -28,6 +29,11 @@ pub const ENDPOINTS: &str = "/overlay/endpoints/";
 pub const IPAM: &str = "/overlay/ipam/";
 pub const ATTACH: &str = "/overlay/attach/";
 pub const IFNAME: &str = "/overlay/ifname/";
+pub const SERVICES: &str = "/overlay/services/";
+
+pub fn service_key(name: &str) -> String {
+    format!("{SERVICES}{name}")
+}
 
 pub fn network_key(name: &str) -> String {
     format!("{NETWORKS}{name}")
@@ -126,6 +132,69 @@ pub struct EndpointRecord {
     /// The service this endpoint is a task of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+}
+
+/// A service, as `service create` writes it (its VIP allocated then, so every node agrees).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRecord {
+    pub name: String,
+    pub network: String,
+    /// `vip` or `dnsrr`.
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<PortRecord>,
+    pub created: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRecord {
+    pub port: u16,
+    pub target: u16,
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<u16>,
+}
+
+impl ServiceRecord {
+    pub fn parse(key: &str, value: &[u8]) -> Result<ServiceRecord, Malformed> {
+        let r: ServiceRecord = json(key, value)?;
+        check_name(key, SERVICES, &r.name)?;
+        Ok(r)
+    }
+
+    /// The service, checked against its network. A VIP-mode record carries its VIP (nothing is
+    /// allocated here: every node must read the same one).
+    pub fn to_service(&self, key: &str, net: &Network) -> Result<Service, Malformed> {
+        if self.mode == "vip" && self.vip.is_none() {
+            return Err(malformed(key, "vip: missing (service create allocates it)"));
+        }
+        let ports = self
+            .ports
+            .iter()
+            .map(|p| PortSpec { port: p.port as i64, target: Some(p.target as i64), protocol: Some(p.protocol.clone()), publish: p.publish.map(i64::from) })
+            .collect();
+        let spec = ServiceSpec { name: self.name.clone(), vip: self.vip.as_deref(), ports, mode: Some(&self.mode) };
+        checked(key, model::service_entry("service", net, spec, |_| true))
+    }
+
+    pub fn of(s: &Service, created: u64) -> ServiceRecord {
+        ServiceRecord {
+            name: s.name.clone(),
+            network: s.network.clone(),
+            mode: s.mode.to_string(),
+            vip: s.vip.map(|v| v.to_string()),
+            ports: s.ports.iter().map(|p| PortRecord { port: p.port, target: p.target, protocol: p.protocol.to_string(), publish: p.publish }).collect(),
+            created,
+        }
+    }
+
+    pub fn is_vip(&self) -> bool {
+        self.mode == ServiceMode::Vip.to_string()
+    }
 }
 
 /// A value that is not what its key promises.
