@@ -32,7 +32,7 @@ pub enum EndpointCommand {
         #[arg(long)]
         netns: String,
         #[command(flatten)]
-        opts: JoinOpts,
+        opts: Box<JoinOpts>,
     },
     /// Detach endpoints (NAME, or NETWORK/NAME when several networks have a NAME): their agent
     /// removes the interface, every node forgets them.
@@ -53,7 +53,7 @@ pub async fn run(args: EndpointArgs) -> anyhow::Result<()> {
     match args.command {
         EndpointCommand::Add { network, netns, opts } => {
             let store = state.writable("endpoint add")?;
-            let r = join(store, network, netns, opts).await?;
+            let r = join(store, network, netns, *opts).await?;
             println!("{} {} {} {} {} {}", r.name, r.network, r.node, r.ip, r.mac, r.interface.as_deref().unwrap_or("-"));
         }
         EndpointCommand::Rm { names } => {

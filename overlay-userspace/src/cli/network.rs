@@ -53,7 +53,7 @@ pub enum NetworkCommand {
         /// The namespace (a name under /run/netns).
         netns: String,
         #[command(flatten)]
-        opts: JoinOpts,
+        opts: Box<JoinOpts>,
     },
     /// Disconnect a network namespace of this node from a network: its interface on that
     /// network goes, the others stay.
@@ -90,7 +90,7 @@ pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
         }
         NetworkCommand::Connect { network, netns, opts } => {
             let store = state.writable("network connect")?;
-            let r = join(store, network, netns, opts).await?;
+            let r = join(store, network, netns, *opts).await?;
             println!("{} {} {} {} {} {}", r.name, r.network, r.node, r.ip, r.mac, r.interface.as_deref().unwrap_or("-"));
         }
         NetworkCommand::Disconnect { network, netns, node } => {

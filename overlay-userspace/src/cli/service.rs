@@ -101,7 +101,7 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
         }
         ServiceCommand::Ls => {
             let eps = state.endpoints(None).await?;
-            println!("{:<20} {:<6} {:<15} {:<16} {:>5}  {}", "NAME", "MODE", "VIP", "NETWORK", "TASKS", "PORTS");
+            println!("{:<20} {:<6} {:<15} {:<16} {:>5}  PORTS", "NAME", "MODE", "VIP", "NETWORK", "TASKS");
             for s in services(&state).await? {
                 let tasks = eps.iter().filter(|e| e.network == s.network && e.service.as_deref() == Some(s.name.as_str())).count();
                 let ports: Vec<String> = s.ports.iter().map(|p| format!("{}->{}/{}", p.port, p.target, p.protocol)).collect();
