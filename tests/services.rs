@@ -171,6 +171,15 @@ fn a_vip_balances_connections_over_tasks_on_every_host() {
     assert_eq!(per.len(), 4, "every task is reached: {per:?}");
     assert!(per.values().all(|n| (175..=325).contains(n)), "each task within 30% of 250: {per:?}");
     assert!(saw.iter().all(|a| a == &CLIENT.to_string()), "tasks see the client's own address");
+    // The client's node counted each task's connections (what `overlay stats` shows).
+    let st = overlay::dataplane::Dataplane::open_pinned(&sim.pin_dir("node1")).expect("pins").stats().expect("stats");
+    for (t, _, ip) in TASKS {
+        let c = st.services.iter().find(|(k, _)| k.task == u32::from_ne_bytes(ip.octets())).map(|(_, c)| *c).unwrap_or_default();
+        assert_eq!(c.connections, per[t] as u64, "{t}: connections counted");
+        assert!(c.packets >= 3 * c.connections && c.bytes > 0, "{t}: packets and bytes counted: {c:?}");
+    }
+    let shown = overlay::cli::stats::render(&st);
+    assert!(shown.contains("10.0.1.100:80/tcp") && shown.contains("(all tasks)"), "overlay stats shows the VIP port:\n{shown}");
 
     // Another network cannot reach the VIP.
     let refused = in_netns(&other, || TcpStream::connect_timeout(&(VIP, 80).into(), Duration::from_secs(1)).is_err()).join().expect("other");

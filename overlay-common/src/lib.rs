@@ -181,6 +181,29 @@ pub struct RevEntry {
     pub _pad: u16,
 }
 
+/// Key of the per-task service counters: one task of one VIP port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LbStatsKey {
+    pub vni: u32,
+    pub vip: u32,
+    pub task: u32,
+    /// Network order, as in the packet.
+    pub vip_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Per-CPU counters of one task of one VIP port: connections it was picked for, and the
+/// packets and bytes sent to it through the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LbCounters {
+    pub connections: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// The flow hash that picks a backend: the client's address and port, the protocol and the
 /// service port (not the node: every node picks the same task for a flow). Ports in network
 /// order as in the packet. Shared by the datapath and the agent's tests.
@@ -333,6 +356,8 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::RevKey {}
     unsafe impl aya::Pod for super::RevEntry {}
+    unsafe impl aya::Pod for super::LbStatsKey {}
+    unsafe impl aya::Pod for super::LbCounters {}
 }
 
 #[cfg(test)]
@@ -362,6 +387,8 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 20);
         assert_eq!(size_of::<RevKey>(), 20);
         assert_eq!(size_of::<RevEntry>(), 8);
+        assert_eq!(size_of::<LbStatsKey>(), 16);
+        assert_eq!(size_of::<LbCounters>(), 24);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{
-    Backend, EP_F_MULTI_NETWORK, EndpointInfo, FDB_GATEWAY, FDB_LOCAL, FDB_REMOTE, FDB_SERVICE, FdbKey, NameEntry, NeighKey, NodeConfig, Reason, VNI_F_INTERNAL,
+    Backend, EP_F_MULTI_NETWORK, EndpointInfo, LbStatsKey, FDB_GATEWAY, FDB_LOCAL, FDB_REMOTE, FDB_SERVICE, FdbKey, NameEntry, NeighKey, NodeConfig, Reason, VNI_F_INTERNAL,
     wire::{
         ARP_OP_REPLY, ARP_OP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN,
         OUTER_TTL, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_I, VXLAN_HLEN, vxlan_vni_field,
@@ -67,7 +67,7 @@ pub enum Action {
     /// Answer its ping to a service's VIP.
     VipEcho { vip_mac: [u8; 6] },
     /// Translate it from a VIP to one of the service's tasks, then switch or encapsulate it.
-    Service { proto: u8, backend: Backend, mac: [u8; 6], next: Next },
+    Service { proto: u8, backend: Backend, mac: [u8; 6], next: Next, stats: LbStatsKey, new: bool },
 }
 
 /// Parses, checks and looks up: where the frame from the endpoint behind `ifindex` goes.
@@ -106,7 +106,7 @@ pub fn decide(ctx: &TcContext, ep: &EndpointInfo) -> Result<Action, Reason> {
         FDB_GATEWAY => decide_gateway(ctx, ep, ip, dst),
         FDB_SERVICE => match service::decide(ctx, ep, ip)? {
             Decision::Echo => Ok(Action::VipEcho { vip_mac: dst }),
-            Decision::Task { backend, mac, next } => Ok(Action::Service { proto: ip.proto, backend, mac, next }),
+            Decision::Task { backend, mac, next, stats, new } => Ok(Action::Service { proto: ip.proto, backend, mac, next, stats, new }),
         },
         _ => Ok(Action::Encap { vtep: entry.vtep }),
     }
@@ -208,8 +208,9 @@ pub fn act(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, action: Action) -> 
             }
             Ok(Verdict { action, reason: Reason::VipEchoReply, vni: ep.vni, inner_len: len })
         }
-        Action::Service { proto, backend, mac, next } => {
+        Action::Service { proto, backend, mac, next, stats, new } => {
             service::to_task(ctx, proto, &backend, &mac)?;
+            service::count(&stats, new, len);
             match next {
                 Next::Peer { ifindex } => peer(ep, ifindex, len),
                 Next::Encap { vtep } => encap(ctx, ep, vtep, len),

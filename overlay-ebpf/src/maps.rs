@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use overlay_common::{
-    Backend, Counter, CtKey, EndpointInfo, FdbEntry, FdbKey, MAGLEV_M, MAX_BACKENDS,
+    Backend, Counter, CtKey, EndpointInfo, LbCounters, LbStatsKey, FdbEntry, FdbKey, MAGLEV_M, MAX_BACKENDS,
     MAX_CONNECTIONS, MAX_ENDPOINTS, MAX_FDB, MAX_MEMBERS, MAX_NAMES, MAX_NEIGH, MAX_SERVICES,
     MAX_SUBNETS, MAX_VNIS, MemberInfo, NameEntry, NameKey, NeighEntry, NeighKey, NodeConfig,
     RevEntry, RevKey, STATS_ENTRIES, ServiceEntry, ServiceKey, SubnetInfo, VniCounters, VniInfo,
@@ -63,3 +63,7 @@ pub static CONNECTIONS: LruHashMap<CtKey, Backend> = LruHashMap::pinned(MAX_CONN
 /// datapath.
 #[map]
 pub static REVERSE: LruHashMap<RevKey, RevEntry> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+/// Per-CPU counters per task of each VIP port (connections, packets, bytes). Written by the
+/// datapath (entries made on first use), read by `overlay stats`.
+#[map]
+pub static SERVICE_STATS: PerCpuHashMap<LbStatsKey, LbCounters> = PerCpuHashMap::pinned(MAX_SERVICES * MAX_BACKENDS, 0);

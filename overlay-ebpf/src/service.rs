@@ -5,17 +5,21 @@
 //! flow's hash ([`overlay_common::flow_hash`]: client address and port, protocol, service port),
 //! the same on every node, and kept in the connection table for every later packet of the flow.
 //! A ping to a VIP is answered here.
-use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    programs::TcContext,
+};
 use network_types::ip::Ipv4Hdr;
 use overlay_common::{
-    Backend, CtKey, EndpointInfo, FDB_LOCAL, FDB_REMOTE, FdbKey, MAGLEV_M, MAX_BACKENDS, NeighKey, Reason, RevEntry, RevKey,
+    Backend, CtKey, EndpointInfo, FDB_LOCAL, FDB_REMOTE, FdbKey, LbCounters, LbStatsKey, MAGLEV_M, MAX_BACKENDS, NeighKey, Reason,
+    RevEntry, RevKey,
     ServiceKey, flow_hash,
     wire::{ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN},
 };
 
 use crate::{
     ipv4,
-    maps::{BACKENDS, CONNECTIONS, FDB, MAGLEV, NEIGH, REVERSE, SERVICES},
+    maps::{BACKENDS, CONNECTIONS, FDB, MAGLEV, NEIGH, REVERSE, SERVICE_STATS, SERVICES},
     ptr::ptr_at,
 };
 
@@ -39,8 +43,9 @@ pub enum Next {
 pub enum Decision {
     /// Answer the ping.
     Echo,
-    /// Send it to `backend` (whose MAC is `mac`), then on to `next`.
-    Task { backend: Backend, mac: [u8; 6], next: Next },
+    /// Send it to `backend` (whose MAC is `mac`), then on to `next`; `stats` counts it, `new`:
+    /// the task was picked for this packet (a new connection).
+    Task { backend: Backend, mac: [u8; 6], next: Next, stats: LbStatsKey, new: bool },
 }
 
 /// A frame to the MAC of a VIP: a ping to it, or a connection to one of its ports.
@@ -85,6 +90,7 @@ pub fn decide(ctx: &TcContext, ep: &EndpointInfo, ip: &Ipv4Hdr) -> Result<Decisi
             chosen = Some((b, n.mac));
         }
     }
+    let mut new = false;
     let (backend, mac) = match chosen {
         Some(c) => c,
         None => {
@@ -99,6 +105,7 @@ pub fn decide(ctx: &TcContext, ep: &EndpointInfo, ip: &Ipv4Hdr) -> Result<Decisi
             let _ = CONNECTIONS.insert(&ct, &b, 0);
             let rev = RevKey { vni: ep.vni, backend: b.ip, client: ep.ip, backend_port: b.port, client_port: sport, proto: ip.proto, _pad: [0; 3] };
             let _ = REVERSE.insert(&rev, &RevEntry { vip, vip_port: dport, _pad: 0 }, 0);
+            new = true;
             (b, n.mac)
         }
     };
@@ -108,7 +115,24 @@ pub fn decide(ctx: &TcContext, ep: &EndpointInfo, ip: &Ipv4Hdr) -> Result<Decisi
         FDB_REMOTE => Next::Encap { vtep: to.vtep },
         _ => return Err(Reason::UnknownDestination),
     };
-    Ok(Decision::Task { backend, mac, next })
+    let stats = LbStatsKey { vni: ep.vni, vip, task: backend.ip, vip_port: dport, proto: ip.proto, _pad: 0 };
+    Ok(Decision::Task { backend, mac, next, stats, new })
+}
+
+/// Counts a packet (and a connection, when `new`) of the task and VIP port in `key`.
+#[inline(always)]
+pub fn count(key: &LbStatsKey, new: bool, len: u32) {
+    if SERVICE_STATS.get_ptr_mut(key).is_none() {
+        let _ = SERVICE_STATS.insert(key, &LbCounters::default(), BPF_NOEXIST as u64);
+    }
+    if let Some(c) = SERVICE_STATS.get_ptr_mut(key) {
+        // SAFETY: a per-CPU value of this program; no concurrent writer on this CPU.
+        unsafe {
+            (*c).connections += new as u64;
+            (*c).packets += 1;
+            (*c).bytes += len as u64;
+        }
+    }
 }
 
 /// Offset of the L4 checksum of `proto` behind an option-less IPv4 header.

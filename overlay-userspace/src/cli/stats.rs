@@ -35,7 +35,21 @@ pub fn to_json(s: &Stats) -> serde_json::Value {
             "reason": r.name(), "code": *r as u32, "direction": d.name(),
             "drop": r.is_drop(), "packets": c.packets, "bytes": c.bytes,
         })).collect::<Vec<_>>(),
+        "services": s.services.iter().map(|(k, c)| serde_json::json!({
+            "vni": k.vni, "vip": vip_port(k), "task": ip(k.task).to_string(),
+            "connections": c.connections, "packets": c.packets, "bytes": c.bytes,
+        })).collect::<Vec<_>>(),
     })
+}
+
+fn ip(v: u32) -> std::net::Ipv4Addr {
+    overlay_common::ip_from_map(v).into()
+}
+
+/// `VIP:port/proto` of a counter's key.
+fn vip_port(k: &overlay_common::LbStatsKey) -> String {
+    let proto = if k.proto == 17 { "udp" } else { "tcp" };
+    format!("{}:{}/{proto}", ip(k.vip), u16::from_be(k.vip_port))
 }
 
 pub fn render(s: &Stats) -> String {
@@ -50,6 +64,24 @@ pub fn render(s: &Stats) -> String {
     }
     if s.reasons.iter().all(|(r, _, _)| !Reason::is_drop(*r)) {
         out += "(no drops)\n";
+    }
+    if !s.services.is_empty() {
+        // Per task, then the service port's total (all its tasks).
+        out += &format!("\n{:<24} {:<15} {:>12} {:>12} {:>14}\n", "VIP port", "task", "connections", "packets", "bytes");
+        let mut keys: Vec<_> = s.services.keys().collect();
+        keys.sort_by_key(|k| (k.vni, u32::from_be(k.vip), u16::from_be(k.vip_port), k.proto, u32::from_be(k.task)));
+        let mut i = 0;
+        while i < keys.len() {
+            let group: Vec<_> = keys[i..].iter().take_while(|k| (k.vni, k.vip, k.vip_port, k.proto) == (keys[i].vni, keys[i].vip, keys[i].vip_port, keys[i].proto)).collect();
+            let (mut tc, mut tp, mut tb) = (0, 0, 0);
+            for k in &group {
+                let c = &s.services[k];
+                out += &format!("{:<24} {:<15} {:>12} {:>12} {:>14}\n", vip_port(k), ip(k.task).to_string(), c.connections, c.packets, c.bytes);
+                (tc, tp, tb) = (tc + c.connections, tp + c.packets, tb + c.bytes);
+            }
+            out += &format!("{:<24} {:<15} {:>12} {:>12} {:>14}\n", vip_port(keys[i]), "(all tasks)", tc, tp, tb);
+            i += group.len();
+        }
     }
     out
 }

@@ -20,7 +20,7 @@ use aya::{
     util::nr_cpus,
 };
 use overlay_common::{
-    Backend, Counter, CtKey, Direction, EndpointInfo, FdbEntry, FdbKey, MAGLEV_M, MAX_BACKENDS, MemberInfo, NameEntry, NameKey,
+    Backend, Counter, CtKey, Direction, EndpointInfo, FdbEntry, FdbKey, LbCounters, LbStatsKey, MAGLEV_M, MAX_BACKENDS, MemberInfo, NameEntry, NameKey,
     NeighEntry, NeighKey, NodeConfig, Reason, ServiceEntry, ServiceKey, SubnetInfo, VniCounters, VniInfo, stats_index,
 };
 
@@ -52,11 +52,12 @@ const MAP_MAGLEV: &str = "MAGLEV";
 const MAP_BACKENDS: &str = "BACKENDS";
 const MAP_CONNECTIONS: &str = "CONNECTIONS";
 const MAP_REVERSE: &str = "REVERSE";
+const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 /// Every map and its one owner: the agent's desired state (written by [`Dataplane::apply`]
 /// from a plan), the datapath itself (the connection tables: never written nor wiped by a
 /// reconcile, so connections survive agent restarts and config changes), or the counters (the
 /// datapath counts, `overlay stats` reads). All are pinned; `overlay down` removes them all.
-const ALL_MAPS: [(&str, Owner); 15] = [
+const ALL_MAPS: [(&str, Owner); 16] = [
     (MAP_FDB, Owner::Desired),
     (MAP_VNIS, Owner::Desired),
     (MAP_ENDPOINTS, Owner::Desired),
@@ -72,6 +73,7 @@ const ALL_MAPS: [(&str, Owner); 15] = [
     (MAP_REVERSE, Owner::Datapath),
     (MAP_STATS, Owner::Counters),
     (MAP_VNI_STATS, Owner::Counters),
+    (MAP_SERVICE_STATS, Owner::Counters),
 ];
 
 /// Who writes a map.
@@ -210,6 +212,7 @@ struct Maps {
     backends: Array<MapData, Backend>,
     /// Datapath-owned: read for `overlay stats`, never written here.
     connections: aya::maps::HashMap<MapData, CtKey, Backend>,
+    service_stats: PerCpuHashMap<MapData, LbStatsKey, LbCounters>,
 }
 
 impl Maps {
@@ -229,6 +232,7 @@ impl Maps {
             maglev: Array::try_from(take(MAP_MAGLEV)?).map_err(map_err(MAP_MAGLEV))?,
             backends: Array::try_from(take(MAP_BACKENDS)?).map_err(map_err(MAP_BACKENDS))?,
             connections: aya::maps::HashMap::try_from(take(MAP_CONNECTIONS)?).map_err(map_err(MAP_CONNECTIONS))?,
+            service_stats: PerCpuHashMap::try_from(take(MAP_SERVICE_STATS)?).map_err(map_err(MAP_SERVICE_STATS))?,
         })
     }
 }
@@ -259,6 +263,8 @@ pub struct Stats {
     /// (reason, direction) -> counter, only non-zero ones.
     pub reasons: Vec<(Reason, Direction, Counter)>,
     pub vnis: BTreeMap<u32, VniCounters>,
+    /// Per task of each VIP port: connections, packets, bytes (summed over CPUs).
+    pub services: BTreeMap<LbStatsKey, LbCounters>,
 }
 
 impl Stats {
@@ -560,6 +566,15 @@ impl Dataplane {
                 t.tx.bytes += c.tx.bytes;
             }
             out.vnis.insert(vni, t);
+        }
+        for kv in self.maps.service_stats.iter() {
+            let (k, per_cpu) = kv.map_err(map_err(MAP_SERVICE_STATS))?;
+            let t = per_cpu.iter().fold(LbCounters::default(), |a, c| LbCounters {
+                connections: a.connections + c.connections,
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+            });
+            out.services.insert(k, t);
         }
         Ok(out)
     }
