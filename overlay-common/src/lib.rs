@@ -277,11 +277,16 @@ pub struct NodeConfig {
     pub underlay_ifindex: u32,
     /// VXLAN UDP port, host order.
     pub vxlan_port: u16,
-    pub _pad0: u16,
+    /// `NODE_F_*` bits (what was padding before: old pins read 0).
+    pub flags: u16,
     /// Lowest and number of UDP source ports used for flow entropy, host order.
     pub src_port_min: u16,
     pub src_port_range: u16,
 }
+
+/// `NodeConfig::flags`: the cluster has VIP services, so frames entering containers are
+/// checked against the reverse translation table (skipped otherwise: no lookup per packet).
+pub const NODE_F_SERVICES: u16 = 1;
 
 /// One counter: packets and bytes. Per-CPU in the maps; the agent sums over CPUs.
 #[repr(C)]

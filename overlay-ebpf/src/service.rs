@@ -11,7 +11,8 @@ use aya_ebpf::{
 };
 use network_types::ip::Ipv4Hdr;
 use overlay_common::{
-    Backend, CtKey, EndpointInfo, FDB_LOCAL, FDB_REMOTE, FdbKey, LbCounters, LbStatsKey, MAGLEV_M, MAX_BACKENDS, NeighKey, Reason,
+    Backend, CtKey, EndpointInfo, FDB_LOCAL, FDB_REMOTE, FdbKey, LbCounters, LbStatsKey, MAGLEV_M, MAX_BACKENDS, NODE_F_SERVICES, NeighKey,
+    Reason,
     RevEntry, RevKey,
     ServiceKey, flow_hash,
     wire::{ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN},
@@ -19,7 +20,7 @@ use overlay_common::{
 
 use crate::{
     ipv4,
-    maps::{BACKENDS, CONNECTIONS, FDB, MAGLEV, NEIGH, REVERSE, SERVICE_STATS, SERVICES},
+    maps::{BACKENDS, CONFIG, CONNECTIONS, FDB, MAGLEV, NEIGH, REVERSE, SERVICE_STATS, SERVICES},
     ptr::ptr_at,
 };
 
@@ -135,6 +136,13 @@ pub fn count(key: &LbStatsKey, new: bool, len: u32) {
     }
 }
 
+/// Whether the cluster has VIP services at all: without any, the reverse table is never looked
+/// at (no cost per packet for clusters that do not use services).
+#[inline(always)]
+fn any() -> bool {
+    CONFIG.get(0).is_some_and(|c| c.flags & NODE_F_SERVICES != 0)
+}
+
 /// Offset of the L4 checksum of `proto` behind an option-less IPv4 header.
 #[inline(always)]
 fn l4_csum_off(proto: u8) -> usize {
@@ -188,6 +196,9 @@ pub fn echo_reply(ctx: &TcContext, ep: &EndpointInfo, vip_mac: [u8; 6]) -> Resul
 /// source becomes the VIP and port again (and the VIP's MAC). Anything else is left as it is.
 #[inline(always)]
 pub fn reverse(ctx: &TcContext, vni: u32) -> Result<(), Reason> {
+    if !any() {
+        return Ok(());
+    }
     let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Ok(()) };
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
@@ -212,6 +223,9 @@ pub fn reverse(ctx: &TcContext, vni: u32) -> Result<(), Reason> {
 /// are not rewritten to come from the VIP.
 #[inline(always)]
 pub fn forget_direct(ctx: &TcContext, vni: u32, ip: &Ipv4Hdr) {
+    if !any() {
+        return;
+    }
     let proto = ip.proto;
     if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || ipv4::header_len(ip) != IPV4_HLEN || ipv4::frag_offset(ip) != 0 {
         return;
@@ -236,5 +250,8 @@ pub fn forget_direct(ctx: &TcContext, vni: u32, ip: &Ipv4Hdr) {
         proto,
         _pad: [0; 3],
     };
-    let _ = REVERSE.remove(&key);
+    // A lookup first: it takes no lock, and the entry is almost never there.
+    if unsafe { REVERSE.get(&key) }.is_some() {
+        let _ = REVERSE.remove(&key);
+    }
 }

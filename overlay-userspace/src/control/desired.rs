@@ -9,7 +9,7 @@ use std::{
 use ipnet::Ipv4Net;
 use overlay_common::{
     Backend, DNS_ADDRS_MAX, DNS_NAME_MAX, EP_F_MULTI_NETWORK, EndpointInfo, FdbEntry, FdbKey, MAX_BACKENDS, MAX_SERVICES,
-    MemberInfo, NameEntry, NameKey, NeighEntry, NeighKey, NodeConfig, ServiceEntry, ServiceKey, SubnetInfo, VNI_F_INTERNAL,
+    MemberInfo, NODE_F_SERVICES, NameEntry, NameKey, NeighEntry, NeighKey, NodeConfig, ServiceEntry, ServiceKey, SubnetInfo, VNI_F_INTERNAL,
     VniInfo, ip_to_map,
 };
 
@@ -366,7 +366,7 @@ impl Planner {
                 vtep: ip_to_map(me.vtep.octets()),
                 underlay_ifindex: 0,
                 vxlan_port: cluster.vxlan_port,
-                _pad0: 0,
+                flags: if cluster.services.iter().any(|s| s.vip.is_some()) { NODE_F_SERVICES } else { 0 },
                 src_port_min: SRC_PORT_MIN,
                 src_port_range: SRC_PORT_MAX - SRC_PORT_MIN + 1,
             },
