@@ -13,7 +13,6 @@ use std::{
 use overlay::{
     cli::demo::matrix,
     dataplane::Dataplane,
-    host::netlink::{enter_netns, netns_path},
     lab::sim::{self, Container, Sim, ip, wait_for},
 };
 use overlay_common::{Direction, Reason};
@@ -67,15 +66,6 @@ fn mtu_boundary_1450_passes_1451_does_not() {
     assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "1450", "container MTU");
     assert!(sim.ping(&web1.netns, web2.ip, 2, Some((1422, true))), "a 1450-byte DF packet must cross hosts");
     assert!(!sim.ping(&web1.netns, web2.ip, 1, Some((1423, true))), "a 1451-byte DF packet must not be sent");
-}
-
-/// Runs `f` on a thread that entered the network namespace `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-    let p = netns_path(ns);
-    std::thread::spawn(move || {
-        enter_netns(&p).expect("setns");
-        f()
-    })
 }
 
 fn fnv(data: &[u8]) -> u64 {

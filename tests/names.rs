@@ -20,18 +20,9 @@ use hickory_proto::{
     rr::{Name, RData, Record, RecordType, rdata},
 };
 use overlay::{
-    host::netlink::{enter_netns, netns_path},
     lab::sim::{OUTSIDE_DNS, Sim, host_vtep, wait_for},
 };
 use support::*;
-
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-    let p = netns_path(ns);
-    std::thread::spawn(move || {
-        enter_netns(&p).expect("setns");
-        f()
-    })
-}
 
 /// Asks `server` (UDP) from inside the current namespace; `None` after `timeout`.
 fn ask(server: Ipv4Addr, name: &str, t: RecordType, timeout: Duration) -> Option<Message> {

@@ -15,7 +15,6 @@ use std::{
 
 use overlay::{
     dataplane::{Dataplane, Stats},
-    host::netlink::{enter_netns, netns_path},
     lab::sim::{self, OUTSIDE_HOST, Sim, host_vtep, wait_for},
 };
 use overlay_common::{Direction, Reason};
@@ -28,15 +27,6 @@ fn new_sim(tag: &str) -> Sim {
 
 fn stats(sim: &Sim, node: &str) -> Stats {
     Dataplane::open_pinned(&sim.pin_dir(node)).expect("pinned maps").stats().expect("stats")
-}
-
-/// Runs `f` on a thread that entered the network namespace `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-    let p = netns_path(ns);
-    std::thread::spawn(move || {
-        enter_netns(&p).expect("setns");
-        f()
-    })
 }
 
 fn sh(sim: &Sim, ns: &str, args: &[&str]) -> String {

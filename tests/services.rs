@@ -19,7 +19,6 @@ use std::{
 };
 
 use overlay::{
-    host::netlink::{enter_netns, netns_path},
     lab::sim::{Sim, host_vtep, wait_for},
 };
 use support::*;
@@ -33,14 +32,6 @@ const TASKS: [(&str, usize, Ipv4Addr); 4] = [
     ("t3", 3, Ipv4Addr::new(10, 0, 1, 12)),
     ("t4", 3, Ipv4Addr::new(10, 0, 1, 13)),
 ];
-
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-    let p = netns_path(ns);
-    std::thread::spawn(move || {
-        enter_netns(&p).expect("setns");
-        f()
-    })
-}
 
 /// A task's server on port 8080: to each connection it first writes "NAME CLIENT-ADDRESS\n",
 /// then echoes every line until the client closes. Stops when `stop` is set.

@@ -473,10 +473,9 @@ fn services_are_created_joined_and_balanced_through_the_store() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut servers = Vec::new();
     for (ns, _) in &tasks {
-        let (p, stop, name) = (overlay::host::netlink::netns_path(ns), stop.clone(), ns.clone());
+        let (stop, name) = (stop.clone(), ns.clone());
         let (tx, rx) = std::sync::mpsc::channel();
-        servers.push(thread::spawn(move || {
-            overlay::host::netlink::enter_netns(&p).expect("setns");
+        servers.push(in_netns(ns, move || {
             let l = std::net::TcpListener::bind(("0.0.0.0", 8080)).expect("bind");
             l.set_nonblocking(true).expect("nonblocking");
             tx.send(()).expect("ready");
@@ -492,9 +491,7 @@ fn services_are_created_joined_and_balanced_through_the_store() {
         }));
         rx.recv_timeout(Duration::from_secs(5)).expect("server up");
     }
-    let p = overlay::host::netlink::netns_path(&client);
-    let reached = thread::spawn(move || {
-        overlay::host::netlink::enter_netns(&p).expect("setns");
+    let reached = in_netns(&client, move || {
         let mut seen = std::collections::BTreeSet::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while seen.len() < 2 && Instant::now() < deadline {

@@ -66,3 +66,12 @@ pub fn mac(s: &str) -> [u8; 6] {
     s.parse::<overlay::model::Mac>().expect("valid MAC").0
 }
 
+
+/// Runs `f` on a new thread inside network namespace `ns` (a thread's namespace is its own).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let p = overlay::host::netlink::netns_path(ns);
+    std::thread::spawn(move || {
+        overlay::host::netlink::enter_netns(&p).expect("setns");
+        f()
+    })
+}

@@ -4,11 +4,8 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::state::{State, StateArgs, remove_each, rfc3339};
-use crate::{
-    model::PortSpec,
-    source::store::{ServiceRecord, ServiceSpec},
-};
+use super::state::{StateArgs, remove_each, rfc3339};
+use crate::{model::PortSpec, source::store::ServiceSpec};
 
 #[derive(Args, Debug)]
 pub struct ServiceArgs {
@@ -66,19 +63,6 @@ fn port_pair(flag: &str, s: &str) -> anyhow::Result<(i64, i64, String)> {
     Ok((n(a)?, n(b)?, proto))
 }
 
-async fn services(state: &State) -> anyhow::Result<Vec<ServiceRecord>> {
-    Ok(match state {
-        State::Store(s) => {
-            let (ok, bad) = s.services().await?;
-            for m in bad {
-                eprintln!("warning: skipping {m}");
-            }
-            ok.into_iter().map(|(r, _)| r).collect()
-        }
-        State::File(_, c) => c.services.iter().map(|s| ServiceRecord::of(s, 0)).collect(),
-    })
-}
-
 pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
     let state = args.state.open().await?;
     match args.command {
@@ -102,14 +86,14 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
         ServiceCommand::Ls => {
             let eps = state.endpoints(None).await?;
             println!("{:<20} {:<6} {:<15} {:<16} {:>5}  PORTS", "NAME", "MODE", "VIP", "NETWORK", "TASKS");
-            for s in services(&state).await? {
+            for s in state.services().await? {
                 let tasks = eps.iter().filter(|e| e.network == s.network && e.service.as_deref() == Some(s.name.as_str())).count();
                 let ports: Vec<String> = s.ports.iter().map(|p| format!("{}->{}/{}", p.port, p.target, p.protocol)).collect();
                 println!("{:<20} {:<6} {:<15} {:<16} {:>5}  {}", s.name, s.mode, s.vip.as_deref().unwrap_or("-"), s.network, tasks, ports.join(","));
             }
         }
         ServiceCommand::Inspect { names } => {
-            let all = services(&state).await?;
+            let all = state.services().await?;
             let mut out = Vec::new();
             for name in &names {
                 let Some(s) = all.iter().find(|s| &s.name == name) else { bail!("no service named {name:?} (see `overlay service ls`)") };

@@ -74,6 +74,18 @@ impl State {
         self.networks().await?.into_iter().find(|n| n.name == name).ok_or_else(|| store::StoreError::UnknownNetwork(name.to_string()).into())
     }
 
+    /// Services, oldest first.
+    pub async fn services(&self) -> anyhow::Result<Vec<store::ServiceRecord>> {
+        match self {
+            State::Store(s) => {
+                let (ok, bad) = s.services().await?;
+                warn_malformed(&bad);
+                Ok(ok.into_iter().map(|(r, _)| r).collect())
+            }
+            State::File(_, c) => Ok(c.services.iter().map(|s| store::ServiceRecord::of(s, 0)).collect()),
+        }
+    }
+
     pub async fn endpoints(&self, network: Option<&str>) -> anyhow::Result<Vec<EndpointRecord>> {
         match self {
             State::Store(s) => {
