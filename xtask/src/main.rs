@@ -45,6 +45,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tshark", "tshark"),
     ("iperf3", "iperf3"),
     ("procps", "sysctl"),
+    // curl: the README's service example fetches a page through a VIP with it.
+    ("curl", "curl"),
     // nft: the agent sets up the way out's NAT table through its JSON interface.
     ("nftables", "nft"),
     // dnsmasq: the standard DNS server `overlay bench --dns` compares the datapath's answers with.
