@@ -36,9 +36,14 @@ const TASKS: [(&str, usize, Ipv4Addr); 4] = [
 /// A task's server on port 8080: to each connection it first writes "NAME CLIENT-ADDRESS\n",
 /// then echoes every line until the client closes. Stops when `stop` is set.
 fn serve(ns: &str, name: &'static str, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    serve_on(ns, name, 8080, stop)
+}
+
+/// [`serve`] on `port`.
+fn serve_on(ns: &str, name: &'static str, port: u16, stop: Arc<AtomicBool>) -> JoinHandle<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     let h = in_netns(ns, move || {
-        let l = TcpListener::bind(("0.0.0.0", 8080)).expect("bind 8080");
+        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
         l.set_nonblocking(true).expect("nonblocking");
         tx.send(()).expect("ready");
         while !stop.load(Ordering::Relaxed) {
@@ -200,6 +205,194 @@ fn a_vip_balances_connections_over_tasks_on_every_host() {
 
     stop.store(true, Ordering::Relaxed);
     drop((long, long2));
+    for s in servers {
+        s.join().expect("server");
+    }
+}
+
+/// A task's UDP server on port 9000: answers every datagram with "NAME CLIENT-ADDRESS".
+fn serve_udp(ns: &str, name: &'static str, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = in_netns(ns, move || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", 9000)).expect("bind 9000");
+        s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        tx.send(()).expect("ready");
+        let mut buf = [0u8; 1500];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(format!("{name} {}", peer.ip()).as_bytes(), peer);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("server listening");
+    h
+}
+
+/// One datagram to `to` from a socket bound to `from_port` (0: any) and its answer:
+/// (task name, address it saw, address the answer came from).
+fn ask_udp(to: SocketAddr, from_port: u16) -> std::io::Result<(String, String, SocketAddr)> {
+    let s = std::net::UdpSocket::bind(("0.0.0.0", from_port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.send_to(b"hello", to)?;
+    let mut buf = [0u8; 256];
+    let (n, from) = s.recv_from(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    let mut it = text.split_whitespace();
+    Ok((it.next().unwrap_or_default().to_string(), it.next().unwrap_or_default().to_string(), from))
+}
+
+const PUBLISHED_TCP: u16 = 30080;
+const PUBLISHED_UDP: u16 = 30090;
+
+/// Four hosts: the tasks of [`TASKS`] on hosts 1-3, none on host 4; `web` publishes its TCP
+/// port on 30080 and its UDP port on 30090 of every host; an outside client behind a router.
+fn mesh_yaml(sim: &Sim, in_service: &[&str]) -> String {
+    let mut y = String::from("nodes:\n");
+    for i in 1..=4 {
+        y += &format!("  - {{name: node{i}, vtep: {}, underlay: eth0}}\n", host_vtep(i));
+    }
+    y += "networks:\n  - {name: front, vni: 4401, subnet: 10.0.1.0/24}\n";
+    y += &format!(
+        "services:\n  - {{name: web, network: front, vip: {VIP}, ports: [{{port: 80, target: 8080, publish: {PUBLISHED_TCP}}}, {{port: 81, target: 8081}}, {{port: 9000, protocol: udp, publish: {PUBLISHED_UDP}}}]}}\n"
+    );
+    y += "endpoints:\n";
+    for (name, node, ip) in TASKS {
+        let svc = if in_service.contains(&name) { ", service: web" } else { "" };
+        y += &format!("  - {{name: {name}, network: front, node: node{node}, ip: {ip}, netns: {}{svc}}}\n", sim.ns_name(name));
+    }
+    y
+}
+
+/// `n` new TCP connections from namespace `ns` to the published port, spread over the nodes'
+/// addresses in turn: how many reached each task, and the client addresses the tasks saw.
+fn mesh_spread(ns: &str, n: usize) -> (BTreeMap<String, usize>, Vec<String>) {
+    in_netns(ns, move || {
+        let mut per = BTreeMap::new();
+        let mut saw = Vec::new();
+        for i in 0..n {
+            let node = host_vtep(1 + i % 4);
+            let (_, name, addr) = hello((node, PUBLISHED_TCP).into()).unwrap_or_else(|e| panic!("a connection to {node}:{PUBLISHED_TCP}: {e}"));
+            *per.entry(name).or_insert(0) += 1;
+            saw.push(addr);
+        }
+        (per, saw)
+    })
+    .join()
+    .expect("client")
+}
+
+#[test]
+fn published_ports_answer_on_every_node_with_the_clients_address() {
+    require_root();
+    let mut sim = Sim::new("m", Path::new(OVERLAY_BIN)).expect("simulation");
+    sim.build_underlay(4).expect("underlay");
+    let outside = sim.add_outside(4, 1500).expect("outside");
+    for (t, _, _) in TASKS {
+        sim.add_ns(t).expect("ns");
+    }
+    let all: Vec<&str> = TASKS.iter().map(|t| t.0).collect();
+    let file = sim.write_file("cluster.yaml", &mesh_yaml(&sim, &all)).expect("file");
+    for i in 1..=4 {
+        let h = sim.host_ns(i);
+        sim.spawn_agent(&format!("node{i}"), &h, &file).expect("agent");
+    }
+    let wired = wait_for(Duration::from_secs(20), || TASKS.iter().all(|(t, _, ip)| sim.has_address(&sim.ns_name(t), *ip)));
+    assert!(wired, "wired:\n{}", sim.agent_logs(4));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut servers: Vec<_> = TASKS.iter().map(|(t, _, _)| serve(&sim.ns_name(t), t, stop.clone())).collect();
+    servers.extend(TASKS.iter().map(|(t, _, _)| serve_udp(&sim.ns_name(t), t, stop.clone())));
+    // The service's unpublished port has a server too: it must still be out of reach.
+    servers.extend(TASKS.iter().map(|(t, _, _)| serve_on(&sim.ns_name(t), t, 8081, stop.clone())));
+    let outside_addr = overlay::lab::sim::OUTSIDE_HOST.to_string();
+
+    // Every node answers the published TCP and UDP ports, node 4 (no task) across the overlay;
+    // the UDP answer comes from the address and port the client asked.
+    for i in 1..=4 {
+        let node = host_vtep(i);
+        let (_, name, saw) = in_netns(&outside, move || hello((node, PUBLISHED_TCP).into())).join().expect("client").unwrap_or_else(|e| {
+            panic!("{node}:{PUBLISHED_TCP}/tcp answers: {e}\n{}", sim.agent_logs(4))
+        });
+        assert!(all.contains(&name.as_str()) && saw == outside_addr, "{node}: task {name} saw {saw}");
+        let (name, saw, from) = in_netns(&outside, move || ask_udp((node, PUBLISHED_UDP).into(), 0)).join().expect("client").unwrap_or_else(|e| {
+            panic!("{node}:{PUBLISHED_UDP}/udp answers: {e}\n{}", sim.agent_logs(4))
+        });
+        assert!(all.contains(&name.as_str()) && saw == outside_addr, "{node}/udp: task {name} saw {saw}");
+        assert_eq!(from, SocketAddr::from((node, PUBLISHED_UDP)), "the answer comes from the published address");
+    }
+
+    // 1,000 connections from outside over the four nodes: every task within 30% of its fair
+    // share, and every task saw the outside client's own address.
+    let (per, saw) = mesh_spread(&outside, 1000);
+    assert_eq!(per.len(), 4, "every task is reached: {per:?}");
+    assert!(per.values().all(|n| (175..=325).contains(n)), "each task within 30% of 250: {per:?}");
+    assert!(saw.iter().all(|a| *a == outside_addr), "tasks see the outside client's address");
+
+    // One client address and port through two different nodes: the same task.
+    let same = in_netns(&outside, || {
+        (0..20u16)
+            .map(|i| {
+                let port = 41000 + i;
+                let a = ask_udp((host_vtep(1), PUBLISHED_UDP).into(), port).expect("via node1").0;
+                let b = ask_udp((host_vtep(4), PUBLISHED_UDP).into(), port).expect("via node4").0;
+                (port, a, b)
+            })
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .expect("client");
+    assert!(same.iter().all(|(_, a, b)| a == b), "a flow picks the same task whichever node receives it: {same:?}");
+    assert!(same.iter().map(|(_, a, _)| a).collect::<std::collections::BTreeSet<_>>().len() > 1, "different ports spread: {same:?}");
+
+    // Nothing else is reachable from outside (each has a listening server behind it): the
+    // service's unpublished port, the published port's target on the addresses of nodes with a
+    // task, a task's own address.
+    let closed = in_netns(&outside, || {
+        let try_ = |a: Ipv4Addr, p: u16| TcpStream::connect_timeout(&(a, p).into(), Duration::from_millis(700)).is_ok();
+        [try_(host_vtep(4), 81), try_(host_vtep(1), 8081), try_(host_vtep(1), 8080), try_(host_vtep(3), 8080), try_(TASKS[0].2, 8080)]
+    })
+    .join()
+    .expect("client");
+    assert_eq!(closed, [false; 5], "only published ports are reachable from outside");
+
+    // The node itself, on its own address: with and without a task of its own.
+    for i in [1, 4] {
+        let node = host_vtep(i);
+        let (_, name, saw) = in_netns(&sim.host_ns(i), move || hello((node, PUBLISHED_TCP).into())).join().expect("client").unwrap_or_else(|e| {
+            let st = overlay::dataplane::Dataplane::open_pinned(&sim.pin_dir(&format!("node{i}"))).and_then(|d| d.stats()).map(|s| overlay::cli::stats::render(&s));
+            if std::env::var_os("MESH_DEBUG").is_some() { eprintln!("DEBUG host {}", sim.host_ns(i)); std::thread::sleep(Duration::from_secs(240)); }
+            let tc = sim.exec(&sim.host_ns(i), &["bpftool", "net", "show"]).map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+            panic!("node{i} reaches its own published port: {e}\n{st:?}\n{tc:?}\n{}", sim.agent_logs(4))
+        });
+        assert!(all.contains(&name.as_str()) && saw == node.to_string(), "node{i}: task {name} saw {saw}");
+    }
+
+    // A long-lived connection through node 4 carries on when its task is drained from the
+    // service and across restarts of the receiving node's and the task's agents; no new
+    // connection reaches the drained task.
+    let (mut long, drained, _) = in_netns(&outside, || hello((host_vtep(4), PUBLISHED_TCP).into())).join().expect("client").expect("long-lived");
+    let kept: Vec<&str> = all.iter().copied().filter(|t| **t != drained).collect();
+    sim.write_file("cluster.yaml", &mesh_yaml(&sim, &kept)).expect("file");
+    let gone = wait_for(Duration::from_secs(10), || !mesh_spread(&outside, 40).0.contains_key(&drained));
+    assert!(gone, "{drained} gets no new connection once drained:\n{}", sim.agent_logs(4));
+    assert!(echo(&mut long, "still-there"), "the mesh connection to the drained task carries on");
+    let task_node = TASKS.iter().find(|t| t.0 == drained).map(|t| t.1).expect("task");
+    for n in [4, task_node] {
+        let node = format!("node{n}");
+        let log = sim.agent_log(&node);
+        let applied = move || std::fs::read_to_string(&log).unwrap_or_default().matches("applied cluster state").count();
+        let before = applied();
+        sim.kill_agent(&node).expect("kill");
+        assert!(echo(&mut long, "agent-down"), "the mesh connection carries on with {node}'s agent down");
+        let h = sim.host_ns(n);
+        sim.spawn_agent(&node, &h, &file).expect("agent");
+        assert!(wait_for(Duration::from_secs(10), || applied() > before), "agent back:\n{}", sim.agent_logs(4));
+        assert!(echo(&mut long, "agent-back"), "the mesh connection survives {node}'s agent restart");
+    }
+    let (per, _) = mesh_spread(&outside, 40);
+    assert!(!per.contains_key(&drained) && per.values().sum::<usize>() == 40, "after the restarts: {per:?}");
+
+    stop.store(true, Ordering::Relaxed);
+    drop(long);
     for s in servers {
         s.join().expect("server");
     }

@@ -172,14 +172,49 @@ pub struct RevKey {
     pub _pad: [u8; 3],
 }
 
-/// Where a reply's source is rewritten back to: the VIP and its port (network order).
+/// Where a reply's source is rewritten back to: the VIP and its port (network order), or for
+/// the routing mesh ([`REV_F_MESH`]) the node address and published port the client used.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RevEntry {
     pub vip: u32,
     pub vip_port: u16,
-    pub _pad: u16,
+    /// `REV_F_*` bits (what was padding before: old entries read 0).
+    pub flags: u16,
 }
+
+/// `RevEntry::flags`: the flow came through the routing mesh; its replies leave the node by
+/// the underlay towards a client outside the overlay.
+pub const REV_F_MESH: u16 = 1;
+
+/// Key of the published-port table (the routing mesh): a port (network order) and protocol
+/// that every node's address answers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublishedKey {
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of the published-port table: the VIP port it stands for (whose slot, backends and
+/// Maglev table pick the task) and the MAC of its network's gateway (the source MAC the task
+/// sees on a mesh client's frames, and where it sends its replies).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PublishedEntry {
+    pub service: ServiceKey,
+    pub gw_mac: [u8; 6],
+    /// The network's MTU: larger packets are not carried through the mesh.
+    pub mtu: u16,
+}
+
+/// The low (reserved) byte of the VXLAN header between our own VTEPs: a frame of the routing
+/// mesh. `MESH_IN`: a client's frame for a task, with the client's own (outside) address;
+/// `MESH_OUT`: a task's reply to such a client, back to the node that received the request.
+/// Only accepted from member VTEPs; other VXLAN peers never set it (RFC 7348: reserved, zero).
+pub const VXLAN_MESH_IN: u8 = 1;
+pub const VXLAN_MESH_OUT: u8 = 2;
 
 /// Key of the per-task service counters: one task of one VIP port.
 #[repr(C)]
@@ -287,6 +322,10 @@ pub struct NodeConfig {
 /// `NodeConfig::flags`: the cluster has VIP services, so frames entering containers are
 /// checked against the reverse translation table (skipped otherwise: no lookup per packet).
 pub const NODE_F_SERVICES: u16 = 1;
+/// `NodeConfig::flags`: the cluster publishes ports (the routing mesh): non-overlay traffic to
+/// this node's address is checked against the published-port table, and replies of tasks to
+/// addresses outside the overlay against the mesh's return table.
+pub const NODE_F_MESH: u16 = 2;
 
 /// One counter: packets and bytes. Per-CPU in the maps; the agent sums over CPUs.
 #[repr(C)]
@@ -363,6 +402,8 @@ mod pod {
     unsafe impl aya::Pod for super::RevEntry {}
     unsafe impl aya::Pod for super::LbStatsKey {}
     unsafe impl aya::Pod for super::LbCounters {}
+    unsafe impl aya::Pod for super::PublishedKey {}
+    unsafe impl aya::Pod for super::PublishedEntry {}
 }
 
 #[cfg(test)]

@@ -47,6 +47,12 @@ pub enum Reason {
     DnsReply = 8,
     /// A ping to a service's VIP, answered by the datapath.
     VipEchoReply = 9,
+    /// To a published port (the routing mesh): translated to a task and sent on to it, across
+    /// the overlay with the client's own address, or to a task on this node.
+    FwdMeshIn = 10,
+    /// A task's reply to a client of a published port, leaving through the node that received
+    /// the request with that node's address and the published port as its source.
+    FwdMeshOut = 11,
 
     /// A header ended before its fixed part did.
     Truncated = 16,
@@ -95,6 +101,12 @@ pub enum Reason {
     ServiceNoPort = 37,
     /// To a service's VIP port while the service has no task.
     ServiceNoBackend = 38,
+    /// A reply marked for the routing mesh for which this node holds no flow (its entry was
+    /// evicted, or the frame is forged).
+    MeshNoFlow = 39,
+    /// A packet to a published port larger than the overlay can carry (its MTU): dropped and
+    /// counted rather than fragmented.
+    MeshTooBig = 40,
 }
 
 impl Reason {
@@ -108,6 +120,8 @@ impl Reason {
         Reason::FwdResolver,
         Reason::DnsReply,
         Reason::VipEchoReply,
+        Reason::FwdMeshIn,
+        Reason::FwdMeshOut,
         Reason::Truncated,
         Reason::Vlan,
         Reason::UnsupportedEthertype,
@@ -131,6 +145,8 @@ impl Reason {
         Reason::GatewayInternal,
         Reason::ServiceNoPort,
         Reason::ServiceNoBackend,
+        Reason::MeshNoFlow,
+        Reason::MeshTooBig,
     ];
 
     /// The name operators see in `overlay stats`.
@@ -145,6 +161,8 @@ impl Reason {
             Reason::FwdResolver => "fwd-resolver",
             Reason::DnsReply => "dns-reply",
             Reason::VipEchoReply => "vip-echo-reply",
+            Reason::FwdMeshIn => "fwd-mesh-in",
+            Reason::FwdMeshOut => "fwd-mesh-out",
             Reason::Truncated => "drop-truncated",
             Reason::Vlan => "drop-vlan",
             Reason::UnsupportedEthertype => "drop-ethertype",
@@ -168,6 +186,8 @@ impl Reason {
             Reason::GatewayInternal => "drop-gateway-internal",
             Reason::ServiceNoPort => "drop-service-no-port",
             Reason::ServiceNoBackend => "drop-service-no-backend",
+            Reason::MeshNoFlow => "drop-mesh-no-flow",
+            Reason::MeshTooBig => "drop-mesh-too-big",
         }
     }
 

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{
-    Backend, EP_F_MULTI_NETWORK, EndpointInfo, LbStatsKey, FDB_GATEWAY, FDB_LOCAL, FDB_REMOTE, FDB_SERVICE, FdbKey, NameEntry, NeighKey, NodeConfig, Reason, VNI_F_INTERNAL,
+    Backend, EP_F_MULTI_NETWORK, EndpointInfo, LbStatsKey, RevEntry, VXLAN_MESH_OUT, FDB_GATEWAY, FDB_LOCAL, FDB_REMOTE, FDB_SERVICE, FdbKey, NameEntry, NeighKey, NodeConfig, Reason, VNI_F_INTERNAL,
     wire::{
         ARP_OP_REPLY, ARP_OP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN,
         OUTER_TTL, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_I, VXLAN_HLEN, vxlan_vni_field,
@@ -25,6 +25,7 @@ use crate::{
     arp::EthArp,
     dns::{self, Question},
     eth, ipv4,
+    mesh::{self, Return},
     maps::{CONFIG, DNS_KEY, ENDPOINTS, FDB, NAMES, NEIGH, SUBNETS, VNIS},
     ptr::{ptr_at, ptr_at_mut, put},
     service::{self, Decision, Next},
@@ -66,6 +67,12 @@ pub enum Action {
     DnsReply { question: Question, entry: *const NameEntry, gw_mac: [u8; 6] },
     /// Answer its ping to a service's VIP.
     VipEcho { vip_mac: [u8; 6] },
+    /// A task's reply to a client of a published port that came through node `vtep`: back
+    /// to that node, encapsulated and marked for the mesh.
+    MeshReturn { vtep: u32 },
+    /// A task's reply to a client of a published port that came through this node: source
+    /// restored (`rev`), out to the client.
+    MeshOut { rev: RevEntry },
     /// Translate it from a VIP to one of the service's tasks, then switch or encapsulate it.
     Service { proto: u8, backend: Backend, mac: [u8; 6], next: Next, stats: LbStatsKey, new: bool },
 }
@@ -142,6 +149,13 @@ fn decide_gateway(ctx: &TcContext, ep: &EndpointInfo, ip: &Ipv4Hdr, gw_mac: [u8;
         }
         return Ok(Action::Resolver);
     }
+    if let Some(cfg) = CONFIG.get(0) {
+        match mesh::returning(ctx, cfg, ep) {
+            Some(Return::Node { vtep }) => return Ok(Action::MeshReturn { vtep }),
+            Some(Return::Here { rev }) => return Ok(Action::MeshOut { rev }),
+            None => {}
+        }
+    }
     let internal = unsafe { VNIS.get(ep.vni) }.is_none_or(|v| v.flags & VNI_F_INTERNAL != 0);
     if internal {
         return Err(Reason::GatewayInternal);
@@ -198,7 +212,13 @@ pub fn act(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, action: Action) -> 
             service::reverse(ctx, ep.vni)?;
             peer(ep, ifindex, len)
         }
-        Action::Encap { vtep } => encap(ctx, ep, vtep, len),
+        Action::Encap { vtep } => encap(ctx, ep.vni, vtep, len, 0, Reason::FwdEncap),
+        Action::MeshReturn { vtep } => encap(ctx, ep.vni, vtep, len, VXLAN_MESH_OUT, Reason::FwdMeshOut),
+        Action::MeshOut { rev } => {
+            let cfg = *CONFIG.get(0).ok_or(Reason::NoConfig)?;
+            let action = mesh::send_out(ctx, &cfg, &rev)?;
+            Ok(Verdict { action, reason: Reason::FwdMeshOut, vni: ep.vni, inner_len: len })
+        }
         Action::VipEcho { vip_mac } => {
             service::echo_reply(ctx, ep, vip_mac)?;
             // SAFETY: plain helper call; back into the endpoint's own interface.
@@ -213,7 +233,7 @@ pub fn act(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, action: Action) -> 
             service::count(&stats, new, len);
             match next {
                 Next::Peer { ifindex } => peer(ep, ifindex, len),
-                Next::Encap { vtep } => encap(ctx, ep, vtep, len),
+                Next::Encap { vtep } => encap(ctx, ep.vni, vtep, len, 0, Reason::FwdEncap),
             }
         }
         Action::DnsReply { question, entry, gw_mac } => {
@@ -252,22 +272,24 @@ fn peer(ep: &EndpointInfo, ifindex: u32, len: u32) -> Result<Verdict, Reason> {
     Ok(Verdict { action, reason: Reason::FwdLocal, vni: ep.vni, inner_len: len })
 }
 
-/// Encapsulates the frame to the remote VTEP `vtep` and sends it out of the underlay.
+/// Encapsulates the frame of network `vni` to the remote VTEP `vtep` (`mark`: the VXLAN
+/// header's reserved byte, see [`overlay_common::VXLAN_MESH_IN`]) and sends it out of the underlay; counted as
+/// `reason`.
 #[inline(always)]
-fn encap(ctx: &TcContext, ep: &EndpointInfo, vtep: u32, len: u32) -> Result<Verdict, Reason> {
+pub fn encap(ctx: &TcContext, vni: u32, vtep: u32, len: u32, mark: u8, reason: Reason) -> Result<Verdict, Reason> {
     let cfg = *CONFIG.get(0).ok_or(Reason::NoConfig)?;
     if cfg.vtep == 0 {
         return Err(Reason::NoConfig);
     }
     let hash = flow_hash(ctx);
-    encapsulate(ctx, &cfg, ep.vni, vtep, len, hash)?;
+    encapsulate(ctx, &cfg, vni, vtep, len, hash, mark)?;
     // Outer L2 comes from the kernel's neighbour table after a FIB lookup of the remote VTEP.
     // SAFETY: plain helper call; a null nexthop asks the kernel to look the route up.
     let action = unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
     if action != TC_ACT_REDIRECT as i32 {
         return Err(Reason::RedirectFailed);
     }
-    Ok(Verdict { action, reason: Reason::FwdEncap, vni: ep.vni, inner_len: len })
+    Ok(Verdict { action, reason, vni, inner_len: len })
 }
 
 /// The endpoint behind the veth this frame entered by.
@@ -330,7 +352,7 @@ fn outer_ip_checksum(total_len: u16, src: u32, dst: u32) -> u16 {
 /// Wraps the frame in outer Ethernet/IPv4/UDP/VXLAN, writing the headers straight into the
 /// packet. The outer MACs are left zero for `bpf_redirect_neigh` to fill.
 #[inline(always)]
-fn encapsulate(ctx: &TcContext, cfg: &NodeConfig, vni: u32, vtep: u32, len: u32, hash: u32) -> Result<(), Reason> {
+fn encapsulate(ctx: &TcContext, cfg: &NodeConfig, vni: u32, vtep: u32, len: u32, hash: u32, mark: u8) -> Result<(), Reason> {
     let sport = cfg.src_port_min.wrapping_add(((hash as u64 * cfg.src_port_range as u64) >> 32) as u16);
     ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
         .map_err(|_| Reason::AdjustFailed)?;
@@ -363,9 +385,9 @@ fn encapsulate(ctx: &TcContext, cfg: &NodeConfig, vni: u32, vtep: u32, len: u32,
         put::be16(p, UDP + 2, cfg.vxlan_port);
         put::be16(p, UDP + 4, ip_total - IPV4_HLEN as u16);
         put::be16(p, UDP + 6, 0);
-        // VXLAN: I flag and the VNI.
+        // VXLAN: I flag, the VNI, and our mark for the routing mesh in the reserved byte.
         put::raw32(p, VX, (VXLAN_FLAG_I as u32).to_le());
-        put::raw32(p, VX + 4, vxlan_vni_field(vni).to_be());
+        put::raw32(p, VX + 4, (vxlan_vni_field(vni) | mark as u32).to_be());
     }
     Ok(())
 }

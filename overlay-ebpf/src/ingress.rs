@@ -10,12 +10,14 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 use overlay_common::{
-    FDB_LOCAL, FDB_REMOTE, FdbKey, Reason,
+    FDB_LOCAL, FDB_REMOTE, FdbKey, NodeConfig, Reason, RevEntry, VXLAN_MESH_IN, VXLAN_MESH_OUT,
     wire::{ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_HLEN},
 };
 
 use crate::{
-    eth, ipv4,
+    egress, eth, ipv4,
+    mesh::{self, Inbound},
+    service::Next,
     maps::{CONFIG, FDB, MEMBERS, VNIS},
     ptr::{ptr_at, ptr_at_mut, put},
     stats::Verdict,
@@ -38,6 +40,23 @@ pub enum Action {
     Pass,
     /// Decapsulate it and deliver it to the local endpoint behind host-side veth `ifindex`.
     Decap { ifindex: u32, vni: u32 },
+    /// A client's packet to a published port of this node: to its task (the routing mesh).
+    MeshIn(Inbound),
+    /// A task's reply to a mesh client of this node: decapsulate, restore the source (`rev`),
+    /// send it out to the client.
+    MeshOut { vni: u32, rev: RevEntry },
+}
+
+/// Not VXLAN for this node, but to its address: a published port's (the mesh), or the node's.
+#[inline(always)]
+fn published_or_pass(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> Result<Action, Reason> {
+    if !mesh::enabled(cfg) {
+        return pass();
+    }
+    match mesh::published(ctx, cfg, ip)? {
+        Some(m) => Ok(Action::MeshIn(m)),
+        None => pass(),
+    }
 }
 
 #[inline(always)]
@@ -64,12 +83,15 @@ pub fn decide(ctx: &TcContext) -> Result<Action, Reason> {
     let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return pass() };
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
-    if ip.proto != IPPROTO_UDP || ipv4::version(ip) != 4 || ipv4::frag_offset(ip) != 0 {
+    if ipv4::version(ip) != 4 {
         return pass();
     }
     let Some(cfg) = CONFIG.get(0) else { return pass() };
     if cfg.vtep == 0 || u32::from_ne_bytes(ip.dst_addr) != cfg.vtep {
         return pass();
+    }
+    if ip.proto != IPPROTO_UDP || ipv4::frag_offset(ip) != 0 {
+        return published_or_pass(ctx, cfg, ip);
     }
     let outer_src = u32::from_ne_bytes(ip.src_addr);
     let more_fragments = ipv4::frag_bits(ip) != 0;
@@ -81,14 +103,14 @@ pub fn decide(ctx: &TcContext) -> Result<Action, Reason> {
         // Options: find the UDP port behind them to know whether this was meant for us.
         let Ok(dport) = ctx.load::<[u8; 2]>(ETH_HLEN + hlen + 2) else { return pass() };
         if u16::from_be_bytes(dport) != cfg.vxlan_port {
-            return pass();
+            return published_or_pass(ctx, cfg, ip);
         }
         return Err(Reason::IpOptions);
     }
     let Ok(udp) = ptr_at::<UdpHdr>(ctx, UDP_OFF) else { return pass() };
     // SAFETY: bounds checked by ptr_at.
     if u16::from_be_bytes(unsafe { (*udp).dst }) != cfg.vxlan_port {
-        return pass();
+        return published_or_pass(ctx, cfg, ip);
     }
     // From here on the packet is addressed to this node's VTEP: every failure is a counted drop.
     if more_fragments {
@@ -101,6 +123,10 @@ pub fn decide(ctx: &TcContext) -> Result<Action, Reason> {
         return Err(Reason::VxlanFlags);
     }
     let vni = vxlan::vni(vx);
+    let mark = vx._reserved2;
+    if mark != 0 {
+        return decide_mesh(ctx, vni, outer_src, mark);
+    }
     let inner = ptr_at::<EthHdr>(ctx, INNER_ETH_OFF)?;
     // SAFETY: bounds checked by ptr_at.
     let (src, dst, ethertype) =
@@ -142,23 +168,60 @@ pub fn decide(ctx: &TcContext) -> Result<Action, Reason> {
     Ok(Action::Decap { ifindex: target.ifindex, vni })
 }
 
-/// Does what [`decide`] chose.
+/// A VXLAN frame of the routing mesh ([`VXLAN_MESH_IN`] or [`VXLAN_MESH_OUT`]) from `from`.
 #[inline(always)]
-pub fn act(ctx: &TcContext, action: Action) -> Result<Verdict, Reason> {
-    let Action::Decap { ifindex, vni } = action else {
-        return Ok(Verdict { action: TC_ACT_OK as i32, reason: Reason::PassNotOverlay, vni: 0, inner_len: 0 });
-    };
+fn decide_mesh(ctx: &TcContext, vni: u32, from: u32, mark: u8) -> Result<Action, Reason> {
+    let inner = ptr_at::<EthHdr>(ctx, INNER_ETH_OFF)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (dst, ethertype) = unsafe { ((*inner).dst_addr, eth::ethertype(&*inner)) };
+    if ethertype != ETH_P_IP {
+        return Err(Reason::UnsupportedEthertype);
+    }
+    match mark {
+        VXLAN_MESH_IN => {
+            let target = *unsafe { FDB.get(FdbKey::new(vni, dst)) }.ok_or(Reason::UnknownDestination)?;
+            if target.kind != FDB_LOCAL {
+                return Err(Reason::UnknownDestination);
+            }
+            mesh::arrival(ctx, vni, from, INNER_IP_OFF)?;
+            Ok(Action::Decap { ifindex: target.ifindex, vni })
+        }
+        VXLAN_MESH_OUT => Ok(Action::MeshOut { vni, rev: mesh::reply(ctx, vni, from, INNER_IP_OFF)? }),
+        _ => Err(Reason::VxlanFlags),
+    }
+}
+
+/// Removes outer IPv4 + UDP + VXLAN + inner Ethernet behind the outer Ethernet header, then puts
+/// the inner Ethernet header in its place. Returns the inner frame's length.
+#[inline(always)]
+fn strip(ctx: &TcContext) -> Result<u32, Reason> {
     let inner = ptr_at::<[u8; ETH_HLEN]>(ctx, INNER_ETH_OFF)?;
     // SAFETY: bounds checked by ptr_at; copied before a helper moves the data.
     let inner_eth: [u8; ETH_HLEN] = unsafe { *inner };
     let inner_len = ctx.len() - VXLAN_ENCAP_LEN as u32;
-    // Remove outer IPv4 + UDP + VXLAN + inner Ethernet behind the outer Ethernet header, then put
-    // the inner Ethernet header in its place.
     ctx.adjust_room(-(VXLAN_ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
         .map_err(|_| Reason::AdjustFailed)?;
     let p = ptr_at_mut::<[u8; ETH_HLEN]>(ctx, 0).map_err(|_| Reason::AdjustFailed)? as *mut u8;
     // SAFETY: 14 bytes checked by ptr_at_mut; the source is on the stack.
     unsafe { put::eth_header(p, inner_eth.as_ptr()) };
+    Ok(inner_len)
+}
+
+/// Does what [`decide`] chose.
+#[inline(always)]
+pub fn act(ctx: &TcContext, action: Action) -> Result<Verdict, Reason> {
+    let (ifindex, vni) = match action {
+        Action::Pass => return Ok(Verdict { action: TC_ACT_OK as i32, reason: Reason::PassNotOverlay, vni: 0, inner_len: 0 }),
+        Action::Decap { ifindex, vni } => (ifindex, vni),
+        Action::MeshIn(m) => return mesh_in(ctx, &m),
+        Action::MeshOut { vni, rev } => {
+            let inner_len = strip(ctx)?;
+            let cfg = *CONFIG.get(0).ok_or(Reason::NoConfig)?;
+            let action = mesh::send_out(ctx, &cfg, &rev)?;
+            return Ok(Verdict { action, reason: Reason::FwdMeshOut, vni, inner_len });
+        }
+    };
+    let inner_len = strip(ctx)?;
     // A task's reply to a client of its service enters with the VIP as source.
     crate::service::reverse(ctx, vni)?;
     // SAFETY: plain helper call; switches to the veth peer inside the endpoint's namespace.
@@ -167,4 +230,24 @@ pub fn act(ctx: &TcContext, action: Action) -> Result<Verdict, Reason> {
         return Err(Reason::RedirectFailed);
     }
     Ok(Verdict { action, reason: Reason::FwdDecap, vni, inner_len })
+}
+
+/// A client's packet to a published port: translated to its task, then into the task's
+/// namespace here or across the overlay (marked [`VXLAN_MESH_IN`]) to the task's node.
+#[inline(always)]
+fn mesh_in(ctx: &TcContext, m: &Inbound) -> Result<Verdict, Reason> {
+    let len = ctx.len();
+    mesh::to_task(ctx, m)?;
+    crate::service::count(&m.stats, m.new, len);
+    match m.next {
+        Next::Peer { ifindex } => {
+            // SAFETY: plain helper call; into the task's namespace.
+            let action = unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
+            if action != TC_ACT_REDIRECT as i32 {
+                return Err(Reason::RedirectFailed);
+            }
+            Ok(Verdict { action, reason: Reason::FwdMeshIn, vni: m.vni, inner_len: len })
+        }
+        Next::Encap { vtep } => egress::encap(ctx, m.vni, vtep, len, VXLAN_MESH_IN, Reason::FwdMeshIn),
+    }
 }

@@ -17,6 +17,7 @@ mod eth;
 mod ingress;
 mod ipv4;
 mod maps;
+mod mesh;
 mod ptr;
 mod service;
 mod stats;

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use overlay_common::{
     Backend, Counter, CtKey, EndpointInfo, LbCounters, LbStatsKey, FdbEntry, FdbKey, MAGLEV_M, MAX_BACKENDS,
     MAX_CONNECTIONS, MAX_ENDPOINTS, MAX_FDB, MAX_MEMBERS, MAX_NAMES, MAX_NEIGH, MAX_SERVICES,
-    MAX_SUBNETS, MAX_VNIS, MemberInfo, NameEntry, NameKey, NeighEntry, NeighKey, NodeConfig,
+    MAX_SUBNETS, MAX_VNIS, MemberInfo, NameEntry, NameKey, NeighEntry, NeighKey, NodeConfig, PublishedEntry, PublishedKey,
     RevEntry, RevKey, STATS_ENTRIES, ServiceEntry, ServiceKey, SubnetInfo, VniCounters, VniInfo,
 };
 
@@ -67,3 +67,12 @@ pub static REVERSE: LruHashMap<RevKey, RevEntry> = LruHashMap::pinned(MAX_CONNEC
 /// datapath (entries made on first use), read by `overlay stats`.
 #[map]
 pub static SERVICE_STATS: PerCpuHashMap<LbStatsKey, LbCounters> = PerCpuHashMap::pinned(MAX_SERVICES * MAX_BACKENDS, 0);
+/// (published port, protocol) -> the VIP port it stands for: what every node's address answers
+/// (the routing mesh). Written by the agent.
+#[map]
+pub static PUBLISHED: HashMap<PublishedKey, PublishedEntry> = HashMap::pinned(MAX_SERVICES, 0);
+/// A mesh flow as its task's replies carry it -> the node that received the request (its VTEP
+/// address), made where the task runs when the request arrives: replies go back through that
+/// node. Written by the datapath.
+#[map]
+pub static MESH_RETURN: LruHashMap<RevKey, u32> = LruHashMap::pinned(MAX_CONNECTIONS, 0);

@@ -14,7 +14,7 @@ use overlay_common::{
     Backend, CtKey, EndpointInfo, FDB_LOCAL, FDB_REMOTE, FdbKey, LbCounters, LbStatsKey, MAGLEV_M, MAX_BACKENDS, NODE_F_SERVICES, NeighKey,
     Reason,
     RevEntry, RevKey,
-    ServiceKey, flow_hash,
+    ServiceEntry, ServiceKey, flow_hash,
     wire::{ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN},
 };
 
@@ -75,49 +75,63 @@ pub fn decide(ctx: &TcContext, ep: &EndpointInfo, ip: &Ipv4Hdr) -> Result<Decisi
     // SAFETY: bounds checked by ptr_at; ports stay in network order.
     let [sport, dport] = unsafe { *ports };
     let svc = *unsafe { SERVICES.get(&ServiceKey { vni: ep.vni, vip, port: dport, proto: ip.proto, _pad: 0 }) }.ok_or(Reason::ServiceNoPort)?;
-    // A new TCP connection (SYN without ACK) always picks afresh: a task drained from the
-    // service gets no new connection even from a client port it served before.
-    let opening = ip.proto == IPPROTO_TCP && ptr_at::<u8>(ctx, L4_OFF + 13).is_ok_and(|f| {
+    let opening = opening(ctx, ip.proto, L4_OFF);
+    let ct = CtKey { vni: ep.vni, client: ep.ip, vip, client_port: sport, vip_port: dport, proto: ip.proto, _pad: [0; 3] };
+    let rev = RevEntry { vip, vip_port: dport, flags: 0 };
+    let (backend, mac, new) = pick(&ct, &svc, dport, opening, &rev)?;
+    let next = next_hop(ep.vni, &mac)?;
+    let stats = LbStatsKey { vni: ep.vni, vip, task: backend.ip, vip_port: dport, proto: ip.proto, _pad: 0 };
+    Ok(Decision::Task { backend, mac, next, stats, new })
+}
+
+/// The task of flow `ct` to a service port (`svc`, service port `port`): the one its
+/// connection table entry names, unless the flow is `opening` (a TCP SYN) or that task's
+/// endpoint is gone; otherwise picked by Maglev over the flow's hash and recorded, with the
+/// reverse entry `rev` its replies are rewritten by. Returns (task, its MAC, newly picked).
+#[inline(always)]
+pub fn pick(ct: &CtKey, svc: &ServiceEntry, port: u16, opening: bool, rev: &RevEntry) -> Result<(Backend, [u8; 6], bool), Reason> {
+    let kept = if opening { None } else { unsafe { CONNECTIONS.get(ct) }.copied() };
+    // A kept task whose endpoint is gone is not used: its flow moves (UDP within a packet).
+    if let Some(b) = kept {
+        if let Some(n) = unsafe { NEIGH.get(NeighKey { vni: ct.vni, ip: b.ip }) } {
+            return Ok((b, n.mac, false));
+        }
+    }
+    if svc.backends == 0 {
+        return Err(Reason::ServiceNoBackend);
+    }
+    let slot = flow_hash(ct.client, ct.client_port, ct.proto, port) % MAGLEV_M;
+    let idx = *MAGLEV.get(svc.id * MAGLEV_M + slot).ok_or(Reason::ServiceNoBackend)?;
+    let b = *BACKENDS.get(svc.id * MAX_BACKENDS + (idx % MAX_BACKENDS)).ok_or(Reason::ServiceNoBackend)?;
+    let n = unsafe { NEIGH.get(NeighKey { vni: ct.vni, ip: b.ip }) }.ok_or(Reason::ServiceNoBackend)?;
+    // Failing to record the flow only costs its stickiness; the packet still goes.
+    let _ = CONNECTIONS.insert(ct, &b, 0);
+    let key = RevKey { vni: ct.vni, backend: b.ip, client: ct.client, backend_port: b.port, client_port: ct.client_port, proto: ct.proto, _pad: [0; 3] };
+    let _ = REVERSE.insert(&key, rev, 0);
+    Ok((b, n.mac, true))
+}
+
+/// Where the task with `mac` in network `vni` is: behind a local veth or a remote VTEP.
+#[inline(always)]
+pub fn next_hop(vni: u32, mac: &[u8; 6]) -> Result<Next, Reason> {
+    let to = unsafe { FDB.get(FdbKey::new(vni, *mac)) }.ok_or(Reason::UnknownDestination)?;
+    match to.kind {
+        FDB_LOCAL => Ok(Next::Peer { ifindex: to.ifindex }),
+        FDB_REMOTE => Ok(Next::Encap { vtep: to.vtep }),
+        _ => Err(Reason::UnknownDestination),
+    }
+}
+
+/// Whether a TCP/UDP frame (option-less IPv4 header) opens a connection: a TCP SYN without ACK.
+/// A new connection always picks afresh: a task drained from the service gets no new
+/// connection even from a client port it served before.
+#[inline(always)]
+pub fn opening(ctx: &TcContext, proto: u8, l4: usize) -> bool {
+    proto == IPPROTO_TCP && ptr_at::<u8>(ctx, l4 + 13).is_ok_and(|f| {
         // SAFETY: bounds checked by ptr_at.
         let f = unsafe { *f };
         f & TCP_SYN != 0 && f & TCP_ACK == 0
-    });
-    let ct = CtKey { vni: ep.vni, client: ep.ip, vip, client_port: sport, vip_port: dport, proto: ip.proto, _pad: [0; 3] };
-    let kept = if opening { None } else { unsafe { CONNECTIONS.get(&ct) }.copied() };
-    // A kept task whose endpoint is gone is not used: its flow moves (UDP within a packet).
-    let mut chosen = None;
-    if let Some(b) = kept {
-        if let Some(n) = unsafe { NEIGH.get(NeighKey { vni: ep.vni, ip: b.ip }) } {
-            chosen = Some((b, n.mac));
-        }
-    }
-    let mut new = false;
-    let (backend, mac) = match chosen {
-        Some(c) => c,
-        None => {
-            if svc.backends == 0 {
-                return Err(Reason::ServiceNoBackend);
-            }
-            let slot = flow_hash(ep.ip, sport, ip.proto, dport) % MAGLEV_M;
-            let idx = *MAGLEV.get(svc.id * MAGLEV_M + slot).ok_or(Reason::ServiceNoBackend)?;
-            let b = *BACKENDS.get(svc.id * MAX_BACKENDS + (idx % MAX_BACKENDS)).ok_or(Reason::ServiceNoBackend)?;
-            let n = unsafe { NEIGH.get(NeighKey { vni: ep.vni, ip: b.ip }) }.ok_or(Reason::ServiceNoBackend)?;
-            // Failing to record the flow only costs its stickiness; the packet still goes.
-            let _ = CONNECTIONS.insert(&ct, &b, 0);
-            let rev = RevKey { vni: ep.vni, backend: b.ip, client: ep.ip, backend_port: b.port, client_port: sport, proto: ip.proto, _pad: [0; 3] };
-            let _ = REVERSE.insert(&rev, &RevEntry { vip, vip_port: dport, _pad: 0 }, 0);
-            new = true;
-            (b, n.mac)
-        }
-    };
-    let to = unsafe { FDB.get(FdbKey::new(ep.vni, mac)) }.ok_or(Reason::UnknownDestination)?;
-    let next = match to.kind {
-        FDB_LOCAL => Next::Peer { ifindex: to.ifindex },
-        FDB_REMOTE => Next::Encap { vtep: to.vtep },
-        _ => return Err(Reason::UnknownDestination),
-    };
-    let stats = LbStatsKey { vni: ep.vni, vip, task: backend.ip, vip_port: dport, proto: ip.proto, _pad: 0 };
-    Ok(Decision::Task { backend, mac, next, stats, new })
+    })
 }
 
 /// Counts a packet (and a connection, when `new`) of the task and VIP port in `key`.
@@ -157,7 +171,7 @@ fn l4_flags(proto: u8) -> u64 {
 /// Rewrites one address (`at`: 12 source, 16 destination) and the port at `port_at` (0 source,
 /// 2 destination) of an option-less IPv4 TCP/UDP frame, with both checksums.
 #[inline(always)]
-fn rewrite(ctx: &TcContext, proto: u8, at: usize, ip: u32, port_at: usize, port: u16) -> Result<(), Reason> {
+pub fn rewrite(ctx: &TcContext, proto: u8, at: usize, ip: u32, port_at: usize, port: u16) -> Result<(), Reason> {
     let old_ip: u32 = ctx.load(ETH_HLEN + at).map_err(|_| Reason::Truncated)?;
     let old_port: u16 = ctx.load(L4_OFF + port_at).map_err(|_| Reason::Truncated)?;
     let csum = l4_csum_off(proto);

@@ -30,8 +30,9 @@ pub enum ServiceCommand {
         /// PORT:TARGET[/udp]: PORT on the VIP goes to TARGET on a task (repeatable).
         #[arg(long = "port", value_name = "PORT:TARGET[/udp]")]
         ports: Vec<String>,
-        /// PUBLISHED:TARGET[/udp]: TARGET published on every node's PUBLISHED port (the routing
-        /// mesh; refused by this version, which does not serve it yet).
+        /// PUBLISHED:TARGET[/udp]: TARGET published on every node's address at port PUBLISHED
+        /// (the routing mesh), as Docker's `--publish published=P,target=T`. With a `--port`
+        /// of the same target it publishes that VIP port; otherwise the VIP port is TARGET.
         #[arg(long = "publish", value_name = "PUBLISHED:TARGET[/udp]")]
         publish: Vec<String>,
         /// vip (a virtual IP balanced over the tasks) or dnsrr (the name resolves to the tasks).
@@ -53,6 +54,15 @@ pub enum ServiceCommand {
 }
 
 /// `A:B[/udp]` (or `/tcp`) -> (A, B, protocol).
+/// A port as `service ls` shows it: `80->8080/tcp`, and when published (as Docker shows
+/// published ports) `*:30080->8080/tcp` too.
+fn port_text(port: impl std::fmt::Display, target: impl std::fmt::Display, protocol: impl std::fmt::Display, publish: Option<u16>) -> String {
+    match publish {
+        Some(x) => format!("{port}->{target}/{protocol},*:{x}->{target}/{protocol}"),
+        None => format!("{port}->{target}/{protocol}"),
+    }
+}
+
 fn port_pair(flag: &str, s: &str) -> anyhow::Result<(i64, i64, String)> {
     let (ports, proto) = match s.split_once('/') {
         Some((p, proto)) => (p, proto.to_string()),
@@ -77,10 +87,14 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
             for p in &publish {
                 // As Docker's --publish published=P,target=T: the VIP port is the target.
                 let (published, target, protocol) = port_pair("publish", p)?;
-                specs.push(PortSpec { port: target, target: Some(target), protocol: Some(protocol), publish: Some(published) });
+                let same = specs.iter_mut().find(|s| s.target == Some(target) && s.protocol.as_deref() == Some(protocol.as_str()) && s.publish.is_none());
+                match same {
+                    Some(s) => s.publish = Some(published),
+                    None => specs.push(PortSpec { port: target, target: Some(target), protocol: Some(protocol), publish: Some(published) }),
+                }
             }
             let r = store.service_create(&ServiceSpec { name, network, vip, ports: specs, mode: Some(mode) }).await?;
-            let ports: Vec<String> = r.ports.iter().map(|p| format!("{}->{}/{}", p.port, p.target, p.protocol)).collect();
+            let ports: Vec<String> = r.ports.iter().map(|p| port_text(p.port, p.target, &p.protocol, p.publish)).collect();
             println!("{} (network {}, {} {}, ports {})", r.name, r.network, r.mode, r.vip.as_deref().unwrap_or("-"), if ports.is_empty() { "-".into() } else { ports.join(",") });
         }
         ServiceCommand::Ls => {
@@ -88,7 +102,7 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
             println!("{:<20} {:<6} {:<15} {:<16} {:>5}  PORTS", "NAME", "MODE", "VIP", "NETWORK", "TASKS");
             for s in state.services().await? {
                 let tasks = eps.iter().filter(|e| e.network == s.network && e.service.as_deref() == Some(s.name.as_str())).count();
-                let ports: Vec<String> = s.ports.iter().map(|p| format!("{}->{}/{}", p.port, p.target, p.protocol)).collect();
+                let ports: Vec<String> = s.ports.iter().map(|p| port_text(p.port, p.target, &p.protocol, p.publish)).collect();
                 println!("{:<20} {:<6} {:<15} {:<16} {:>5}  {}", s.name, s.mode, s.vip.as_deref().unwrap_or("-"), s.network, tasks, ports.join(","));
             }
         }

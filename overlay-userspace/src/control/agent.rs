@@ -11,6 +11,10 @@ use std::{
 };
 
 use tracing::{debug, info, warn};
+use overlay_common::NODE_F_MESH;
+
+/// The loopback interface: with published ports, the ingress program serves it too.
+const LOOPBACK: &str = "lo";
 
 use crate::{
     model::{self, Cluster},
@@ -81,7 +85,7 @@ const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a sweep kept: (host veth, ifindex) of wired endpoints, (network, name) of this node's
 /// endpoints without a namespace yet, underlay ifindex.
-type Swept = (Vec<(String, u32)>, Vec<(String, String)>, u32);
+type Swept = (Vec<(String, u32)>, Vec<(String, String)>, Vec<(String, u32)>);
 
 impl Agent {
     pub fn new(node: &str, pin_dir: &Path, dns_upstreams: Vec<std::net::SocketAddr>) -> Result<Self, AgentError> {
@@ -127,6 +131,14 @@ impl Agent {
             None => self.nl.interface_with_address(plan.vtep).await?,
         };
         self.dataplane.attach_ingress(&underlay.name, underlay.index)?;
+        // Interfaces the ingress program serves: the underlay, and with published ports `lo`
+        // too (the node's own connections to its published ports).
+        let mut ingress = vec![(underlay.name.clone(), underlay.index)];
+        if plan.base.config.flags & NODE_F_MESH != 0 {
+            let lo = self.nl.link(LOOPBACK).await?.ok_or_else(|| NetlinkError::NoSuchLink(LOOPBACK.to_string()))?;
+            self.dataplane.attach_ingress(&lo.name, lo.index)?;
+            ingress.push((lo.name.clone(), lo.index));
+        }
         let mut report = ApplyReport::default();
         // The way out first: a container given a default route can use it at once.
         // A way out that cannot be set up (no `nft`, say) is reported and retried; the overlay
@@ -170,12 +182,13 @@ impl Agent {
                 }
             }
         }
-        let state = plan.map_state(underlay.index, &wired);
+        let mut state = plan.map_state(underlay.index, &wired);
+        state.underlay_mtu(underlay.mtu);
         report.diff = self.dataplane.apply(&state)?;
         let kept: Vec<(String, u32)> = wired.iter().map(|(e, i)| (e.host_ifname.clone(), *i)).collect();
-        let swept = Some((kept, plan.unwired.clone(), underlay.index));
+        let swept = Some((kept, plan.unwired.clone(), ingress.clone()));
         if !report.pending.is_empty() || self.swept != swept {
-            self.sweep(&plan, &wired, (&underlay.name, underlay.index)).await?;
+            self.sweep(&plan, &wired, &ingress).await?;
             self.wired.retain(|host, _| plan.local.iter().any(|e| &e.host_ifname == host));
             // Pending endpoints, or pairs in their grace time: the next apply sweeps again.
             self.swept = if report.pending.is_empty() && self.orphans.is_empty() { swept } else { None };
@@ -286,7 +299,7 @@ impl Agent {
     }
 
     /// Removes what the plan no longer holds: veths of deleted endpoints and their link pins.
-    async fn sweep(&mut self, plan: &NodePlan, wired: &[(&LocalEndpoint, u32)], underlay: (&str, u32)) -> Result<(), AgentError> {
+    async fn sweep(&mut self, plan: &NodePlan, wired: &[(&LocalEndpoint, u32)], ingress: &[(String, u32)]) -> Result<(), AgentError> {
         // A veth of an endpoint of this node without a namespace yet is kept too: the Docker
         // plugin creates the pair at Join, before Docker moves one end into the container.
         let mut keep_ifs: Vec<String> = plan.local.iter().map(|e| e.host_ifname.clone()).collect();
@@ -313,7 +326,7 @@ impl Agent {
             warn!("{e}");
         }
         let mut keep: Vec<(&str, u32)> = wired.iter().map(|(e, i)| (e.host_ifname.as_str(), *i)).collect();
-        keep.push(underlay);
+        keep.extend(ingress.iter().map(|(n, i)| (n.as_str(), *i)));
         self.dataplane.sweep_links(&keep)?;
         Ok(())
     }

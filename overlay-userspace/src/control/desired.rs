@@ -9,7 +9,7 @@ use std::{
 use ipnet::Ipv4Net;
 use overlay_common::{
     Backend, DNS_ADDRS_MAX, DNS_NAME_MAX, EP_F_MULTI_NETWORK, EndpointInfo, FdbEntry, FdbKey, MAX_BACKENDS, MAX_SERVICES,
-    MemberInfo, NODE_F_SERVICES, NameEntry, NameKey, NeighEntry, NeighKey, NodeConfig, ServiceEntry, ServiceKey, SubnetInfo, VNI_F_INTERNAL,
+    MemberInfo, NODE_F_SERVICES, NameEntry, NameKey, NeighEntry, NeighKey, NodeConfig, PublishedEntry, PublishedKey, ServiceEntry, ServiceKey, NODE_F_MESH, SubnetInfo, VNI_F_INTERNAL,
     VniInfo, ip_to_map,
 };
 
@@ -37,6 +37,19 @@ pub struct MapState {
     pub services: BTreeMap<ServiceKey, ServiceEntry>,
     /// Slot -> the backends of one VIP port and its Maglev table.
     pub balancing: BTreeMap<u32, Arc<Balancing>>,
+    /// Published port and protocol -> the VIP port it stands for (the routing mesh).
+    pub published: BTreeMap<PublishedKey, PublishedEntry>,
+}
+
+impl MapState {
+    /// Completes what depends on the underlay's MTU: the largest packet a published port takes
+    /// for a network whose MTU follows the underlay's.
+    pub fn underlay_mtu(&mut self, mtu: u32) {
+        let derived = mtu.saturating_sub(OVERLAY_OVERHEAD).min(u16::MAX as u32) as u16;
+        for e in self.published.values_mut().filter(|e| e.mtu == 0) {
+            e.mtu = derived;
+        }
+    }
 }
 
 /// How one VIP port is balanced: its backends (tasks and target port) and the Maglev table
@@ -366,7 +379,8 @@ impl Planner {
                 vtep: ip_to_map(me.vtep.octets()),
                 underlay_ifindex: 0,
                 vxlan_port: cluster.vxlan_port,
-                flags: if cluster.services.iter().any(|s| s.vip.is_some()) { NODE_F_SERVICES } else { 0 },
+                flags: if cluster.services.iter().any(|s| s.vip.is_some()) { NODE_F_SERVICES } else { 0 }
+                    | if cluster.services.iter().any(|s| s.ports.iter().any(|p| p.publish.is_some())) { NODE_F_MESH } else { 0 },
                 src_port_min: SRC_PORT_MIN,
                 src_port_range: SRC_PORT_MAX - SRC_PORT_MIN + 1,
             },
@@ -439,7 +453,8 @@ impl Planner {
         let mut slot = 0u32;
         for svc in &cluster.services {
             let (Some(vip), Some(ni)) = (svc.vip, net_index.get(svc.network.as_str())) else { continue };
-            let vni = cluster.networks[*ni].vni;
+            let net = &cluster.networks[*ni];
+            let vni = net.vni;
             let vip_m = ip_to_map(vip.octets());
             let tasks: Vec<u32> = cluster.tasks(&svc.name).map(|e| ip_to_map(e.ip.octets())).take(MAX_BACKENDS as usize).collect();
             base.services.insert(ServiceKey { vni, vip: vip_m, port: 0, proto: 0, _pad: 0 }, ServiceEntry { id: 0, backends: 0 });
@@ -449,10 +464,16 @@ impl Planner {
                 }
                 let backends: Vec<Backend> = tasks.iter().map(|ip| Backend { ip: *ip, port: p.target.to_be(), _pad: 0 }).collect();
                 let maglev = super::maglev::table(&backends);
-                base.services.insert(
-                    ServiceKey { vni, vip: vip_m, port: p.port.to_be(), proto: p.protocol.number(), _pad: 0 },
-                    ServiceEntry { id: slot, backends: backends.len() as u32 },
-                );
+                let key = ServiceKey { vni, vip: vip_m, port: p.port.to_be(), proto: p.protocol.number(), _pad: 0 };
+                base.services.insert(key, ServiceEntry { id: slot, backends: backends.len() as u32 });
+                if let Some(x) = p.publish {
+                    // 0: the containers' MTU follows the underlay's ([`MapState::underlay_mtu`]).
+                    let mtu = net.mtu.unwrap_or(0).min(u16::MAX as u32) as u16;
+                    base.published.insert(
+                        PublishedKey { port: x.to_be(), proto: p.protocol.number(), _pad: 0 },
+                        PublishedEntry { service: key, gw_mac: gateway_mac(net.gateway).0, mtu },
+                    );
+                }
                 base.balancing.insert(slot, Arc::new(Balancing { backends, maglev }));
                 slot += 1;
             }

@@ -21,7 +21,7 @@ use aya::{
 };
 use overlay_common::{
     Backend, Counter, CtKey, Direction, EndpointInfo, FdbEntry, FdbKey, LbCounters, LbStatsKey, MAGLEV_M, MAX_BACKENDS, MemberInfo, NameEntry, NameKey,
-    NeighEntry, NeighKey, NodeConfig, Reason, ServiceEntry, ServiceKey, SubnetInfo, VniCounters, VniInfo, stats_index,
+    NeighEntry, NeighKey, NodeConfig, PublishedEntry, PublishedKey, Reason, ServiceEntry, ServiceKey, SubnetInfo, VniCounters, VniInfo, stats_index,
 };
 
 use crate::{
@@ -53,11 +53,13 @@ const MAP_BACKENDS: &str = "BACKENDS";
 const MAP_CONNECTIONS: &str = "CONNECTIONS";
 const MAP_REVERSE: &str = "REVERSE";
 const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
+const MAP_PUBLISHED: &str = "PUBLISHED";
+const MAP_MESH_RETURN: &str = "MESH_RETURN";
 /// Every map and its one owner: the agent's desired state (written by [`Dataplane::apply`]
 /// from a plan), the datapath itself (the connection tables: never written nor wiped by a
 /// reconcile, so connections survive agent restarts and config changes), or the counters (the
 /// datapath counts, `overlay stats` reads). All are pinned; `overlay down` removes them all.
-const ALL_MAPS: [(&str, Owner); 16] = [
+const ALL_MAPS: [(&str, Owner); 18] = [
     (MAP_FDB, Owner::Desired),
     (MAP_VNIS, Owner::Desired),
     (MAP_ENDPOINTS, Owner::Desired),
@@ -69,8 +71,10 @@ const ALL_MAPS: [(&str, Owner); 16] = [
     (MAP_SERVICES, Owner::Desired),
     (MAP_MAGLEV, Owner::Desired),
     (MAP_BACKENDS, Owner::Desired),
+    (MAP_PUBLISHED, Owner::Desired),
     (MAP_CONNECTIONS, Owner::Datapath),
     (MAP_REVERSE, Owner::Datapath),
+    (MAP_MESH_RETURN, Owner::Datapath),
     (MAP_STATS, Owner::Counters),
     (MAP_VNI_STATS, Owner::Counters),
     (MAP_SERVICE_STATS, Owner::Counters),
@@ -210,6 +214,7 @@ struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceEntry>,
     maglev: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
+    published: HashMap<MapData, PublishedKey, PublishedEntry>,
     /// Datapath-owned: read for `overlay stats`, never written here.
     connections: aya::maps::HashMap<MapData, CtKey, Backend>,
     service_stats: PerCpuHashMap<MapData, LbStatsKey, LbCounters>,
@@ -231,6 +236,7 @@ impl Maps {
             services: HashMap::try_from(take(MAP_SERVICES)?).map_err(map_err(MAP_SERVICES))?,
             maglev: Array::try_from(take(MAP_MAGLEV)?).map_err(map_err(MAP_MAGLEV))?,
             backends: Array::try_from(take(MAP_BACKENDS)?).map_err(map_err(MAP_BACKENDS))?,
+            published: HashMap::try_from(take(MAP_PUBLISHED)?).map_err(map_err(MAP_PUBLISHED))?,
             connections: aya::maps::HashMap::try_from(take(MAP_CONNECTIONS)?).map_err(map_err(MAP_CONNECTIONS))?,
             service_stats: PerCpuHashMap::try_from(take(MAP_SERVICE_STATS)?).map_err(map_err(MAP_SERVICE_STATS))?,
         })
@@ -418,6 +424,7 @@ impl Dataplane {
             services: collect(MAP_SERVICES, &self.maps.services)?,
             // Not read back: the first apply of a process writes every service's tables once.
             balancing: BTreeMap::new(),
+            published: collect(MAP_PUBLISHED, &self.maps.published)?,
         })
     }
 
@@ -471,6 +478,8 @@ impl Dataplane {
         }
         let mut rs = vec![];
         sync_cached(MAP_SERVICES, &mut m.services, &have.services, &want.services, &mut sum, &mut rs)?;
+        let mut rp = vec![];
+        sync_cached(MAP_PUBLISHED, &mut m.published, &have.published, &want.published, &mut sum, &mut rp)?;
         // Per-VNI counters exist for exactly the configured VNIs.
         if prev.is_none_or(|p| !p.vnis.keys().eq(want.vnis.keys())) {
             let cpus = nr_cpus().map_err(|(_, e)| io_err("counting CPUs", Path::new("/sys/devices/system/cpu/possible"))(e))?;
@@ -495,6 +504,7 @@ impl Dataplane {
             }
             m.subnets.insert(&LpmKey::new(len, addr), v, 0).map_err(map_err(MAP_SUBNETS))?;
         }
+        remove_all(MAP_PUBLISHED, &mut m.published, rp, &mut sum)?;
         remove_all(MAP_SERVICES, &mut m.services, rs, &mut sum)?;
         remove_all(MAP_NAMES, &mut m.names, rq, &mut sum)?;
         remove_all(MAP_FDB, &mut m.fdb, rf, &mut sum)?;

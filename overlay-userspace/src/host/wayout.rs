@@ -15,9 +15,14 @@
 //!     iifname "ovl*" counter drop
 //!     oifname "ovl*" ct state established,related accept
 //!     oifname "ovl*" counter drop }
-//!   chain state { counter comment "overlay:ip_forward-was:N" }   # what `overlay down` restores
+//!   chain state { counter comment "overlay:ip_forward-was:N"        # what `overlay down` restores
+//!                 counter comment "overlay:lo-accept_local-was:N" }
 //! }
 //! ```
+//!
+//! `net.ipv4.conf.lo.accept_local` is turned on too: a published port's replies to the node's
+//! own connections enter through `lo` with the node's address as source, which the kernel takes
+//! for a martian without it.
 //!
 //! Reconciled as a diff: an agent (re)started over an existing table adopts it; set elements
 //! are added and deleted one by one; only a table whose rules differ from this version's is
@@ -35,6 +40,8 @@ use crate::defaults::HOST_VETH_PREFIX;
 pub const TABLE: &str = "overlay";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const STATE_TAG: &str = "overlay:ip_forward-was:";
+const LO_ACCEPT_LOCAL: &str = "/proc/sys/net/ipv4/conf/lo/accept_local";
+const LOCAL_TAG: &str = "overlay:lo-accept_local-was:";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WayOutError {
@@ -48,6 +55,8 @@ pub enum WayOutError {
     Listing(serde_json::Error),
     #[error("{IP_FORWARD}: {0}")]
     Forwarding(std::io::Error),
+    #[error("{0}: {1}")]
+    Sysctl(&'static str, std::io::Error),
 }
 
 type Result<T> = std::result::Result<T, WayOutError>;
@@ -92,6 +101,8 @@ struct Current {
     rules: Vec<String>,
     /// `net.ipv4.ip_forward` before the agent turned it on.
     forward_was: Option<String>,
+    /// `net.ipv4.conf.lo.accept_local` before the agent turned it on.
+    local_was: Option<String>,
 }
 
 /// What one apply did.
@@ -171,9 +182,12 @@ fn current() -> Result<Option<Current>> {
             }
         } else if let Some(r) = o.get("rule") {
             let comment = r["comment"].as_str().unwrap_or("").to_string();
-            match comment.strip_prefix(STATE_TAG) {
-                Some(was) => c.forward_was = Some(was.to_string()),
-                None => c.rules.push(format!("{}/{comment}", r["chain"].as_str().unwrap_or(""))),
+            if let Some(was) = comment.strip_prefix(STATE_TAG) {
+                c.forward_was = Some(was.to_string());
+            } else if let Some(was) = comment.strip_prefix(LOCAL_TAG) {
+                c.local_was = Some(was.to_string());
+            } else {
+                c.rules.push(format!("{}/{comment}", r["chain"].as_str().unwrap_or("")));
             }
         }
     }
@@ -207,7 +221,7 @@ fn set(name: &str, elems: &[Ipv4Net]) -> Value {
 }
 
 /// The whole table, built afresh (after deleting an old one in the same batch).
-fn build(d: &Desired, forward_was: &str, exists: bool) -> Vec<Value> {
+fn build(d: &Desired, forward_was: &str, local_was: &str, exists: bool) -> Vec<Value> {
     let mut cmds = Vec::new();
     if exists {
         cmds.push(json!({"delete": {"table": table()}}));
@@ -221,8 +235,9 @@ fn build(d: &Desired, forward_was: &str, exists: bool) -> Vec<Value> {
     for (chain, tag, expr) in rules(d) {
         cmds.push(json!({"add": {"rule": {"family": "ip", "table": TABLE, "chain": chain, "comment": tag, "expr": expr}}}));
     }
-    let tag = format!("{STATE_TAG}{forward_was}");
-    cmds.push(json!({"add": {"rule": {"family": "ip", "table": TABLE, "chain": "state", "comment": tag, "expr": [{"counter": null}]}}}));
+    for tag in [format!("{STATE_TAG}{forward_was}"), format!("{LOCAL_TAG}{local_was}")] {
+        cmds.push(json!({"add": {"rule": {"family": "ip", "table": TABLE, "chain": "state", "comment": tag, "expr": [{"counter": null}]}}}));
+    }
     cmds
 }
 
@@ -250,13 +265,18 @@ fn read_forwarding() -> Result<String> {
     Ok(fs::read_to_string(IP_FORWARD).map_err(WayOutError::Forwarding)?.trim().to_string())
 }
 
+fn read_accept_local() -> Result<String> {
+    Ok(fs::read_to_string(LO_ACCEPT_LOCAL).map_err(|e| WayOutError::Sysctl(LO_ACCEPT_LOCAL, e))?.trim().to_string())
+}
+
 /// Makes the node's way out match `d`: forwarding on, the table as this version builds it, its
 /// sets holding `d`'s subnets. Writes only what differs.
 pub fn apply(d: &Desired) -> Result<Change> {
     let cur = current()?;
     let forward_now = read_forwarding()?;
+    let local_now = read_accept_local()?;
     let change = match &cur {
-        Some(c) if c.rules == wanted_rules(d) && c.forward_was.is_some() => {
+        Some(c) if c.rules == wanted_rules(d) && c.forward_was.is_some() && c.local_was.is_some() => {
             let mut cmds = Vec::new();
             let (a1, r1) = element_diff("egress", &c.egress, &d.egress, &mut cmds);
             let (a2, r2) = element_diff("overlay", &c.overlay, &d.overlay, &mut cmds);
@@ -271,23 +291,30 @@ pub fn apply(d: &Desired) -> Result<Change> {
             // Created, or replaced when its rules are not this version's. What forwarding was
             // before the first agent stays recorded across replacements.
             let was = other.as_ref().and_then(|c| c.forward_was.clone()).unwrap_or_else(|| forward_now.clone());
-            run(build(d, &was, other.is_some()))?;
+            let local_was = other.as_ref().and_then(|c| c.local_was.clone()).unwrap_or_else(|| local_now.clone());
+            run(build(d, &was, &local_was, other.is_some()))?;
             Change::Table
         }
     };
     if forward_now != "1" {
         fs::write(IP_FORWARD, "1").map_err(WayOutError::Forwarding)?;
     }
+    if local_now != "1" {
+        fs::write(LO_ACCEPT_LOCAL, "1").map_err(|e| WayOutError::Sysctl(LO_ACCEPT_LOCAL, e))?;
+    }
     Ok(change)
 }
 
-/// Removes table `ip overlay` and puts `net.ipv4.ip_forward` back as it was before the agent.
-/// Returns whether there was a table.
+/// Removes table `ip overlay` and puts `net.ipv4.ip_forward` and lo's `accept_local` back as
+/// they were before the agent. Returns whether there was a table.
 pub fn remove() -> Result<bool> {
     let Some(c) = current()? else { return Ok(false) };
     run(vec![json!({"delete": {"table": table()}})])?;
     if let Some(was) = c.forward_was.filter(|w| w != "1") {
         fs::write(IP_FORWARD, &was).map_err(WayOutError::Forwarding)?;
+    }
+    if let Some(was) = c.local_was.filter(|w| w != "1") {
+        fs::write(LO_ACCEPT_LOCAL, &was).map_err(|e| WayOutError::Sysctl(LO_ACCEPT_LOCAL, e))?;
     }
     Ok(true)
 }
@@ -303,7 +330,7 @@ mod tests {
             overlay: vec!["10.0.1.0/24".parse().expect("net"), "10.0.2.0/24".parse().expect("net")],
             vxlan_port: 4789,
         };
-        let batch: Nftables = serde_json::from_value(json!({"nftables": build(&d, "0", true)})).expect("schema");
+        let batch: Nftables = serde_json::from_value(json!({"nftables": build(&d, "0", "0", true)})).expect("schema");
         assert_eq!(batch.objects.len(), 14, "delete, table, 2 sets, 3 chains, 6 rules, state");
         let mut cmds = Vec::new();
         let have: BTreeSet<String> = ["10.0.1.0/24".to_string(), "10.0.9.0/24".to_string()].into();

@@ -12,7 +12,7 @@ pub mod rules;
 pub mod service;
 
 pub use rules::{Conflict, Rules};
-pub use service::{PortSpec, Protocol, Service, ServiceMode, ServicePort, ServiceSpec, check_supported, service_entry};
+pub use service::{PortSpec, Protocol, Service, ServiceMode, ServicePort, ServiceSpec, service_entry};
 
 /// A validated cluster description.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -130,6 +130,13 @@ pub fn service_entry(entry: &str, net: &Network, spec: ServiceSpec<'_>, taken: i
                 return Err(invalid(entry, "ports.publish", format!("{x}/{protocol} is published twice")));
             }
         }
+        if let (Some(x), true) = (publish, net.internal) {
+            return Err(invalid(
+                entry,
+                "ports.publish",
+                format!("{x}/{protocol}: network {} is internal: its tasks have no way out to answer clients of a published port", net.name),
+            ));
+        }
         checked.push(ServicePort { port, target, protocol, publish });
     }
     let vip = match (mode, vip) {
@@ -159,24 +166,6 @@ pub fn service_entry(entry: &str, net: &Network, spec: ServiceSpec<'_>, taken: i
         }
     };
     Ok(Service { name, network: net.name.clone(), vip, ports: checked, mode })
-}
-
-/// What this version serves of a valid service, for every source: published ports (the
-/// routing mesh) are refused until the mesh answers them on every node, rather than
-/// half-applied.
-pub fn check_supported(entry: &str, s: &Service) -> Result<(), ConfigError> {
-    match s.ports.iter().find(|p| p.publish.is_some()) {
-        Some(p) => Err(invalid(
-            entry,
-            "ports.publish",
-            format!(
-                "{}/{}: published ports (the routing mesh) are not served by this version yet; reach the service on its VIP",
-                p.publish.unwrap_or(0),
-                p.protocol
-            ),
-        )),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]

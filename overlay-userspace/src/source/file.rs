@@ -14,7 +14,7 @@ use crate::{
     defaults::FILE_POLL,
     model::{
         Cluster, ConfigError, Endpoint, EndpointSpec, NetworkSpec, Node, PortSpec, Rules, ServiceSpec, endpoint_entry, invalid, network_entry,
-        node_entry, service_entry, check_supported,
+        node_entry, service_entry,
     },
 };
 
@@ -139,7 +139,6 @@ fn validate(raw: RawCluster) -> Result<Cluster, ConfigError> {
         let ports = s.ports.iter().map(|p| PortSpec { port: p.port, target: p.target, protocol: p.protocol.clone(), publish: p.publish }).collect();
         let spec = ServiceSpec { name: s.name.clone(), vip: s.vip.as_deref(), ports, mode: s.mode.as_deref() };
         let svc = service_entry(&entry, &net, spec, |ip| listed.contains(&(net.name.as_str(), ip)) || rules.ip_taken(&net.name, ip))?;
-        check_supported(&entry, &svc)?;
         rules.check_service(&svc).map_err(|c| invalid(&entry, c.field, c.message))?;
         rules.add_service(&svc);
         services.push(svc);
@@ -346,7 +345,6 @@ endpoints:
         assert_eq!(bad("network: front, mode: dnsrr", "network: nowhere, mode: dnsrr"), "services[api].network: unknown network \"nowhere\"");
         assert!(bad("mode: dnsrr, ports: [{port: 80,", "mode: dnsrr, ports: [{port: 80, publish: 80,").starts_with("services[api].ports.publish: 80/tcp: a dnsrr service cannot publish"));
         assert!(bad("{port: 53, protocol: udp}", "{port: 53, protocol: sctp}").starts_with("services[api].ports.protocol: \"sctp\" is not a protocol"));
-        assert!(bad("mode: dnsrr, ports: [{port: 80,", "ports: [{port: 80, publish: 8080,").starts_with("services[api].ports.publish: 8080/tcp: published ports (the routing mesh) are not served by this version yet"));
         let vip = parse(&SERVICES.replace("mode: dnsrr, ", "")).expect("a VIP service");
         assert_eq!(vip.service("api").and_then(|s| s.vip), Some("10.0.1.254".parse().expect("ip")), "allocated from the top of the subnet");
         assert_eq!(bad("mode: dnsrr, ", "vip: 10.0.1.2, "), "endpoints[api1].ip: IP 10.0.1.2 in network front is the VIP of service api");

@@ -276,10 +276,7 @@ impl Mirror {
                 warn(format!("{key}: skipped: unknown network {:?}", rec.network), &mut self.warned);
                 continue;
             };
-            let svc = match rec.to_service(&key, &net).and_then(|s| {
-                crate::model::check_supported("service", &s).map_err(|e| Malformed { key: key.clone(), message: e.to_string() })?;
-                Ok(s)
-            }) {
+            let svc = match rec.to_service(&key, &net) {
                 Ok(s) => s,
                 Err(m) => {
                     warn(format!("{}: skipped: {}", m.key, m.message), &mut self.warned);

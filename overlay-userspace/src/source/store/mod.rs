@@ -455,7 +455,6 @@ impl Store {
             let m = model::ServiceSpec { name: spec.name.clone(), vip: vip.as_deref(), ports: spec.ports.clone(), mode: spec.mode.as_deref() };
             let svc = model::service_entry("service", &net, m, |ip| taken.contains(ipam_key(&net.name, ip).as_bytes()) || rules.ip_taken(&net.name, ip))
                 .map_err(invalid)?;
-            model::check_supported("service", &svc).map_err(invalid)?;
             rules.check_service(&svc)?;
             if let Some(v) = svc.vip {
                 if taken.contains(ipam_key(&net.name, v).as_bytes()) {
