@@ -316,9 +316,11 @@ fn the_way_out_survives_an_agent_restart_and_down_removes_it() {
     let mut w = start_way_out("x", 1500);
     let h1 = w.sim.host_ns(1);
     let forwarding = |sim: &Sim| sh(sim, &h1, &["cat", "/proc/sys/net/ipv4/ip_forward"]).trim().to_string();
+    let accept_local = |sim: &Sim| sh(sim, &h1, &["cat", "/proc/sys/net/ipv4/conf/lo/accept_local"]).trim().to_string();
     let tables = |sim: &Sim| sh(sim, &h1, &["nft", "list", "tables"]);
     assert!(tables(&w.sim).contains("table ip overlay"), "the agent made its table");
     assert_eq!(forwarding(&w.sim), "1", "and turned forwarding on");
+    assert_eq!(accept_local(&w.sim), "1", "and lo's accept_local (the mesh's replies to the node itself)");
     assert!(w.sim.ping(&w.web1, OUTSIDE_HOST, 1, None), "the way out works");
     // A table the agent did not make stays as it is, whatever the agent does.
     sh(&w.sim, &h1, &["nft", "add", "table", "ip", "someone-else"]);
@@ -341,6 +343,7 @@ fn the_way_out_survives_an_agent_restart_and_down_removes_it() {
     sh(&w.sim, &h1, &["nft", "flush", "chain", "ip", "overlay", "forward"]);
     sh(&w.sim, &h1, &["nft", "delete", "element", "ip", "overlay", "egress", &format!("{{ {FRONT}.0/24 }}")]);
     sh(&w.sim, &h1, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    sh(&w.sim, &h1, &["sysctl", "-qw", "net.ipv4.conf.lo.accept_local=0"]);
     sh(&w.sim, &h1, &["ip", "route", "del", &format!("{FRONT}.2/32")]);
     assert!(!w.sim.ping(&w.web1, OUTSIDE_HOST, 1, None), "sanity: the tampering broke the way out");
     w.sim.spawn_agent("node1", &h1, &file).expect("restart");
@@ -348,6 +351,7 @@ fn the_way_out_survives_an_agent_restart_and_down_removes_it() {
     let chain = sh(&w.sim, &h1, &["nft", "list", "chain", "ip", "overlay", "forward"]);
     assert!(chain.contains("overlay:in-new:v1"), "forward rules back:\n{chain}");
     assert_eq!(forwarding(&w.sim), "1", "forwarding back on");
+    assert_eq!(accept_local(&w.sim), "1", "lo's accept_local back on");
     assert_eq!(sh(&w.sim, &h1, &["nft", "list", "table", "ip", "someone-else"]), foreign, "the other table is untouched");
     w.sim.stop_agent("node1").expect("stop");
     let down = w.sim.overlay(&h1, &["down", "--node", "node1", "--pin-root", &w.sim.pin_root.display().to_string()]).expect("down");
@@ -355,6 +359,7 @@ fn the_way_out_survives_an_agent_restart_and_down_removes_it() {
     assert!(!tables(&w.sim).contains("table ip overlay"), "down removed the table: {}", tables(&w.sim));
     assert_eq!(sh(&w.sim, &h1, &["nft", "list", "table", "ip", "someone-else"]), foreign, "down left the other table alone");
     assert_eq!(forwarding(&w.sim), "0", "and put forwarding back as it was");
+    assert_eq!(accept_local(&w.sim), "0", "and lo's accept_local");
     let routes = sh(&w.sim, &h1, &["ip", "route"]);
     assert!(!routes.contains(FRONT), "no route to a container left: {routes}");
 }
