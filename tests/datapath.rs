@@ -652,7 +652,7 @@ nodes:
 networks:
   - {name: nginx-net, vni: 4097, subnet: 10.0.1.0/24}
 services:
-  - {name: web, network: nginx-net, vip: 10.0.1.100, ports: [{port: 80, target: 8080}, {port: 53, protocol: udp}]}
+  - {name: web, network: nginx-net, vip: 10.0.1.100, ports: [{port: 80, target: 8080, publish: 30080}, {port: 53, protocol: udp}]}
 endpoints:
   - {name: web2, network: nginx-net, node: node2, ip: 10.0.1.3, netns: c2}
   - {name: t1, network: nginx-net, node: node1, ip: 10.0.1.10, service: web}
@@ -809,4 +809,112 @@ fn a_vip_answers_ping_and_refuses_other_ports() {
     let plan = desired::plan(&cluster, "node2").expect("plan");
     t.dp.apply(&plan.map_state(LOCAL_IFINDEX, &[(&plan.local[0], LOCAL_IFINDEX)])).expect("apply");
     expect_drop(&mut t, PROG_EGRESS, &tcp_from_web2(VIP_MAC, VIP, 40001, 80, 0x02), Reason::ServiceNoBackend, "a service without tasks");
+}
+
+/// A TCP segment `src`:`sport` -> `dst`:`dport` with `flags` in an Ethernet frame
+/// `smac` -> `dmac`, checksums filled.
+fn tcp_frame(dmac: [u8; 6], smac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut seg = vec![0u8; 20];
+    seg[0..2].copy_from_slice(&sport.to_be_bytes());
+    seg[2..4].copy_from_slice(&dport.to_be_bytes());
+    seg[4..8].copy_from_slice(&7u32.to_be_bytes());
+    seg[12] = 5 << 4;
+    seg[13] = flags;
+    seg[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let c = l4_sum(&src.octets(), &dst.octets(), 6, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut f = eth(dmac, smac, 0x0800);
+    f.extend(ipv4(src, dst, 6, 20, 0x4000, &[]));
+    f.extend(seg);
+    f
+}
+
+/// A VXLAN frame of the routing mesh: `mark` in the header's reserved byte.
+fn mesh_frame(from: Ipv4Addr, mark: u8, inner: &[u8]) -> Vec<u8> {
+    let mut f = vxlan_frame(from, VTEP2, 4789, 0x08, 4097, inner);
+    f[14 + 20 + 8 + 7] = mark;
+    f
+}
+
+/// The routing mesh on node2 (no task of `web` there): an outside client's SYN to node2's
+/// published port goes to a task on node1 with the client's address, in a frame marked
+/// MESH_IN, byte for byte the client's but for the task's MACs, address and port; the task's
+/// reply marked MESH_OUT leaves with node2's address and the published port. Forged and
+/// unknown mesh frames are dropped and counted; other ports pass to the node untouched.
+#[test]
+fn a_published_port_forwards_with_the_clients_address_and_replies_leave_from_the_node() {
+    let mut t = svc_host();
+    let cluster = overlay::source::file::parse(SVC_CLUSTER).expect("valid");
+    let plan = desired::plan(&cluster, "node2").expect("plan");
+    let mut state = plan.map_state(LOCAL_IFINDEX, &[(&plan.local[0], LOCAL_IFINDEX)]);
+    state.underlay_mtu(1500);
+    t.dp.apply(&state).expect("apply");
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    const GW_MAC: [u8; 6] = [0x02, 0x42, 10, 0, 1, 1];
+    let (router, node) = ([0xaa; 6], [0xbb; 6]);
+    let tasks = [Ipv4Addr::new(10, 0, 1, 10), Ipv4Addr::new(10, 0, 1, 11), Ipv4Addr::new(10, 0, 1, 12)];
+
+    let syn = tcp_frame(node, router, CLIENT, VTEP2, 40000, 30080, 0x02);
+    let (v, out) = run(&mut t, PROG_INGRESS, &syn);
+    assert_eq!(v, TC_ACT_REDIRECT, "forwarded across the overlay");
+    assert_eq!(out[26..30], VTEP2.octets(), "outer source: this node");
+    assert_eq!(out[30..34], VTEP1.octets(), "outer destination: the tasks' node");
+    assert_eq!(u16::from_be_bytes([out[36], out[37]]), 4789, "VXLAN");
+    assert_eq!(out[42..50], [0x08, 0, 0, 0, 0, 0x10, 0x01, 1], "I flag, VNI 4097, marked MESH_IN");
+    let inner = &out[50..];
+    let task = Ipv4Addr::new(inner[30], inner[31], inner[32], inner[33]);
+    assert!(tasks.contains(&task), "sent to {task}, not a task");
+    let want = tcp_frame([0x02, 0x42, 10, 0, 1, task.octets()[3]], GW_MAC, CLIENT, task, 40000, 8080, 0x02);
+    assert_eq!(inner, &want[..], "the client's frame, to the task's MAC, address and target port, from the gateway's MAC");
+    // The next packet of the flow (not a SYN) keeps its task.
+    let (_, out2) = run(&mut t, PROG_INGRESS, &tcp_frame(node, router, CLIENT, VTEP2, 40000, 30080, 0x10));
+    assert_eq!(out2[80..84], task.octets(), "every packet of a flow to one task");
+    // The task's reply, back from node1 marked MESH_OUT: out with node2's address and port 30080.
+    let reply = tcp_frame(GW_MAC, [0x02, 0x42, 10, 0, 1, task.octets()[3]], task, CLIENT, 8080, 40000, 0x12);
+    let (v, back) = run(&mut t, PROG_INGRESS, &mesh_frame(VTEP1, 2, &reply));
+    assert_eq!(v, TC_ACT_REDIRECT, "the reply leaves by the underlay");
+    let mut want = tcp_frame(GW_MAC, [0x02, 0x42, 10, 0, 1, task.octets()[3]], VTEP2, CLIENT, 30080, 40000, 0x12);
+    want[0..12].copy_from_slice(&back[0..12]);
+    assert_eq!(back, want, "the reply from the published address and port (MACs are the neighbour table's)");
+    // Mesh frames nobody asked for.
+    let forged = tcp_frame(GW_MAC, [0x02, 0x42, 10, 0, 1, 10], tasks[0], CLIENT, 8080, 40999, 0x12);
+    expect_drop(&mut t, PROG_INGRESS, &mesh_frame(VTEP1, 2, &forged), Reason::MeshNoFlow, "a mesh reply without its flow");
+    expect_drop(&mut t, PROG_INGRESS, &mesh_frame(Ipv4Addr::new(192, 168, 50, 99), 2, &reply), Reason::NotMember, "a mesh reply from a non-member");
+    let to_web2 = tcp_frame(WEB2, GW_MAC, CLIENT, IP2, 40001, 8080, 0x02);
+    expect_drop(&mut t, PROG_INGRESS, &mesh_frame(Ipv4Addr::new(192, 168, 50, 99), 1, &to_web2), Reason::NotMember, "a mesh request from a non-member");
+    let spoofed = tcp_frame(WEB2, GW_MAC, Ipv4Addr::new(10, 0, 1, 50), IP2, 40001, 8080, 0x02);
+    expect_drop(&mut t, PROG_INGRESS, &mesh_frame(VTEP1, 1, &spoofed), Reason::SpoofedIp, "a mesh request claiming an overlay address");
+    expect_drop(&mut t, PROG_INGRESS, &mesh_frame(VTEP1, 7, &to_web2), Reason::VxlanFlags, "an unknown mark");
+    // Not published: the node's own traffic, untouched.
+    for (port, what) in [(8080u16, "a task's target port"), (80, "the VIP's port"), (30081, "an unpublished port")] {
+        let f = tcp_frame(node, router, CLIENT, VTEP2, 40000, port, 0x02);
+        let (v, out) = run(&mut t, PROG_INGRESS, &f);
+        assert_eq!((v, out), (TC_ACT_OK, f), "{what} passes to the node");
+    }
+    // Larger than the overlay carries: dropped and counted, not fragmented.
+    let mut big = eth(node, router, 0x0800);
+    big.extend(ipv4(CLIENT, VTEP2, 6, 1460, 0x4000, &[]));
+    let mut seg = vec![0u8; 1460];
+    seg[0..2].copy_from_slice(&40002u16.to_be_bytes());
+    seg[2..4].copy_from_slice(&30080u16.to_be_bytes());
+    seg[12] = 5 << 4;
+    seg[13] = 0x10;
+    big.extend(seg);
+    expect_drop(&mut t, PROG_INGRESS, &big, Reason::MeshTooBig, "a 1480-byte packet for a 1450-byte overlay");
+
+    // On a task's node: the request enters the task (web2 stands for one here) with the
+    // client's address, and the task's reply goes back to the node that received it.
+    let (v, into) = run(&mut t, PROG_INGRESS, &mesh_frame(VTEP1, 1, &to_web2));
+    assert_eq!(v, TC_ACT_REDIRECT, "delivered into the task");
+    assert_eq!(into, to_web2, "the request as the mesh node sent it");
+    let answer = tcp_frame(GW_MAC, WEB2, IP2, CLIENT, 8080, 40001, 0x12);
+    let (v, out) = run(&mut t, PROG_EGRESS, &answer);
+    assert_eq!(v, TC_ACT_REDIRECT, "the task's reply is encapsulated");
+    assert_eq!(out[30..34], VTEP1.octets(), "back to the node that received the request");
+    assert_eq!(out[42..50], [0x08, 0, 0, 0, 0, 0x10, 0x01, 2], "marked MESH_OUT");
+    assert_eq!(&out[50..], &answer[..], "unchanged inside");
+    // Without a mesh flow, a reply to an outside address takes the way out as before.
+    let (v, out) = run(&mut t, PROG_EGRESS, &tcp_frame(GW_MAC, WEB2, IP2, CLIENT, 8080, 40555, 0x12));
+    assert_eq!(v, TC_ACT_OK, "handed to the node's stack");
+    assert_eq!(out.len(), answer.len(), "not encapsulated");
 }
