@@ -443,8 +443,8 @@ fn network_connect_and_disconnect_a_running_container_across_hosts() {
 #[test]
 fn services_are_created_joined_and_balanced_through_the_store() {
     let mut sim = store_cluster("sv", 2);
-    let out = ok(&sim, 1, &["service", "create", "api", "--network", "web", "--port", "80:8080"]);
-    assert!(out.starts_with("api (network web, vip 10.0.0.254, ports 80->8080/tcp)"), "{out}");
+    let out = ok(&sim, 1, &["service", "create", "api", "--network", "web", "--port", "80:8080", "--publish", "30080:8080"]);
+    assert!(out.starts_with("api (network web, vip 10.0.0.254, ports 80->8080/tcp,*:30080->8080/tcp)"), "{out}");
     // Bad definitions: each refused with its field, nothing written.
     for (args, want) in [
         (vec!["service", "create", "api", "--network", "web"], "a service named \"api\" already exists"),
@@ -452,7 +452,7 @@ fn services_are_created_joined_and_balanced_through_the_store() {
         (vec!["service", "create", "x", "--network", "web", "--port", "80"], "expected A:B[/udp]"),
         (vec!["service", "create", "x", "--network", "web", "--port", "80:70000"], "ports.target: 70000 is not a port"),
         (vec!["service", "create", "x", "--network", "web", "--vip", "10.0.0.254"], "10.0.0.254 in network web is the VIP of service api"),
-        (vec!["service", "create", "x", "--network", "web", "--publish", "8080:80"], "published ports (the routing mesh) are not served by this version yet"),
+        (vec!["service", "create", "x", "--network", "web", "--publish", "30080:80"], "30080/tcp is already published by service api"),
         (vec!["service", "create", "x", "--network", "web", "--mode", "ipvs"], "mode: \"ipvs\" is not a mode"),
     ] {
         let e = fails(&sim, 1, &args);
@@ -507,15 +507,33 @@ fn services_are_created_joined_and_balanced_through_the_store() {
     })
     .join()
     .expect("client");
+    // The published port on host 1's address, from host 2 (a client outside the overlay).
+    let node1 = host_vtep(1);
+    let published = in_netns(&sim.host_ns(2), move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(s) = std::net::TcpStream::connect_timeout(&(node1, 30080).into(), Duration::from_millis(500)) {
+                let mut line = String::new();
+                let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line);
+                return line.trim().to_string();
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        String::new()
+    })
+    .join()
+    .expect("client");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for s in servers {
         s.join().expect("server");
     }
     assert_eq!(reached.len(), 2, "connections through the VIP reach both tasks: {reached:?}\n{}", logs(&sim, 2));
+    assert!(reached.contains(&published), "the published port on host 1's address reaches a task: {published:?}\n{}", logs(&sim, 2));
     let ls = ok(&sim, 2, &["service", "ls"]);
-    assert!(ls.lines().nth(1).is_some_and(|l| l.split_whitespace().collect::<Vec<_>>() == ["api", "vip", "10.0.0.254", "web", "2", "80->8080/tcp"]), "{ls}");
+    assert!(ls.lines().nth(1).is_some_and(|l| l.split_whitespace().collect::<Vec<_>>() == ["api", "vip", "10.0.0.254", "web", "2", "80->8080/tcp,*:30080->8080/tcp"]), "{ls}");
     let v: serde_json::Value = serde_json::from_str(&ok(&sim, 2, &["service", "inspect", "api"])).expect("JSON");
     assert_eq!(v[0]["Endpoint"]["VirtualIPs"][0]["Addr"], "10.0.0.254/24");
+    assert_eq!(v[0]["Endpoint"]["Ports"][0]["PublishedPort"], 30080);
     assert_eq!(v[0]["Tasks"].as_array().map(Vec::len), Some(2));
     let e = fails(&sim, 1, &["service", "rm", "api"]);
     assert!(e.contains("service api still has 2 task(s)"), "{e}");
