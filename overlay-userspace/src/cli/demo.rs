@@ -211,6 +211,123 @@ fn whole_network(sim: &mut Sim, cs: &[Container], file: &std::path::Path) -> any
     Ok(good.get())
 }
 
+/// A service's task: answers every TCP connection on port 8080 with "NAME CLIENT-ADDRESS" and
+/// closes, until `stop`.
+fn serve_name(ns: &str, name: String, stop: std::sync::Arc<AtomicBool>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let path = crate::host::netlink::netns_path(ns);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        if crate::host::netlink::enter_netns(&path).is_err() {
+            return;
+        }
+        let Ok(l) = std::net::TcpListener::bind(("0.0.0.0", 8080)) else { return };
+        let _ = l.set_nonblocking(true);
+        let _ = tx.send(());
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, peer)) => {
+                    let _ = std::io::Write::write_all(&mut s, format!("{name} {}\n", peer.ip()).as_bytes());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).context("a task's server did not start")?;
+    Ok(h)
+}
+
+/// One TCP request from namespace `ns` to `to`: (task name, client address it saw).
+fn ask(ns: &str, to: std::net::SocketAddr) -> Option<(String, String)> {
+    let path = crate::host::netlink::netns_path(ns);
+    std::thread::spawn(move || {
+        crate::host::netlink::enter_netns(&path).ok()?;
+        let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line).ok()?;
+        let mut it = line.split_whitespace();
+        Some((it.next()?.to_string(), it.next()?.to_string()))
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// A service with three tasks (one per host) behind a VIP and a published port: requests from
+/// the outside host to every node's address, and from a container to the service's name.
+fn service_mesh(sim: &mut Sim, file: &std::path::Path) -> anyhow::Result<bool> {
+    const PUBLISHED: u16 = 30080;
+    println!("\n== a service: a VIP, and port {PUBLISHED} published on every node (the routing mesh)");
+    let mut yaml = std::fs::read_to_string(file)?;
+    let mut tasks = Vec::new();
+    for n in 1..=3 {
+        let name = format!("hello{n}");
+        let ns = sim.add_ns(&name)?;
+        yaml += &format!("  - {{name: {name}, network: nginx-net, node: node{n}, ip: 10.0.1.{}, netns: {ns}, service: hello}}\n", 20 + n);
+        tasks.push((name, ns, Ipv4Addr::new(10, 0, 1, 20 + n as u8)));
+    }
+    yaml += &format!("services:\n  - {{name: hello, network: nginx-net, vip: 10.0.1.100, ports: [{{port: 80, target: 8080, publish: {PUBLISHED}}}]}}\n");
+    std::fs::write(file, &yaml)?;
+    println!("   cluster file gains service `hello` (VIP 10.0.1.100, port 80 -> 8080, published {PUBLISHED})");
+    println!("   and its tasks hello1..hello3, one per node, each answering its name and the client's address");
+    if !sim::wait_for(Duration::from_secs(10), || tasks.iter().all(|(_, ns, ip)| sim.has_address(ns, *ip))) {
+        println!("   the tasks were not wired in 10 s:\n{}", sim.agent_logs(3));
+        return Ok(false);
+    }
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let mut servers = Vec::new();
+    for (name, ns, _) in &tasks {
+        servers.push(serve_name(ns, name.clone(), stop.clone())?);
+    }
+    let outside = sim.ns_name("out");
+    let mut good = true;
+    let mut per_task = std::collections::BTreeMap::<String, usize>::new();
+    for n in 1..=3 {
+        let node = sim::host_vtep(n);
+        let mut line = Vec::new();
+        for _ in 0..4 {
+            match ask(&outside, (node, PUBLISHED).into()) {
+                Some((task, saw)) => {
+                    good &= saw == sim::OUTSIDE_HOST.to_string();
+                    *per_task.entry(task.clone()).or_default() += 1;
+                    line.push(format!("{task} (saw {saw})"));
+                }
+                None => {
+                    good = false;
+                    line.push("no answer".into());
+                }
+            }
+        }
+        println!("   outside {} -> {node}:{PUBLISHED}: {}", sim::OUTSIDE_HOST, line.join(", "));
+    }
+    for _ in 0..60 {
+        if let Some((task, _)) = ask(&outside, (sim::host_vtep(1), PUBLISHED).into()) {
+            *per_task.entry(task).or_default() += 1;
+        }
+    }
+    let spread: Vec<String> = per_task.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    println!("   72 requests from outside (12 over the three nodes, 60 more to node1) reached: {}", spread.join(", "));
+    good &= per_task.len() == 3;
+    let web1 = sim.ns_name("web1");
+    let by_name = ask(&web1, (Ipv4Addr::new(10, 0, 1, 100), 80).into());
+    let resolved = sim.exec(&web1, &["getent", "hosts", "hello"]).ok().map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("").to_string());
+    println!("   web1: getent hosts hello -> {}", resolved.as_deref().unwrap_or("(nothing)"));
+    match &by_name {
+        Some((task, saw)) => println!("   web1 -> hello:80 (the VIP) -> {task}, which saw {saw} (web1's own address)"),
+        None => println!("   web1 -> hello:80 (the VIP): no answer"),
+    }
+    good &= resolved.as_deref() == Some("10.0.1.100") && by_name.is_some_and(|(_, saw)| saw == "10.0.1.2");
+    let blocked = ask(&outside, (sim::host_vtep(1), 8080).into()).is_none();
+    println!("   outside -> {}:8080 (the tasks' port, not published): {}", sim::host_vtep(1), if blocked { "no answer, as it should be" } else { "ANSWERED" });
+    good &= blocked;
+    println!("   every task saw the outside host's own address {}: {}", sim::OUTSIDE_HOST, if good { "yes" } else { "NO" });
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        let _ = s.join();
+    }
+    Ok(good)
+}
+
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for tool in ["ip", "ping", "tcpdump"] {
         if Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
@@ -277,6 +394,8 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let whole = whole_network(&mut sim, &cs, &file)?;
     check_interrupted()?;
+    let services = service_mesh(&mut sim, &file)?;
+    check_interrupted()?;
 
     println!("\n== one VXLAN frame on host 2's underlay (tcpdump -i eth0 udp port 4789)");
     let pcap = sim.workdir.join("vxlan.pcap");
@@ -326,7 +445,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for e in &errors {
         println!("   cleanup: {e}");
     }
-    if wrong != 0 || !ok1450 || ok1451 || !whole {
+    if wrong != 0 || !ok1450 || ok1451 || !whole || !services {
         bail!("the demo saw unexpected results (see above)");
     }
     Ok(())
