@@ -13,9 +13,6 @@ use std::{
 use tracing::{debug, info, warn};
 use overlay_common::NODE_F_MESH;
 
-/// The loopback interface: with published ports, the ingress program serves it too.
-const LOOPBACK: &str = "lo";
-
 use crate::{
     model::{self, Cluster},
     dataplane::{Dataplane, DataplaneError, DiffSummary},
@@ -85,6 +82,9 @@ const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a sweep kept: (host veth, ifindex) of wired endpoints, (network, name) of this node's
 /// endpoints without a namespace yet, underlay ifindex.
+/// The loopback interface: with published ports, the ingress program serves it too.
+const LOOPBACK: &str = "lo";
+
 type Swept = (Vec<(String, u32)>, Vec<(String, String)>, Vec<(String, u32)>);
 
 impl Agent {
