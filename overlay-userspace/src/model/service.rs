@@ -196,6 +196,15 @@ mod tests {
     }
 
     #[test]
+    fn an_internal_network_cannot_publish() {
+        let mut internal = net();
+        internal.internal = true;
+        let e = service_entry("services[web]", &internal, spec(None, None, vec![port(80, None, None, Some(30080))]), |_| false).expect_err("refused");
+        assert_eq!(e.to_string(), "services[web].ports.publish: 30080/tcp: network front is internal: its tasks have no way out to answer clients of a published port");
+        service_entry("services[web]", &internal, spec(None, None, vec![port(80, None, None, None)]), |_| false).expect("a VIP without published ports is fine");
+    }
+
+    #[test]
     fn bad_entries_name_their_field() {
         let cases: Vec<(ServiceSpec<'static>, &str)> = vec![
             (ServiceSpec { name: "we b".into(), vip: None, ports: vec![], mode: None }, "services[web].name: service name"),
