@@ -918,3 +918,49 @@ fn a_published_port_forwards_with_the_clients_address_and_replies_leave_from_the
     assert_eq!(v, TC_ACT_OK, "handed to the node's stack");
     assert_eq!(out.len(), answer.len(), "not encapsulated");
 }
+
+/// A UDP datagram from web2 (port `sport`) to the VIP's port 53, checksum 0 (none).
+fn udp_to_vip(sport: u16) -> Vec<u8> {
+    let mut f = eth(VIP_MAC, WEB2, 0x0800);
+    f.extend(ipv4(IP2, VIP, 17, 8 + 4, 0x4000, &[]));
+    f.extend(udp(sport, 53, 4));
+    f.extend(b"ping");
+    f
+}
+
+/// Drain, not drop, for UDP too: a flow stays with a task removed from the service (its
+/// endpoint still there), and moves to another task with the next datagram once the task's
+/// endpoint is gone, as soon as the agent has applied that.
+#[test]
+fn a_udp_flow_stays_with_a_drained_task_and_moves_when_the_task_is_gone() {
+    let mut t = svc_host();
+    let (v, out) = run(&mut t, PROG_EGRESS, &udp_to_vip(45000));
+    assert_eq!(v, TC_ACT_REDIRECT, "sent to a task");
+    let task = Ipv4Addr::new(out[80], out[81], out[82], out[83]);
+    let line = SVC_CLUSTER.lines().find(|l| l.contains(&format!("ip: {task},"))).expect("the task's line").to_string();
+    let apply = |t: &mut TestDataplane, yaml: &str| {
+        let cluster = overlay::source::file::parse(yaml).expect("valid");
+        let plan = desired::plan(&cluster, "node2").expect("plan");
+        t.dp.apply(&plan.map_state(LOCAL_IFINDEX, &[(&plan.local[0], LOCAL_IFINDEX)])).expect("apply");
+    };
+    // Drained: out of the service, the endpoint still there.
+    apply(&mut t, &SVC_CLUSTER.replace(&line, &line.replace(", service: web}", "}")));
+    let (_, out) = run(&mut t, PROG_EGRESS, &udp_to_vip(45000));
+    assert_eq!(out[80..84], task.octets(), "the flow carries on with its drained task");
+    let (_, fresh) = run(&mut t, PROG_EGRESS, &udp_to_vip(45001));
+    let mut others = std::collections::BTreeSet::new();
+    for sport in 46000..46100u16 {
+        let (_, o) = run(&mut t, PROG_EGRESS, &udp_to_vip(sport));
+        others.insert([o[80], o[81], o[82], o[83]]);
+    }
+    assert!(!others.contains(&task.octets()) && fresh[80..84] != task.octets(), "no new flow goes to the drained task: {others:?}");
+    // Gone: the endpoint deleted. The same flow's next datagram goes to another task.
+    apply(&mut t, &SVC_CLUSTER.replace(&format!("{line}\n"), ""));
+    let (v, out) = run(&mut t, PROG_EGRESS, &udp_to_vip(45000));
+    assert_eq!(v, TC_ACT_REDIRECT, "still delivered");
+    let moved = Ipv4Addr::new(out[80], out[81], out[82], out[83]);
+    assert_ne!(moved, task, "the flow moved off the deleted task");
+    assert!(others.contains(&moved.octets()), "to one of the remaining tasks: {moved}");
+    let (_, again) = run(&mut t, PROG_EGRESS, &udp_to_vip(45000));
+    assert_eq!(again[80..84], moved.octets(), "and stays there");
+}

@@ -331,7 +331,7 @@ mod tests {
             vxlan_port: 4789,
         };
         let batch: Nftables = serde_json::from_value(json!({"nftables": build(&d, "0", "0", true)})).expect("schema");
-        assert_eq!(batch.objects.len(), 14, "delete, table, 2 sets, 3 chains, 6 rules, state");
+        assert_eq!(batch.objects.len(), 15, "delete, table, 2 sets, 3 chains, 6 rules, 2 state rules (ip_forward, lo accept_local)");
         let mut cmds = Vec::new();
         let have: BTreeSet<String> = ["10.0.1.0/24".to_string(), "10.0.9.0/24".to_string()].into();
         assert_eq!(element_diff("overlay", &have, &d.overlay, &mut cmds), (1, 1), "one added, one deleted");
