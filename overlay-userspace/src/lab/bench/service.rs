@@ -2,7 +2,8 @@
 //! per second (connect, the server's one-line answer, close: netperf's TCP_CRR) and
 //! request/response round trips on one connection (TCP_RR) to one task on host 2:
 //! - from a client container on host 1: directly to the task's address, and through the VIP;
-//! - from an outside client (behind a router on the underlay) to host 3, which runs no task:
+//! - from a client outside the overlay on the hosts' own network (as a load balancer in front of
+//!   a cluster sits) to host 3, which runs no task:
 //!   through our published port, and through the kernel's best mesh on this machine (no IPVS
 //!   here), built as Docker builds its ingress: the host DNATs the published port to an
 //!   ingress sandbox (a namespace on the overlay network, joined to the host by a veth), whose
@@ -228,7 +229,7 @@ fn nft_mesh(sim: &Sim, host: &str, sbox: &str, tasks: &[Ipv4Addr]) -> anyhow::Re
     sim::ip(&["-n", host, "link", "set", "sbx0", "up"])?;
     sim::ip(&["-n", sbox, "addr", "add", &format!("{SBOX_PEER}/30"), "dev", "eth1"])?;
     sim::ip(&["-n", sbox, "link", "set", "eth1", "up"])?;
-    sim::ip(&["-n", sbox, "route", "add", "203.0.113.0/24", "via", SBOX_HOST])?;
+    sim::ip(&["-n", sbox, "route", "add", "192.168.50.0/24", "via", SBOX_HOST])?;
     sh(sim, sbox, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
     let [a, b] = NFT_PUBLISHED;
     nft(host, &format!("table ip bench_mesh {{\n chain pre {{\n  type nat hook prerouting priority dstnat\n  tcp dport {{ {a}, {b} }} dnat to {SBOX_PEER}\n }}\n}}\n"))?;
@@ -269,7 +270,8 @@ fn measure(sim: &Sim, ns: &str, cfg: &ServiceConfig, paths: [([SocketAddr; 2], &
 pub fn run(cfg: &ServiceConfig, exe: &std::path::Path, progress: &mut dyn FnMut(&str)) -> anyhow::Result<ServiceReport> {
     let mut sim = Sim::new("s", exe)?;
     sim.build_underlay(3)?;
-    let outside = sim.add_outside(3, 1500)?;
+    // The client outside the overlay: a machine on the hosts' network, 192.168.50.200.
+    let outside = sim.add_host(200)?;
     let (client, task, sbox) = (sim.add_ns("client")?, sim.add_ns("task")?, sim.add_ns("sbox")?);
     let yaml = format!(
         "nodes:\n  - {{name: node1, vtep: {}, underlay: eth0}}\n  - {{name: node2, vtep: {}, underlay: eth0}}\n  - {{name: node3, vtep: {}, underlay: eth0}}\nnetworks:\n  - {{name: front, vni: 4501, subnet: 10.0.1.0/24}}\nservices:\n  - {{name: web, network: front, vip: {VIP}, ports: [{{port: 80, target: {CRR_PORT}, publish: {}}}, {{port: 81, target: {RR_PORT}, publish: {}}}]}}\nendpoints:\n  - {{name: client, network: front, node: node1, ip: {CLIENT}, netns: {client}}}\n  - {{name: task, network: front, node: node2, ip: {TASK}, netns: {task}, service: web}}\n  - {{name: ingress-sbox, network: front, node: node3, ip: {SANDBOX}, netns: {sbox}}}\n",
