@@ -31,3 +31,8 @@ pub const FILE_POLL: Duration = Duration::from_millis(200);
 /// How often a partly failed apply (e.g. a namespace not there yet, or a container interface
 /// Docker has not moved in yet) is retried.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Source ports the nodes use for their own connections and the way out's masquerade (Linux's
+/// default local port range): never a published port, whose replies would be taken for the
+/// mesh's.
+pub const EPHEMERAL_PORTS: (u16, u16) = (32768, 60999);

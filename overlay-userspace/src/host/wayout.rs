@@ -34,7 +34,7 @@ use ipnet::Ipv4Net;
 use nftables::{helper, schema::Nftables};
 use serde_json::{Value, json};
 
-use crate::defaults::HOST_VETH_PREFIX;
+use crate::defaults::{EPHEMERAL_PORTS, HOST_VETH_PREFIX};
 
 /// The table the agent owns, in family `ip`.
 pub const TABLE: &str = "overlay";
@@ -85,10 +85,11 @@ pub struct Desired {
 /// Source ports masqueraded TCP and UDP flows get: the kernel's default local port range,
 /// unless the VXLAN port falls inside it.
 pub fn nat_ports(vxlan_port: u16) -> (u16, u16) {
+    let (lo, hi) = EPHEMERAL_PORTS;
     match vxlan_port {
-        32768..=60999 if vxlan_port - 32768 >= 60999 - vxlan_port => (32768, vxlan_port - 1),
-        32768..=60999 => (vxlan_port + 1, 60999),
-        _ => (32768, 60999),
+        p if (lo..=hi).contains(&p) && p - lo >= hi - p => (lo, p - 1),
+        p if (lo..=hi).contains(&p) => (p + 1, hi),
+        _ => (lo, hi),
     }
 }
 

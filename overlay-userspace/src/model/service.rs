@@ -130,6 +130,22 @@ pub fn service_entry(entry: &str, net: &Network, spec: ServiceSpec<'_>, taken: i
                 return Err(invalid(entry, "ports.publish", format!("{x}/{protocol} is published twice")));
             }
         }
+        if let Some(x) = publish {
+            if (crate::defaults::EPHEMERAL_PORTS.0..=crate::defaults::EPHEMERAL_PORTS.1).contains(&x) {
+                return Err(invalid(
+                    entry,
+                    "ports.publish",
+                    format!(
+                        "{x}/{protocol}: published ports must be outside {}-{}, the nodes' own ephemeral and masquerade ports (their replies would be taken for the mesh's); Docker publishes from 30000-32767",
+                        crate::defaults::EPHEMERAL_PORTS.0,
+                        crate::defaults::EPHEMERAL_PORTS.1
+                    ),
+                ));
+            }
+            if protocol == Protocol::Udp && x == overlay_common::wire::VXLAN_PORT {
+                return Err(invalid(entry, "ports.publish", format!("{x}/udp is VXLAN's port")));
+            }
+        }
         if let (Some(x), true) = (publish, net.internal) {
             return Err(invalid(
                 entry,
@@ -196,12 +212,16 @@ mod tests {
     }
 
     #[test]
-    fn an_internal_network_cannot_publish() {
+    fn published_ports_avoid_internal_networks_ephemeral_ports_and_vxlan() {
         let mut internal = net();
         internal.internal = true;
         let e = service_entry("services[web]", &internal, spec(None, None, vec![port(80, None, None, Some(30080))]), |_| false).expect_err("refused");
         assert_eq!(e.to_string(), "services[web].ports.publish: 30080/tcp: network front is internal: its tasks have no way out to answer clients of a published port");
         service_entry("services[web]", &internal, spec(None, None, vec![port(80, None, None, None)]), |_| false).expect("a VIP without published ports is fine");
+        let e = service_entry("services[web]", &net(), spec(None, None, vec![port(80, None, None, Some(40000))]), |_| false).expect_err("refused");
+        assert!(e.to_string().starts_with("services[web].ports.publish: 40000/tcp: published ports must be outside 32768-60999"), "{e}");
+        let e = service_entry("services[web]", &net(), spec(None, None, vec![port(80, None, Some("udp"), Some(4789))]), |_| false).expect_err("refused");
+        assert_eq!(e.to_string(), "services[web].ports.publish: 4789/udp is VXLAN's port");
     }
 
     #[test]
