@@ -149,7 +149,10 @@ fn a_vip_balances_connections_over_tasks_on_every_host() {
         sim.spawn_agent(&format!("node{i}"), &h, &file).expect("agent");
     }
     let wired = wait_for(Duration::from_secs(20), || {
-        sim.has_address(&client, CLIENT) && TASKS.iter().all(|(t, _, ip)| sim.has_address(&sim.ns_name(t), *ip))
+        // The address comes first, the resolver file (and the maps) with the rest of the apply.
+        sim.has_address(&client, CLIENT)
+            && Path::new(&format!("/etc/netns/{client}/resolv.conf")).exists()
+            && TASKS.iter().all(|(t, _, ip)| sim.has_address(&sim.ns_name(t), *ip))
     });
     assert!(wired, "wired:\n{}", sim.agent_logs(3));
     let stop = Arc::new(AtomicBool::new(false));

@@ -54,6 +54,8 @@ pub struct ApplyReport {
 
 pub struct Agent {
     node: String,
+    /// The node's pin directory: with the node, what marks the files this agent writes.
+    pin_dir: std::path::PathBuf,
     dataplane: Dataplane,
     nl: Netlink,
     /// Endpoints this agent wired (by host-side veth name), as wired, with their host-side
@@ -92,6 +94,7 @@ impl Agent {
         let dataplane = Dataplane::load(pin_dir)?;
         Ok(Agent {
             node: node.to_string(),
+            pin_dir: pin_dir.to_path_buf(),
             dataplane,
             nl: Netlink::new()?,
             wired: HashMap::new(),
@@ -162,7 +165,7 @@ impl Agent {
                 // container) changes only the maps and the resolver file: no re-wiring.
                 if done.same_wiring(ep) {
                     if ep.resolver && !done.resolver {
-                        if let Err(e) = resolv_conf::write(&self.node, &ep.netns, ep.gateway) {
+                        if let Err(e) = resolv_conf::write(&self.node, &self.pin_dir, &ep.netns, ep.gateway) {
                             warn!(netns = %ep.netns, "writing its resolv.conf: {e}");
                         }
                     }
@@ -285,7 +288,7 @@ impl Agent {
             self.nl.replace_host_route(host.index, ep.ip).await?;
         }
         if ep.resolver {
-            if let Err(e) = resolv_conf::write(&self.node, &ep.netns, ep.gateway) {
+            if let Err(e) = resolv_conf::write(&self.node, &self.pin_dir, &ep.netns, ep.gateway) {
                 warn!(netns = %ep.netns, "writing its resolv.conf: {e}");
             }
         }
@@ -322,7 +325,7 @@ impl Agent {
         }
         self.orphans = orphans;
         let spaces: Vec<&str> = plan.local.iter().map(|e| e.netns.as_str()).collect();
-        for e in resolv_conf::sweep(&self.node, &spaces) {
+        for e in resolv_conf::sweep(&self.node, &self.pin_dir, &spaces) {
             warn!("{e}");
         }
         let mut keep: Vec<(&str, u32)> = wired.iter().map(|(e, i)| (e.host_ifname.as_str(), *i)).collect();
@@ -435,7 +438,7 @@ pub async fn run_with_store(url: &str, reg: Registration, pin_dir: &Path, dns: V
 /// Everything `overlay down` removes for a node: local endpoint veths (their routes and
 /// neighbour entries go with them), the way out's table (forwarding back as it was) and the pins.
 pub async fn teardown(node: &str, pin_dir: &Path) -> Vec<String> {
-    let mut errors = resolv_conf::sweep(node, &[]);
+    let mut errors = resolv_conf::sweep(node, pin_dir, &[]);
     if let Err(e) = wayout::remove() {
         errors.push(format!("removing table ip {}: {e}", wayout::TABLE));
     }
