@@ -690,19 +690,7 @@ fn l4_sum(src: &[u8], dst: &[u8], proto: u8, seg: &[u8]) -> u16 {
 
 /// A TCP segment from web2 (port `sport`) to `dst`:`dport` with `flags`, checksum filled.
 fn tcp_from_web2(dst_mac: [u8; 6], dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut seg = vec![0u8; 20];
-    seg[0..2].copy_from_slice(&sport.to_be_bytes());
-    seg[2..4].copy_from_slice(&dport.to_be_bytes());
-    seg[4..8].copy_from_slice(&7u32.to_be_bytes());
-    seg[12] = 5 << 4;
-    seg[13] = flags;
-    seg[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let c = l4_sum(&IP2.octets(), &dst.octets(), 6, &seg);
-    seg[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut f = eth(dst_mac, WEB2, 0x0800);
-    f.extend(ipv4(IP2, dst, 6, 20, 0x4000, &[]));
-    f.extend(seg);
-    f
+    tcp_frame(dst_mac, WEB2, IP2, dst, sport, dport, flags)
 }
 
 #[test]
@@ -730,16 +718,7 @@ fn a_vip_is_balanced_to_its_tasks_and_replies_come_back_from_it() {
         assert_eq!(out2[80..84], inner[30..34], "port {sport}: every packet of a flow to one task");
         // The task's reply, arriving from node1, enters the client from the VIP and port 80.
         if sport % 50 == 0 {
-            let mut seg = vec![0u8; 20];
-            seg[0..2].copy_from_slice(&8080u16.to_be_bytes());
-            seg[2..4].copy_from_slice(&sport.to_be_bytes());
-            seg[12] = 5 << 4;
-            seg[13] = 0x12;
-            let c = l4_sum(&task.octets(), &IP2.octets(), 6, &seg);
-            seg[16..18].copy_from_slice(&c.to_be_bytes());
-            let mut reply = eth(WEB2, [0x02, 0x42, 10, 0, 1, task.octets()[3]], 0x0800);
-            reply.extend(ipv4(task, IP2, 6, 20, 0x4000, &[]));
-            reply.extend(seg);
+            let reply = tcp_frame(WEB2, [0x02, 0x42, 10, 0, 1, task.octets()[3]], task, IP2, 8080, sport, 0x12);
             let (v, back) = run(&mut t, PROG_INGRESS, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &reply));
             assert_eq!(v, TC_ACT_REDIRECT, "the reply is delivered");
             assert_eq!(back[6..12], VIP_MAC, "from the VIP's MAC");
@@ -770,16 +749,7 @@ fn a_vip_is_balanced_to_its_tasks_and_replies_come_back_from_it() {
     let (v, direct) = run(&mut t, PROG_EGRESS, &tcp_from_web2(task_mac, task, 41000, 8080, 0x02));
     assert_eq!(v, TC_ACT_REDIRECT);
     assert_eq!(direct[80..84], task.octets(), "a direct SYN is not translated");
-    let mut seg = vec![0u8; 20];
-    seg[0..2].copy_from_slice(&8080u16.to_be_bytes());
-    seg[2..4].copy_from_slice(&41000u16.to_be_bytes());
-    seg[12] = 5 << 4;
-    seg[13] = 0x12;
-    let c = l4_sum(&task.octets(), &IP2.octets(), 6, &seg);
-    seg[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut reply = eth(WEB2, task_mac, 0x0800);
-    reply.extend(ipv4(task, IP2, 6, 20, 0x4000, &[]));
-    reply.extend(seg);
+    let reply = tcp_frame(WEB2, task_mac, task, IP2, 8080, 41000, 0x12);
     let (_, back) = run(&mut t, PROG_INGRESS, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &reply));
     assert_eq!(back, reply, "the direct flow's reply enters unchanged");
 }
