@@ -75,3 +75,43 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
         f()
     })
 }
+
+/// A private certificate authority for the TLS store tests: its certificate and the
+/// certificates it signs are written under one directory (keys with mode 0600).
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    dir: PathBuf,
+    /// The CA certificate (PEM).
+    pub cert: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &std::path::Path, name: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("pki directory");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("overlay test CA {name}"));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("CA key")).expect("CA certificate");
+        let cert = dir.join(format!("{name}.pem"));
+        std::fs::write(&cert, issuer.pem()).expect("write CA certificate");
+        TestCa { issuer, dir: dir.to_path_buf(), cert }
+    }
+
+    /// A certificate with common name `cn` for `sans` (IP addresses or DNS names), good for
+    /// server and client authentication, signed by this CA: (certificate, key) paths.
+    pub fn issue(&self, cn: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut params = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        let stem = format!("{}-{cn}", self.cert.file_stem().and_then(|s| s.to_str()).unwrap_or("ca"));
+        let (cert_path, key_path) = (self.dir.join(format!("{stem}.pem")), self.dir.join(format!("{stem}-key.pem")));
+        std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+        (cert_path, key_path)
+    }
+}

@@ -17,6 +17,8 @@ pub struct AgentArgs {
     /// this node under a lease and follows networks, nodes and endpoints from it.
     #[arg(long, env = "OVERLAY_STORE")]
     pub store: Option<String>,
+    #[command(flatten)]
+    pub creds: super::state::StoreCredentialArgs,
     /// This node's VTEP address (with --store; a file names it per node).
     #[arg(long, requires = "store")]
     pub vtep: Option<String>,
@@ -74,7 +76,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             parse_ip("vtep", vtep)?;
             let node = model::node_entry("agent", args.node.node.clone(), vtep, args.underlay.clone())?;
             let reg = Registration { node, ttl: args.lease_ttl };
-            crate::control::agent::run_with_store(url, reg, &pin_dir, dns, stop).await?
+            crate::control::agent::run_with_store(&args.creds.access(url), reg, &pin_dir, dns, stop).await?
         }
         (None, None) => bail!("pass --cluster FILE or --store etcd://HOST:PORT"),
     }

@@ -15,6 +15,8 @@ pub struct DockerPluginArgs {
     /// The etcd store: etcd://HOST:PORT[,HOST:PORT...].
     #[arg(long, env = "OVERLAY_STORE")]
     pub store: String,
+    #[command(flatten)]
+    pub creds: super::state::StoreCredentialArgs,
     /// This node [default: the registered node whose VTEP is an address here, else the one
     /// named like this host].
     #[arg(long, env = "OVERLAY_NODE")]
@@ -42,7 +44,7 @@ pub async fn run(args: DockerPluginArgs) -> anyhow::Result<()> {
     if DOCKER_BUILTIN_DRIVERS.contains(&args.name.as_str()) {
         anyhow::bail!("--name {}: Docker's built-in {} driver would answer `docker network create -d {}` instead of this plugin; keep the default ({DOCKER_PLUGIN_NAME}) or choose another name", args.name, args.name, args.name);
     }
-    let store = Store::connect(&args.store).await?;
+    let store = Store::open(&args.creds.access(&args.store)).await?;
     let node = match args.node {
         Some(n) => n,
         None => this_node(&store).await?,

@@ -15,9 +15,49 @@ pub struct StateArgs {
     /// The etcd store: etcd://HOST:PORT[,HOST:PORT...].
     #[arg(long, env = "OVERLAY_STORE", conflicts_with = "cluster", global = true)]
     pub store: Option<String>,
+    #[command(flatten)]
+    pub creds: StoreCredentialArgs,
     /// A cluster file instead of a store (read only).
     #[arg(long, env = "OVERLAY_CLUSTER", global = true)]
     pub cluster: Option<PathBuf>,
+}
+
+/// How to prove ourselves to the store, and check it: the same flags for every component
+/// (agent, CLI, Docker plugin; the CNI plugin takes them as config fields).
+#[derive(Args, Debug, Clone, Default)]
+pub struct StoreCredentialArgs {
+    /// CA certificate (PEM) that signed etcd's server certificate: connects over TLS and checks
+    /// the server against it (its subjectAltName must hold the address in --store).
+    #[arg(long, env = "OVERLAY_STORE_CACERT", value_name = "FILE", global = true)]
+    pub store_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) presented to etcd (etcd's --client-cert-auth); needs --store-key.
+    #[arg(long, env = "OVERLAY_STORE_CERT", value_name = "FILE", global = true)]
+    pub store_cert: Option<PathBuf>,
+    /// Private key (PEM) of --store-cert.
+    #[arg(long, env = "OVERLAY_STORE_KEY", value_name = "FILE", global = true)]
+    pub store_key: Option<PathBuf>,
+    /// etcd user, for etcd's own authentication (`etcdctl auth enable`); needs
+    /// --store-password-file.
+    #[arg(long, env = "OVERLAY_STORE_USER", value_name = "NAME", global = true)]
+    pub store_user: Option<String>,
+    /// File whose first line is the etcd user's password (never given on the command line).
+    #[arg(long, env = "OVERLAY_STORE_PASSWORD_FILE", value_name = "FILE", global = true)]
+    pub store_password_file: Option<PathBuf>,
+}
+
+impl StoreCredentialArgs {
+    pub fn access(&self, url: &str) -> store::StoreAccess {
+        store::StoreAccess::new(
+            url,
+            store::Credentials {
+                cacert: self.store_cacert.clone(),
+                cert: self.store_cert.clone(),
+                key: self.store_key.clone(),
+                user: self.store_user.clone(),
+                password_file: self.store_password_file.clone(),
+            },
+        )
+    }
 }
 
 /// Cluster state opened for the CLI.
@@ -30,7 +70,7 @@ pub enum State {
 impl StateArgs {
     pub async fn open(&self) -> anyhow::Result<State> {
         match (&self.store, &self.cluster) {
-            (Some(url), _) => Ok(State::Store(Box::new(Store::connect(url).await?))),
+            (Some(url), _) => Ok(State::Store(Box::new(Store::open(&self.creds.access(url)).await?))),
             (None, Some(path)) => Ok(State::File(path.clone(), crate::source::file::load(path)?)),
             (None, None) => bail!("no cluster state given: pass --store etcd://HOST:PORT (or set OVERLAY_STORE), or --cluster FILE"),
         }

@@ -25,7 +25,10 @@ use crate::{
         netlink::{self, Netlink, NetlinkError},
         resolv_conf, wayout,
     },
-    source::store::follow::{Registration, follow},
+    source::store::{
+        StoreAccess,
+        follow::{Registration, follow},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -418,18 +421,27 @@ pub async fn run_with_file(node: &str, file: &Path, pin_dir: &Path, dns: Vec<std
 
 /// Runs the agent on an etcd store until `stop` resolves: registers the node, follows the store
 /// and reconciles. Fails early only if the node cannot be registered at all.
-pub async fn run_with_store(url: &str, reg: Registration, pin_dir: &Path, dns: Vec<std::net::SocketAddr>, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
-    crate::source::store::parse_url(url).map_err(|e| AgentError::Store(e.to_string()))?;
+pub async fn run_with_store(
+    access: &StoreAccess,
+    reg: Registration,
+    pin_dir: &Path,
+    dns: Vec<std::net::SocketAddr>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    access.check().map_err(|e| AgentError::Store(e.to_string()))?;
     let node = reg.node.name.clone();
     let (tx, rx) = tokio::sync::watch::channel(None);
-    let mut source = tokio::spawn(follow(url.to_string(), reg, tx));
+    // Held here so that the reconcile loop never sees the channel close: when the source stops
+    // with an error (a refusal on the first connection), that error is what the agent reports.
+    let _held = tx.clone();
+    let mut source = tokio::spawn(follow(access.clone(), reg, tx));
     let r = tokio::select! {
-        r = reconcile(&node, pin_dir, dns, rx, stop) => r,
         s = &mut source => match s {
             Ok(Err(e)) => Err(AgentError::Store(e.to_string())),
             Ok(Ok(())) => Ok(()),
             Err(e) => Err(AgentError::Store(format!("store task failed: {e}"))),
         },
+        r = reconcile(&node, pin_dir, dns, rx, stop) => r,
     };
     source.abort();
     r

@@ -13,7 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{model::Mac, dataplane};
+use crate::{
+    dataplane,
+    model::Mac,
+    source::store::{Credentials, StoreAccess},
+};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -51,6 +55,19 @@ pub struct Sim {
     dockerd: Option<(Child, PathBuf)>,
     pub pin_root: PathBuf,
     pub workdir: PathBuf,
+    /// Server side of the store's TLS (see [`Sim::secure_store`]).
+    etcd_tls: Option<EtcdTls>,
+    /// What every component of the simulation (CLI, agents, plugins) presents to the store.
+    pub store_creds: Credentials,
+}
+
+/// etcd's TLS: its certificate and key, and the CA its clients' certificates must come from
+/// (etcd's `--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
 }
 
 /// Runs `ip` (the simulation harness may; the agent itself uses netlink).
@@ -84,7 +101,7 @@ impl Sim {
         let pin_root = dataplane::host_bpffs().map_err(io::Error::other)?.join("overlay").join(&prefix);
         let workdir = std::env::temp_dir().join(&prefix);
         fs::create_dir_all(&workdir)?;
-        Ok(Sim { prefix, overlay_bin: overlay_bin.to_path_buf(), namespaces: vec![], agents: vec![], etcd: None, dockerd: None, pin_root, workdir })
+        Ok(Sim { prefix, overlay_bin: overlay_bin.to_path_buf(), namespaces: vec![], agents: vec![], etcd: None, dockerd: None, pin_root, workdir, etcd_tls: None, store_creds: Credentials::default() })
     }
 
     pub fn ns_name(&self, what: &str) -> String {
@@ -218,6 +235,7 @@ impl Sim {
             .args(["--node", node, "--netns", host_ns, "--dns-upstream", &OUTSIDE_DNS.to_string(), "--pin-root"])
             .arg(&self.pin_root)
             .env("RUST_LOG", std::env::var("OVERLAY_SIM_AGENT_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(self.store_env())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -251,6 +269,34 @@ impl Sim {
         format!("etcd://{}", self.etcd_addr())
     }
 
+    /// Runs the store with TLS and client-certificate authentication (call before
+    /// [`Sim::start_etcd`]), and gives every component of the simulation `creds`.
+    pub fn secure_store(&mut self, tls: EtcdTls, creds: Credentials) {
+        self.etcd_tls = Some(tls);
+        self.store_creds = creds;
+    }
+
+    /// The store's address and this simulation's credentials for it.
+    pub fn store_access(&self) -> StoreAccess {
+        StoreAccess::new(&self.etcd_url(), self.store_creds.clone())
+    }
+
+    /// The `OVERLAY_STORE_*` environment of [`Sim::store_creds`], as a user would set it.
+    fn store_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        let c = &self.store_creds;
+        let mut env = Vec::new();
+        let paths = [("OVERLAY_STORE_CACERT", &c.cacert), ("OVERLAY_STORE_CERT", &c.cert), ("OVERLAY_STORE_KEY", &c.key), ("OVERLAY_STORE_PASSWORD_FILE", &c.password_file)];
+        for (k, v) in paths {
+            if let Some(p) = v {
+                env.push((k, p.clone().into_os_string()));
+            }
+        }
+        if let Some(u) = &c.user {
+            env.push(("OVERLAY_STORE_USER", u.into()));
+        }
+        env
+    }
+
     /// Starts etcd (Debian's `etcd` binary) in the switch namespace, data under the work
     /// directory, and waits until it accepts connections. Call after [`Sim::build_underlay`];
     /// call again after [`Sim::stop_etcd`] to restart it on the same data.
@@ -260,14 +306,19 @@ impl Sim {
         if !has_ip {
             ip(&["-n", &sw, "addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"])?;
         }
-        let client = format!("http://{}", self.etcd_addr());
+        let scheme = if self.etcd_tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://{}", self.etcd_addr());
         let peer = "http://127.0.0.1:2380";
         let log = fs::OpenOptions::new().create(true).append(true).open(self.workdir.join("etcd.log"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &sw, "etcd", "--name", "sim", "--data-dir"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &sw, "etcd", "--name", "sim", "--data-dir"])
             .arg(self.workdir.join("etcd"))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", &format!("sim={peer}")])
+            .args(["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", &format!("sim={peer}")]);
+        if let Some(t) = &self.etcd_tls {
+            cmd.arg("--cert-file").arg(&t.cert).arg("--key-file").arg(&t.key).arg("--trusted-ca-file").arg(&t.client_ca).arg("--client-cert-auth");
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -321,13 +372,13 @@ impl Sim {
     where
         F: std::future::Future<Output = io::Result<T>>,
     {
-        let url = self.etcd_url();
+        let access = self.store_access();
         let ns = crate::host::netlink::netns_path(&self.ns_name("sw"));
         std::thread::spawn(move || -> io::Result<T> {
             crate::host::netlink::enter_netns(&ns)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
-                let store = crate::source::store::Store::connect(&url).await.map_err(io::Error::other)?;
+                let store = crate::source::store::Store::open(&access).await.map_err(io::Error::other)?;
                 f(store.client()).await
             })
         })
@@ -385,6 +436,7 @@ impl Sim {
         }
         let child = cmd
             .env("RUST_LOG", "info,overlay::plugins::docker=debug")
+            .envs(self.store_env())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -432,6 +484,7 @@ impl Sim {
             .arg(&self.overlay_bin)
             .args(args)
             .env("OVERLAY_STORE", self.etcd_url())
+            .envs(self.store_env())
             .env("OVERLAY_PIN_ROOT", &self.pin_root)
             .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null());

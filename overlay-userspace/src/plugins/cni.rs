@@ -23,7 +23,7 @@ use crate::{
     model::Mac,
     dataplane::node_pin_dir,
     host::netlink::Netlink,
-    source::store::{EndpointSpec, Store, StoreError},
+    source::store::{Credentials, EndpointSpec, Store, StoreAccess, StoreError},
 };
 
 pub const CNI_VERSION: &str = "1.0.0";
@@ -77,6 +77,21 @@ pub struct NetConf {
     pub network: Option<String>,
     /// etcd://HOST:PORT[,HOST:PORT...].
     pub store: String,
+    /// CA certificate (PEM) of etcd's server certificate: TLS when given (`--store-cacert`).
+    #[serde(default, rename = "storeCACert")]
+    pub store_ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) presented to etcd (`--store-cert`).
+    #[serde(default)]
+    pub store_cert: Option<PathBuf>,
+    /// Its private key (PEM) (`--store-key`).
+    #[serde(default)]
+    pub store_key: Option<PathBuf>,
+    /// etcd user (`--store-user`).
+    #[serde(default)]
+    pub store_user: Option<String>,
+    /// File holding the user's password (`--store-password-file`).
+    #[serde(default)]
+    pub store_password_file: Option<PathBuf>,
     /// This node's name [default: the registered node whose VTEP is an address here].
     #[serde(default)]
     pub node: Option<String>,
@@ -131,7 +146,24 @@ fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
         return Err(CniError::new(code::INCOMPATIBLE_VERSION, format!("CNI version {} is not supported", conf.cni_version), format!("supported: {}", SUPPORTED.join(", "))));
     }
     crate::source::store::parse_url(&conf.store).map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid \"store\"", e))?;
+    conf.store_access().check().map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid store credentials", e))?;
     Ok(conf)
+}
+
+impl NetConf {
+    /// The store and the credentials of the config's store* fields.
+    pub fn store_access(&self) -> StoreAccess {
+        StoreAccess::new(
+            &self.store,
+            Credentials {
+                cacert: self.store_ca_cert.clone(),
+                cert: self.store_cert.clone(),
+                key: self.store_key.clone(),
+                user: self.store_user.clone(),
+                password_file: self.store_password_file.clone(),
+            },
+        )
+    }
 }
 
 fn store_err(e: StoreError) -> CniError {
@@ -203,7 +235,7 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
             if !crate::model::valid_netns(&env.netns) || !std::path::Path::new(&env.netns).exists() {
                 return Err(CniError::new(code::CONTAINER_UNKNOWN, format!("network namespace {} does not exist", env.netns), ""));
             }
-            let store = Store::connect(&conf.store).await.map_err(store_err)?;
+            let store = Store::open(&conf.store_access()).await.map_err(store_err)?;
             let (net, _) = store.network(&network).await.map_err(store_err)?;
             let node = match &conf.node {
                 Some(n) => n.clone(),
@@ -262,7 +294,7 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
         }
         "DEL" => {
             // Idempotent: nothing to remove is success, and the store being away is worth a retry.
-            let store = Store::connect(&conf.store).await.map_err(store_err)?;
+            let store = Store::open(&conf.store_access()).await.map_err(store_err)?;
             match store.endpoint_rm(&network, &name).await {
                 Ok(_) | Err(StoreError::UnknownEndpoint(_)) => {}
                 Err(e) => return Err(store_err(e)),
@@ -274,7 +306,7 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
         }
         "CHECK" => {
             env.require("CNI_NETNS", &env.netns)?;
-            let store = Store::connect(&conf.store).await.map_err(store_err)?;
+            let store = Store::open(&conf.store_access()).await.map_err(store_err)?;
             let (eps, _) = store.endpoints(Some(&network)).await.map_err(store_err)?;
             let fail = |m: String| CniError::new(code::CHECK_FAILED, m, "");
             let ep = eps.into_iter().find(|e| e.name == name).ok_or_else(|| fail(format!("no endpoint {name} in network {network}")))?;

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::{
-    Store, StoreError,
+    Store, StoreAccess, StoreError,
     mirror::{Mirror, Step},
     records::{AliveRecord, NodeRecord, PREFIX, alive_key, node_key, now_secs},
 };
@@ -36,6 +36,11 @@ pub struct Registration {
 pub enum FollowError {
     #[error("node {node}: {message}")]
     Conflict { node: String, message: String },
+    /// The store refused the credentials on the first connection (a wrong CA, no client
+    /// certificate, a wrong password): retrying cannot help. Refusals after the agent has once
+    /// been in are retried, as a member away is.
+    #[error(transparent)]
+    Refused(StoreError),
 }
 
 enum SessionEnd {
@@ -45,18 +50,23 @@ enum SessionEnd {
     Closed,
 }
 
-/// Follows the store at `url` until every receiver of `tx` is dropped. Returns an error only
+/// Follows the store `access` reaches until every receiver of `tx` is dropped. Returns an error only
 /// when the node cannot be registered at all (another live agent has its name or VTEP).
-pub async fn follow(url: String, reg: Registration, tx: watch::Sender<Option<Arc<Cluster>>>) -> Result<(), FollowError> {
+pub async fn follow(access: StoreAccess, reg: Registration, tx: watch::Sender<Option<Arc<Cluster>>>) -> Result<(), FollowError> {
     let mut mirror = Mirror::new();
     let mut backoff = BACKOFF_MIN;
     let mut warned_down = false;
+    let mut ever_in = false;
     loop {
         if tx.is_closed() {
             return Ok(());
         }
-        let store = match Store::connect(&url).await {
-            Ok(s) => s,
+        let store = match Store::open(&access).await {
+            Ok(s) => {
+                ever_in = true;
+                s
+            }
+            Err(e @ StoreError::Refused { .. }) if !ever_in => return Err(FollowError::Refused(e)),
             Err(e) => {
                 if !warned_down {
                     warn!("{e}; the datapath keeps its last state, retrying");

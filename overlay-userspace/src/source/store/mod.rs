@@ -5,6 +5,7 @@
 //! relied on changed since it was read; it is then retried on fresh data. So two concurrent
 //! `endpoint add` never get the same address, and two `network create` never the same VNI or
 //! overlapping subnets.
+pub mod access;
 pub mod follow;
 pub mod mirror;
 pub mod records;
@@ -15,6 +16,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyVal
 use ipnet::Ipv4Net;
 use overlay_common::wire::MAX_VNI;
 
+pub use access::{Credentials, StoreAccess};
 pub use records::{AliveRecord, EndpointRecord, Malformed, NetworkRecord, NodeRecord, PortRecord, ServiceRecord};
 use records::*;
 
@@ -40,6 +42,14 @@ pub enum StoreError {
     Unreachable { addrs: String, message: String },
     #[error("etcd at {addrs}: {message}")]
     Etcd { addrs: String, message: String },
+    /// TLS or authentication refused: the message says which file or flag and which check.
+    #[error("etcd at {addrs} refused the connection: {message}")]
+    Refused { addrs: String, message: String },
+    #[error("{flag} {}: {message}", path.display())]
+    BadFile { flag: &'static str, path: std::path::PathBuf, message: String },
+    /// Credentials that do not go together.
+    #[error("{0}")]
+    Access(String),
     #[error("no network named {0:?} (see `overlay network ls`)")]
     UnknownNetwork(String),
     /// The write breaks a rule of the cluster (the one rule book, `model::rules`).
@@ -73,7 +83,7 @@ type Result<T> = std::result::Result<T, StoreError>;
 /// ("tcp connect error: Connection refused (os error 111)"), not the whole debug chain.
 pub fn short(e: &etcd_client::Error) -> String {
     let mut last: Option<String> = None;
-    let mut src = std::error::Error::source(e);
+    let mut src = std::error::Error::source(access::inner(e));
     while let Some(s) = src {
         last = Some(s.to_string());
         src = s.source();
@@ -88,7 +98,7 @@ pub fn short(e: &etcd_client::Error) -> String {
     }
 }
 
-/// Parses `etcd://HOST:PORT[,HOST:PORT...]` into etcd client endpoints.
+/// Parses `etcd://HOST:PORT[,HOST:PORT...]` into the members' HOST:PORT.
 pub fn parse_url(url: &str) -> Result<Vec<String>> {
     let rest = url.strip_prefix("etcd://").ok_or_else(|| StoreError::BadUrl(url.to_string()))?;
     let rest = rest.trim_end_matches('/');
@@ -98,7 +108,7 @@ pub fn parse_url(url: &str) -> Result<Vec<String>> {
         if !ok {
             return Err(StoreError::BadUrl(url.to_string()));
         }
-        out.push(format!("http://{hp}"));
+        out.push(hp.to_string());
     }
     Ok(out)
 }
@@ -109,6 +119,8 @@ pub struct Store {
     client: Client,
     /// The addresses, for error messages.
     pub addrs: String,
+    /// How it was reached (to explain refusals, and for components that reconnect).
+    pub access: StoreAccess,
 }
 
 /// A whole prefix at one revision.
@@ -174,23 +186,58 @@ pub struct ServiceSpec {
 }
 
 impl Store {
-    /// Connects and checks that etcd answers.
+    /// Connects without TLS or user and checks that etcd answers.
     pub async fn connect(url: &str) -> Result<Store> {
-        let endpoints = parse_url(url)?;
-        let addrs = endpoints.iter().map(|e| e.trim_start_matches("http://")).collect::<Vec<_>>().join(",");
+        Store::open(&StoreAccess::plain(url)).await
+    }
+
+    /// Connects with the credentials of `access` and checks that etcd answers. A refusal (TLS,
+    /// certificate, user) is [`StoreError::Refused`] with what to fix; a member away is
+    /// [`StoreError::Unreachable`].
+    pub async fn open(access: &StoreAccess) -> Result<Store> {
+        let members = parse_url(&access.url)?;
+        let addrs = members.join(",");
+        let loaded = access.creds.load()?;
+        let scheme = if access.tls() { "https" } else { "http" };
+        let endpoints: Vec<String> = members.iter().map(|m| format!("{scheme}://{m}")).collect();
         let opts = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             // etcd closes connections that ping more often than every 5 s (--grpc-keepalive-min-time).
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let opts = loaded.apply(opts);
         let client = match tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&endpoints, Some(opts))).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(StoreError::Unreachable { addrs, message: short(&e) }),
+            Ok(Err(e)) => {
+                return Err(match access::refusal(access, &e) {
+                    Some(message) => StoreError::Refused { addrs, message },
+                    None => StoreError::Unreachable { addrs, message: short(&e) },
+                });
+            }
             Err(_) => return Err(StoreError::Unreachable { addrs, message: format!("no answer within {REQUEST_TIMEOUT:?}") }),
         };
-        let store = Store { client, addrs };
-        store.ping().await?;
-        Ok(store)
+        let store = Store { client, addrs, access: access.clone() };
+        match store.ping().await {
+            Ok(_) => Ok(store),
+            Err(StoreError::Unreachable { addrs, message }) if !access.tls() => {
+                for m in &members {
+                    if access::serves_tls(m).await {
+                        let message = format!("{m} serves TLS and this client does not use it ({message}): pass --store-cacert (and --store-cert/--store-key if etcd asks for a client certificate)");
+                        return Err(StoreError::Refused { addrs, message });
+                    }
+                }
+                Err(StoreError::Unreachable { addrs, message })
+            }
+            Err(StoreError::Unreachable { addrs, message }) => {
+                for m in &members {
+                    if let Some(why) = access::tls_refusal(access, m).await {
+                        return Err(StoreError::Refused { addrs, message: format!("{why} (at {m})") });
+                    }
+                }
+                Err(StoreError::Unreachable { addrs, message })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// One cheap read: fails with [`StoreError::Unreachable`] if etcd does not answer.
@@ -208,7 +255,10 @@ impl Store {
     }
 
     fn unreachable(&self, e: etcd_client::Error) -> StoreError {
-        StoreError::Unreachable { addrs: self.addrs.clone(), message: short(&e) }
+        match access::refusal(&self.access, &e) {
+            Some(message) => StoreError::Refused { addrs: self.addrs.clone(), message },
+            None => StoreError::Unreachable { addrs: self.addrs.clone(), message: short(&e) },
+        }
     }
 
     fn etcd(&self, e: etcd_client::Error) -> StoreError {
@@ -216,7 +266,10 @@ impl Store {
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => self.unreachable(e),
             // gRPC codes 1 (cancelled), 4 (deadline exceeded), 14 (unavailable): not reachable now.
             etcd_client::Error::GRpcStatus(s) if matches!(s.code() as i32, 1 | 4 | 14) => self.unreachable(e),
-            _ => StoreError::Etcd { addrs: self.addrs.clone(), message: e.to_string() },
+            _ => match access::refusal(&self.access, &e) {
+                Some(message) => StoreError::Refused { addrs: self.addrs.clone(), message },
+                None => StoreError::Etcd { addrs: self.addrs.clone(), message: e.to_string() },
+            },
         }
     }
 
@@ -770,8 +823,8 @@ mod tests {
 
     #[test]
     fn store_urls() {
-        assert_eq!(parse_url("etcd://127.0.0.1:2379").expect("one"), vec!["http://127.0.0.1:2379"]);
-        assert_eq!(parse_url("etcd://a:1,b:2/").expect("two"), vec!["http://a:1", "http://b:2"]);
+        assert_eq!(parse_url("etcd://127.0.0.1:2379").expect("one"), vec!["127.0.0.1:2379"]);
+        assert_eq!(parse_url("etcd://a:1,b:2/").expect("two"), vec!["a:1", "b:2"]);
         for bad in ["http://a:1", "etcd://a", "etcd://:1", "etcd://a:0", "etcd://a:99999", "etcd://a:1,"] {
             let e = parse_url(bad).expect_err(bad).to_string();
             assert!(e.contains("is not a store address: expected etcd://HOST:PORT"), "{e}");
