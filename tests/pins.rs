@@ -11,12 +11,13 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
 };
 
 use aya::maps::{Array, HashMap, MapData, MapInfo};
 use overlay::{
     dataplane::{self, Dataplane, DataplaneError, MAP_LAYOUT, PinMismatch},
-    lab::sim,
+    lab::sim::{self, Container, Sim, wait_for},
 };
 use overlay_common::{FdbEntry, FdbKey, PIN_LAYOUT, PinLayout};
 use support::*;
@@ -251,4 +252,100 @@ fn down_removes_pins_of_any_layout() {
         .expect("run down");
     assert!(out.status.success(), "down removes any layout without refusing:\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(!pins.dir.exists(), "the pin directory is gone: {:?}", pins.dir.exists().then(|| snapshot(&pins.dir)));
+}
+
+/// An agent started under `ip netns exec` whose parent exits, stopped by its PID on drop.
+struct Orphan {
+    pid: i32,
+}
+
+impl Orphan {
+    fn alive(&self) -> bool {
+        // A zombie (not yet reaped by whoever adopted it) has exited.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    }
+}
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process this test started, by its PID.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        if !wait_for(Duration::from_secs(5), || !self.alive()) {
+            // SAFETY: as above.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            wait_for(Duration::from_secs(5), || !self.alive());
+        }
+    }
+}
+
+fn mount_ns(pid: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap_or_else(|e| panic!("mount namespace of {pid}: {e}"))
+}
+
+#[test]
+fn an_orphaned_agent_under_ip_netns_exec_pins_into_the_hosts_bpffs() {
+    require_root();
+    let mut sim = Sim::new("orph", Path::new(OVERLAY_BIN)).expect("simulation");
+    sim.build_underlay(1).expect("underlay");
+    let web = Container { name: "web".into(), network: "nginx-net", node: 1, ip: "10.0.1.2".parse().expect("ip"), netns: sim.add_ns("web").expect("ns") };
+    let file = sim.write_file("cluster.yaml", &sim::cluster_yaml(1, std::slice::from_ref(&web), &[], "")).expect("file");
+    let (pidfile, log) = (sim.workdir.join("agent.pid"), sim.agent_log("node1"));
+    // The shell starts the agent after a pause in a background subshell (which becomes the
+    // agent: `exec`) and exits at once: the agent starts with no ancestor left in the host's
+    // mount namespace, in the private one `ip netns exec` made (with a fresh /sys).
+    let script = format!(
+        "(sleep 0.5; exec {bin} agent --cluster {file} --node node1 --pin-root {root} --dns-upstream 203.0.113.53 >>{log} 2>&1) & echo $! >{pidfile}",
+        bin = OVERLAY_BIN,
+        file = file.display(),
+        root = sim.pin_root.display(),
+        log = log.display(),
+        pidfile = pidfile.display(),
+    );
+    let host = sim.host_ns(1);
+    let st = Command::new("ip").args(["netns", "exec", &host, "sh", "-c", &script]).stdin(Stdio::null()).status().expect("sh");
+    assert!(st.success(), "the shell started the agent");
+    let pid: i32 = std::fs::read_to_string(&pidfile).expect("pid file").trim().parse().expect("a PID");
+    let agent = Orphan { pid };
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    assert!(wait_for(Duration::from_secs(20), || Dataplane::open_pinned(&sim.pin_dir("node1")).is_ok()), "the orphaned agent's pins are in the host's bpffs, seen from here:\n{}", logs());
+    assert!(agent.alive(), "the agent runs:\n{}", logs());
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let ppid: u32 = stat.rsplit_once(')').expect("stat").1.split_whitespace().nth(1).expect("ppid").parse().expect("ppid");
+    assert_ne!(ppid, std::process::id(), "the agent was orphaned (reparented), not our child");
+    assert_eq!(mount_ns(&pid.to_string()), mount_ns("self"), "it joined the host's mount namespace");
+    assert!(wait_for(Duration::from_secs(20), || sim.has_address(&web.netns, web.ip)), "and works: web wired:\n{}", logs());
+    // The CLI (itself under `ip netns exec`) finds the same pins.
+    let out = sim.overlay(&host, &["stats", "--json", "--node", "node1"]).expect("stats");
+    assert!(out.status.success(), "overlay stats finds the orphan's pins: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("stats --json is JSON");
+    drop(agent);
+    assert!(Dataplane::open_pinned(&sim.pin_dir("node1")).is_ok(), "the pins outlive the agent");
+    let _ = std::fs::remove_file(&pidfile);
+}
+
+#[test]
+fn without_the_hosts_bpffs_the_agent_refuses_rather_than_pin_privately() {
+    require_root();
+    let ns = NetNs::new("p");
+    let pins = PinDir::new("priv");
+    let file = idle_cluster_file(&pins);
+    // A PID and mount namespace where /sys/fs/bpf is a tmpfs (no process there sees a bpffs),
+    // and the agent in a further mount namespace of its own, as `ip netns exec` would make it:
+    // nothing to join, and not the host's own namespace either.
+    let script = format!(
+        "mount -t tmpfs none /sys/fs/bpf && timeout 20 unshare --mount {bin} agent --cluster {file} --node {node} --netns {ns} --dns-upstream 203.0.113.53 --pin-root {root}",
+        bin = OVERLAY_BIN,
+        file = file.display(),
+        node = pins.node,
+        ns = ns.0,
+        root = pins.root.display(),
+    );
+    let out = Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "--mount", "sh", "-c", &script]).stdin(Stdio::null()).output().expect("unshare");
+    let _ = std::fs::remove_file(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent must refuse:\n{stderr}");
+    assert!(stderr.contains("private mount namespace") && stderr.contains("--netns NAME"), "it says why and what to do:\n{stderr}");
+    assert_eq!(snapshot(&pins.dir), BTreeMap::new(), "and nothing was pinned into it");
 }

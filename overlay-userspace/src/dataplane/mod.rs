@@ -97,6 +97,14 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub enum DataplaneError {
     #[error("no bpffs at {BPFFS} and mounting one failed; mount it with `mount -t bpf bpf {BPFFS}`")]
     NoBpffs,
+    #[error(
+        "this process runs in a private mount namespace whose {BPFFS} is not a bpffs (`ip netns exec` remounts /sys), \
+         and no other mount namespace shows the host's bpffs to join: pins made here would vanish with the process \
+         and no other `overlay` command would find them. Give `overlay agent` (or `down`, `docker-plugin`) \
+         `--netns NAME` instead of starting it under `ip netns exec`, or start it from a process in the host's \
+         mount namespace"
+    )]
+    PrivateMountNs,
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: String, source: io::Error },
     #[error("loading the eBPF programs: {0}")]
@@ -201,17 +209,70 @@ fn parent_of(pid: u32) -> Option<u32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Where this process found the host's bpffs ([`join_host_mount_ns`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountNs {
+    /// `/sys/fs/bpf` here is a bpffs already.
+    HasBpffs,
+    /// Joined the mount namespace of process `pid`, which sees a bpffs at `/sys/fs/bpf`.
+    Joined(u32),
+    /// No bpffs anywhere, and this looks like the host's own mount namespace (a fresh machine):
+    /// [`host_bpffs`] mounts one.
+    HostWithoutBpffs,
+}
+
+fn mount_ns_of(pid: &str) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+}
+
+/// Every process's mount namespace that this one can read, with how many processes share it,
+/// most shared first (one PID of each to reach it by).
+fn mount_namespaces() -> Vec<(PathBuf, u32, usize)> {
+    let mut by_ns: std::collections::HashMap<PathBuf, (u32, usize)> = std::collections::HashMap::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Ok(pid) = name.parse::<u32>() else { continue };
+        if let Some(ns) = mount_ns_of(&name) {
+            by_ns.entry(ns).or_insert((pid, 0)).1 += 1;
+        }
+    }
+    let mut all: Vec<(PathBuf, u32, usize)> = by_ns.into_iter().map(|(ns, (pid, n))| (ns, pid, n)).collect();
+    all.sort_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)));
+    all
+}
+
+/// Whether this process's mount namespace is plausibly the host's own: PID 1's, or (when
+/// PID 1's cannot be read, as under some sandboxes) the one most processes share.
+fn plausibly_host_mount_ns() -> bool {
+    let Some(own) = mount_ns_of("self") else { return false };
+    if let Some(init) = mount_ns_of("1") {
+        return init == own;
+    }
+    let all = mount_namespaces();
+    let own_count = all.iter().find(|(ns, _, _)| *ns == own).map_or(0, |x| x.2);
+    all.iter().all(|(_, _, n)| *n <= own_count)
+}
+
 /// When this process sees no bpffs at `/sys/fs/bpf` because it runs in a mount namespace that
-/// remounted `/sys` (`ip netns exec` does), joins the mount namespace of the nearest ancestor
-/// (or PID 1) that sees one, so pins are where every other process looks. The network
-/// namespace is left alone. Must run while the process is single-threaded. Returns whether it
-/// switched.
-pub fn join_host_mount_ns() -> io::Result<bool> {
+/// remounted `/sys` (`ip netns exec` does), joins a mount namespace that sees one, so pins are
+/// where every other process looks: the nearest ancestor's, else PID 1's, else the one most
+/// processes share (an agent whose parent exited, reparented to PID 1 or a subreaper, has no
+/// ancestor left in the host's namespace, and PID 1's may not be readable). The network
+/// namespace is left alone. Must run while the process is single-threaded.
+///
+/// Fails with [`DataplaneError::PrivateMountNs`] when no such namespace exists and this one is
+/// not plausibly the host's: mounting a bpffs here would pin into a private one that vanishes
+/// with the process, where no other process finds the pins.
+pub fn join_host_mount_ns() -> Result<MountNs> {
     use std::os::fd::AsRawFd as _;
     if is_bpffs(Path::new(BPFFS)) {
-        return Ok(false);
+        return Ok(MountNs::HasBpffs);
     }
-    let own = fs::read_link("/proc/self/ns/mnt")?;
+    let own = mount_ns_of("self").ok_or_else(|| DataplaneError::Io {
+        what: "reading",
+        path: "/proc/self/ns/mnt".into(),
+        source: io::Error::last_os_error(),
+    })?;
     let mut candidates = Vec::new();
     let mut pid = std::os::unix::process::parent_id();
     while pid > 1 && candidates.len() < 32 {
@@ -219,28 +280,36 @@ pub fn join_host_mount_ns() -> io::Result<bool> {
         pid = parent_of(pid).unwrap_or(0);
     }
     candidates.push(1);
+    candidates.extend(mount_namespaces().into_iter().map(|(_, pid, _)| pid));
+    let mut tried = vec![own];
     for pid in candidates {
-        let ns = format!("/proc/{pid}/ns/mnt");
-        if fs::read_link(&ns).ok().is_none_or(|n| n == own) {
+        let Some(ns) = mount_ns_of(&pid.to_string()) else { continue };
+        if tried.contains(&ns) {
             continue;
         }
+        tried.push(ns);
         if !is_bpffs(&Path::new(&format!("/proc/{pid}/root")).join(BPFFS.trim_start_matches('/'))) {
             continue;
         }
-        let f = fs::File::open(&ns)?;
+        let path = format!("/proc/{pid}/ns/mnt");
+        let Ok(f) = fs::File::open(&path) else { continue };
         // SAFETY: setns on a valid mount-namespace fd; the caller guarantees a single thread.
         if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
-            return Err(io::Error::last_os_error());
+            return Err(DataplaneError::Io { what: "joining the mount namespace", path, source: io::Error::last_os_error() });
         }
-        return Ok(true);
+        return Ok(MountNs::Joined(pid));
     }
-    Ok(false)
+    if plausibly_host_mount_ns() { Ok(MountNs::HostWithoutBpffs) } else { Err(DataplaneError::PrivateMountNs) }
 }
 
-/// The bpffs at `/sys/fs/bpf`, mounted there if none is (call [`join_host_mount_ns`] first).
+/// The bpffs at `/sys/fs/bpf`, mounted there if none is and this is plausibly the host's own
+/// mount namespace (call [`join_host_mount_ns`] first).
 pub fn host_bpffs() -> Result<PathBuf> {
     if is_bpffs(Path::new(BPFFS)) {
         return Ok(PathBuf::from(BPFFS));
+    }
+    if !plausibly_host_mount_ns() {
+        return Err(DataplaneError::PrivateMountNs);
     }
     // None mounted yet (a fresh machine): mount it where systemd would.
     let target = std::ffi::CString::new(BPFFS).expect("no NUL");
