@@ -3,13 +3,32 @@
 //! Every map key and value is `#[repr(C)]`, `Copy`, has explicit padding and holds no `bool`,
 //! `Option` or enum, so both sides agree on the bytes. IPv4 addresses are stored in network byte
 //! order (as they sit in a packet) in a `u32` read with native endianness; [`ip_to_map`] and
-//! [`ip_from_map`] convert.
+//! [`ip_from_map`] convert. The pinned maps outlive the agent: changing any key or value type
+//! here (or a map's kind or size) means bumping [`PIN_LAYOUT`].
 #![no_std]
 
 pub mod reason;
 pub mod wire;
 
 pub use reason::{Direction, Reason};
+
+/// Layout version of the pinned maps under `<bpffs>/overlay/<node>/`. Pins outlive the binary
+/// that made them, so an agent adopts a pin directory only when it records this same number.
+/// **Bump it whenever any pinned map changes**: a key or value type below (its fields, their
+/// meaning or its size), a map's kind or `max_entries`, or a map added, removed or renamed.
+/// History: 1, the maps of `overlay-ebpf/src/maps.rs` when the record was introduced.
+pub const PIN_LAYOUT: u32 = 1;
+
+/// Value of the layout record `LAYOUT` (array[1]) that the agent pins beside the maps. Its own
+/// shape never changes (it is how every version tells the others apart): `layout` is
+/// [`PIN_LAYOUT`] of the agent that made the directory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PinLayout {
+    pub layout: u32,
+    /// The record's own format (1); for readers that do not know a newer one.
+    pub version: u32,
+}
 
 /// Key of the FDB: which VTEP (or local interface) owns `mac` in network `vni`.
 #[repr(C)]
@@ -356,7 +375,7 @@ pub const fn stats_index(reason: Reason, dir: Direction) -> u32 {
     reason as u32 + (dir as u32) * REASON_SLOTS
 }
 
-/// Map sizes.
+/// Map sizes (part of the pinned layout: changing one means bumping [`PIN_LAYOUT`]).
 pub const MAX_FDB: u32 = 65_536;
 pub const MAX_VNIS: u32 = 4_096;
 pub const MAX_ENDPOINTS: u32 = 4_096;
@@ -381,6 +400,7 @@ pub const fn ip_from_map(v: u32) -> [u8; 4] {
 mod pod {
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, have explicit padding fields and contain
     // only integers and byte arrays, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::PinLayout {}
     unsafe impl aya::Pod for super::FdbKey {}
     unsafe impl aya::Pod for super::FdbEntry {}
     unsafe impl aya::Pod for super::VniInfo {}

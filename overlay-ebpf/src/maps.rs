@@ -1,5 +1,7 @@
 //! The datapath's maps. All are pinned by name under the agent's per-node bpffs directory, so a
-//! restarted agent finds them again and forwarding never stops.
+//! restarted agent finds them again and forwarding never stops. Changing a pinned map here (its
+//! kind, key or value type, `max_entries`, flags, or adding, removing or renaming one) means
+//! bumping `overlay_common::PIN_LAYOUT`: agents refuse pins of another layout.
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},

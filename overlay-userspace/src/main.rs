@@ -85,11 +85,14 @@ fn main() -> anyhow::Result<()> {
         overlay::host::netlink::enter_netns(&path).map_err(|e| anyhow::anyhow!("entering network namespace {}: {e}", path.display()))?;
     }
     // `ip netns exec` remounts /sys: find the host's bpffs (and pins) again while still
-    // single-threaded.
+    // single-threaded. Commands that pin refuse to run without it rather than pin into a
+    // private bpffs nobody else sees.
+    let pins = matches!(cli.command, Command::Agent(_) | Command::Down(_) | Command::DockerPlugin(_) | Command::Stats(_) | Command::Fdb(_));
     match overlay::dataplane::join_host_mount_ns() {
-        Ok(true) => tracing::debug!("joined the host's mount namespace to reach its bpffs"),
-        Ok(false) => {}
-        Err(e) => tracing::warn!("could not join the host's mount namespace: {e}"),
+        Ok(overlay::dataplane::MountNs::Joined(pid)) => tracing::debug!(pid, "joined the host's mount namespace (of that process) to reach its bpffs"),
+        Ok(_) => {}
+        Err(e) if pins => return Err(e.into()),
+        Err(e) => tracing::debug!("no host bpffs: {e}"),
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {

@@ -20,7 +20,7 @@ use aya::{
     util::nr_cpus,
 };
 use overlay_common::{
-    Backend, Counter, CtKey, Direction, EndpointInfo, FdbEntry, FdbKey, LbCounters, LbStatsKey, MAGLEV_M, MAX_BACKENDS, MemberInfo, NameEntry, NameKey,
+    PIN_LAYOUT, PinLayout, Backend, Counter, CtKey, Direction, EndpointInfo, FdbEntry, FdbKey, LbCounters, LbStatsKey, MAGLEV_M, MAX_BACKENDS, MemberInfo, NameEntry, NameKey,
     NeighEntry, NeighKey, NodeConfig, PublishedEntry, PublishedKey, Reason, ServiceEntry, ServiceKey, SubnetInfo, VniCounters, VniInfo, stats_index,
 };
 
@@ -55,6 +55,9 @@ const MAP_REVERSE: &str = "REVERSE";
 const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 const MAP_PUBLISHED: &str = "PUBLISHED";
 const MAP_MESH_RETURN: &str = "MESH_RETURN";
+/// The layout record: array[1] of [`PinLayout`], made and pinned by the agent (not declared by
+/// the object), saying which [`PIN_LAYOUT`] the maps beside it have.
+pub const MAP_LAYOUT: &str = "LAYOUT";
 /// Every map and its one owner: the agent's desired state (written by [`Dataplane::apply`]
 /// from a plan), the datapath itself (the connection tables: never written nor wiped by a
 /// reconcile, so connections survive agent restarts and config changes), or the counters (the
@@ -94,6 +97,14 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub enum DataplaneError {
     #[error("no bpffs at {BPFFS} and mounting one failed; mount it with `mount -t bpf bpf {BPFFS}`")]
     NoBpffs,
+    #[error(
+        "this process runs in a private mount namespace whose {BPFFS} is not a bpffs (`ip netns exec` remounts /sys), \
+         and no other mount namespace shows the host's bpffs to join: pins made here would vanish with the process \
+         and no other `overlay` command would find them. Give `overlay agent` (or `down`, `docker-plugin`) \
+         `--netns NAME` instead of starting it under `ip netns exec`, or start it from a process in the host's \
+         mount namespace"
+    )]
+    PrivateMountNs,
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: String, source: io::Error },
     #[error("loading the eBPF programs: {0}")]
@@ -108,6 +119,67 @@ pub enum DataplaneError {
     NotPinned(String),
     #[error("link {path}: {message}")]
     Link { path: String, message: String },
+    #[error("reading the maps the eBPF object declares: {0}")]
+    Object(String),
+    /// The pin directory holds maps another version of the agent made, which this one must not
+    /// reuse. Nothing in it was changed.
+    #[error(
+        "pin directory {dir} holds pinned state this agent cannot use: {}; this agent expects pin layout {expected}. \
+         Nothing there was changed. Run `{down}` (it removes the pins; forwarding stops until the agent starts again), \
+         then start this agent",
+        join_mismatches(.found)
+    )]
+    IncompatiblePins { dir: String, expected: u32, found: Vec<PinMismatch>, down: String },
+}
+
+/// What a map must agree on for a pin to be reused: kind, key and value sizes, entries, flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapShape {
+    /// `bpf_map_type`.
+    pub kind: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+impl std::fmt::Display for MapShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            1 => "hash".to_string(),
+            2 => "array".to_string(),
+            5 => "per-CPU hash".to_string(),
+            6 => "per-CPU array".to_string(),
+            9 => "LRU hash".to_string(),
+            11 => "LPM trie".to_string(),
+            k => format!("map type {k}"),
+        };
+        write!(f, "{kind} (key {} B, value {} B, {} entries, flags {:#x})", self.key_size, self.value_size, self.max_entries, self.flags)
+    }
+}
+
+/// One reason a pin directory cannot be adopted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PinMismatch {
+    /// The layout record names another layout.
+    #[error("its layout record {MAP_LAYOUT} says layout {0}")]
+    Layout(u32),
+    /// The layout record itself has a shape this agent does not know.
+    #[error("its layout record {MAP_LAYOUT} is a {0}, not the record this agent knows")]
+    Record(MapShape),
+    /// A pinned map differs from the object's map of that name.
+    #[error("map {name} is a {found}, this agent's {name} is a {expected}")]
+    Map { name: String, found: MapShape, expected: MapShape },
+    /// A pin this agent has no map of (another version's).
+    #[error("{0} is not a map this agent knows")]
+    Unknown(String),
+    /// A pin that cannot be opened as a map.
+    #[error("{name} cannot be opened as a map: {reason}")]
+    Unreadable { name: String, reason: String },
+}
+
+fn join_mismatches(found: &[PinMismatch]) -> String {
+    found.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 type Result<T> = std::result::Result<T, DataplaneError>;
@@ -137,17 +209,70 @@ fn parent_of(pid: u32) -> Option<u32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Where this process found the host's bpffs ([`join_host_mount_ns`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountNs {
+    /// `/sys/fs/bpf` here is a bpffs already.
+    HasBpffs,
+    /// Joined the mount namespace of process `pid`, which sees a bpffs at `/sys/fs/bpf`.
+    Joined(u32),
+    /// No bpffs anywhere, and this looks like the host's own mount namespace (a fresh machine):
+    /// [`host_bpffs`] mounts one.
+    HostWithoutBpffs,
+}
+
+fn mount_ns_of(pid: &str) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+}
+
+/// Every process's mount namespace that this one can read, with how many processes share it,
+/// most shared first (one PID of each to reach it by).
+fn mount_namespaces() -> Vec<(PathBuf, u32, usize)> {
+    let mut by_ns: std::collections::HashMap<PathBuf, (u32, usize)> = std::collections::HashMap::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Ok(pid) = name.parse::<u32>() else { continue };
+        if let Some(ns) = mount_ns_of(&name) {
+            by_ns.entry(ns).or_insert((pid, 0)).1 += 1;
+        }
+    }
+    let mut all: Vec<(PathBuf, u32, usize)> = by_ns.into_iter().map(|(ns, (pid, n))| (ns, pid, n)).collect();
+    all.sort_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)));
+    all
+}
+
+/// Whether this process's mount namespace is plausibly the host's own: PID 1's, or (when
+/// PID 1's cannot be read, as under some sandboxes) the one most processes share.
+fn plausibly_host_mount_ns() -> bool {
+    let Some(own) = mount_ns_of("self") else { return false };
+    if let Some(init) = mount_ns_of("1") {
+        return init == own;
+    }
+    let all = mount_namespaces();
+    let own_count = all.iter().find(|(ns, _, _)| *ns == own).map_or(0, |x| x.2);
+    all.iter().all(|(_, _, n)| *n <= own_count)
+}
+
 /// When this process sees no bpffs at `/sys/fs/bpf` because it runs in a mount namespace that
-/// remounted `/sys` (`ip netns exec` does), joins the mount namespace of the nearest ancestor
-/// (or PID 1) that sees one, so pins are where every other process looks. The network
-/// namespace is left alone. Must run while the process is single-threaded. Returns whether it
-/// switched.
-pub fn join_host_mount_ns() -> io::Result<bool> {
+/// remounted `/sys` (`ip netns exec` does), joins a mount namespace that sees one, so pins are
+/// where every other process looks: the nearest ancestor's, else PID 1's, else the one most
+/// processes share (an agent whose parent exited, reparented to PID 1 or a subreaper, has no
+/// ancestor left in the host's namespace, and PID 1's may not be readable). The network
+/// namespace is left alone. Must run while the process is single-threaded.
+///
+/// Fails with [`DataplaneError::PrivateMountNs`] when no such namespace exists and this one is
+/// not plausibly the host's: mounting a bpffs here would pin into a private one that vanishes
+/// with the process, where no other process finds the pins.
+pub fn join_host_mount_ns() -> Result<MountNs> {
     use std::os::fd::AsRawFd as _;
     if is_bpffs(Path::new(BPFFS)) {
-        return Ok(false);
+        return Ok(MountNs::HasBpffs);
     }
-    let own = fs::read_link("/proc/self/ns/mnt")?;
+    let own = mount_ns_of("self").ok_or_else(|| DataplaneError::Io {
+        what: "reading",
+        path: "/proc/self/ns/mnt".into(),
+        source: io::Error::last_os_error(),
+    })?;
     let mut candidates = Vec::new();
     let mut pid = std::os::unix::process::parent_id();
     while pid > 1 && candidates.len() < 32 {
@@ -155,28 +280,36 @@ pub fn join_host_mount_ns() -> io::Result<bool> {
         pid = parent_of(pid).unwrap_or(0);
     }
     candidates.push(1);
+    candidates.extend(mount_namespaces().into_iter().map(|(_, pid, _)| pid));
+    let mut tried = vec![own];
     for pid in candidates {
-        let ns = format!("/proc/{pid}/ns/mnt");
-        if fs::read_link(&ns).ok().is_none_or(|n| n == own) {
+        let Some(ns) = mount_ns_of(&pid.to_string()) else { continue };
+        if tried.contains(&ns) {
             continue;
         }
+        tried.push(ns);
         if !is_bpffs(&Path::new(&format!("/proc/{pid}/root")).join(BPFFS.trim_start_matches('/'))) {
             continue;
         }
-        let f = fs::File::open(&ns)?;
+        let path = format!("/proc/{pid}/ns/mnt");
+        let Ok(f) = fs::File::open(&path) else { continue };
         // SAFETY: setns on a valid mount-namespace fd; the caller guarantees a single thread.
         if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
-            return Err(io::Error::last_os_error());
+            return Err(DataplaneError::Io { what: "joining the mount namespace", path, source: io::Error::last_os_error() });
         }
-        return Ok(true);
+        return Ok(MountNs::Joined(pid));
     }
-    Ok(false)
+    if plausibly_host_mount_ns() { Ok(MountNs::HostWithoutBpffs) } else { Err(DataplaneError::PrivateMountNs) }
 }
 
-/// The bpffs at `/sys/fs/bpf`, mounted there if none is (call [`join_host_mount_ns`] first).
+/// The bpffs at `/sys/fs/bpf`, mounted there if none is and this is plausibly the host's own
+/// mount namespace (call [`join_host_mount_ns`] first).
 pub fn host_bpffs() -> Result<PathBuf> {
     if is_bpffs(Path::new(BPFFS)) {
         return Ok(PathBuf::from(BPFFS));
+    }
+    if !plausibly_host_mount_ns() {
+        return Err(DataplaneError::PrivateMountNs);
     }
     // None mounted yet (a fresh machine): mount it where systemd would.
     let target = std::ffi::CString::new(BPFFS).expect("no NUL");
@@ -197,6 +330,135 @@ pub fn node_pin_dir(root: Option<&Path>, node: &str) -> Result<PathBuf> {
         None => host_bpffs()?.join(PIN_SUBDIR),
     };
     Ok(root.join(node))
+}
+
+/// What a pin directory holds, as far as adopting it goes.
+#[derive(Debug, PartialEq, Eq)]
+enum PinState {
+    /// Nothing pinned (no directory, or no maps in it).
+    Empty,
+    /// Maps of this layout, with the record.
+    Current,
+    /// Maps matching this agent's in every way, without a record: an agent from before the
+    /// record existed, whose layout was this one. Adopted; [`Dataplane::load`] writes the record.
+    Unrecorded,
+}
+
+/// Shapes of the pinned maps as the object declares them.
+fn declared_shapes() -> Result<BTreeMap<&'static str, MapShape>> {
+    let obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| DataplaneError::Object(e.to_string()))?;
+    ALL_MAPS
+        .iter()
+        .map(|(name, _)| {
+            let m = obj.maps.get(*name).ok_or(DataplaneError::MissingMap(name))?;
+            let shape = MapShape { kind: m.map_type(), key_size: m.key_size(), value_size: m.value_size(), max_entries: m.max_entries(), flags: m.map_flags() };
+            Ok((*name, shape))
+        })
+        .collect()
+}
+
+/// The shape of the layout record, which never changes.
+const LAYOUT_SHAPE: MapShape = MapShape {
+    kind: 2, // BPF_MAP_TYPE_ARRAY
+    key_size: size_of::<u32>() as u32,
+    value_size: size_of::<PinLayout>() as u32,
+    max_entries: 1,
+    flags: 0,
+};
+
+fn pinned_shape(path: &Path) -> std::result::Result<(MapData, MapShape), String> {
+    let data = MapData::from_pin(path).map_err(|e| e.to_string())?;
+    let info = data.info().map_err(|e| e.to_string())?;
+    let kind = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+    let shape = MapShape { kind, key_size: info.key_size(), value_size: info.value_size(), max_entries: info.max_entries(), flags: info.map_flags() };
+    Ok((data, shape))
+}
+
+/// The command that clears `dir` for this agent: `overlay down` of its node (with
+/// `--pin-root` when it is not the default one).
+fn down_command(dir: &Path) -> String {
+    let node = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let root = dir.parent().unwrap_or(Path::new("/"));
+    let default_root = Path::new(BPFFS).join(PIN_SUBDIR);
+    if root == default_root {
+        format!("overlay down --node {node}")
+    } else {
+        format!("overlay down --node {node} --pin-root {}", root.display())
+    }
+}
+
+/// Compares what `dir` holds with what this agent declares, opening every pin (never creating,
+/// writing or removing one). Refuses a directory of another layout, or any pinned map whose
+/// kind, key or value size, entries or flags differ from the object's: aya's loader would
+/// reuse such a pin as it is, and the programs and agent would misread it.
+fn check_pins(dir: &Path) -> Result<PinState> {
+    let entries = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PinState::Empty),
+        Err(e) => return Err(io_err("reading pin directory", dir)(e)),
+    };
+    let declared = declared_shapes()?;
+    let mut found = Vec::new();
+    let mut record = None;
+    let mut pinned = 0;
+    for entry in entries {
+        let entry = entry.map_err(io_err("reading pin directory", dir))?;
+        if entry.file_type().map_err(io_err("reading pin directory", dir))?.is_dir() {
+            continue; // `links/`: links are replaced one by one by `attach`.
+        }
+        let name = entry.file_name().to_string_lossy().to_string();
+        let (data, shape) = match pinned_shape(&entry.path()) {
+            Ok(x) => x,
+            Err(reason) => {
+                found.push(PinMismatch::Unreadable { name, reason });
+                continue;
+            }
+        };
+        if name == MAP_LAYOUT {
+            if shape != LAYOUT_SHAPE {
+                found.push(PinMismatch::Record(shape));
+                continue;
+            }
+            let map = Map::from_map_data(data).map_err(map_err(MAP_LAYOUT))?;
+            let arr: Array<MapData, PinLayout> = Array::try_from(map).map_err(map_err(MAP_LAYOUT))?;
+            let rec = arr.get(&0, 0).map_err(map_err(MAP_LAYOUT))?;
+            if rec.layout != PIN_LAYOUT {
+                found.push(PinMismatch::Layout(rec.layout));
+            }
+            record = Some(rec.layout);
+            continue;
+        }
+        pinned += 1;
+        match declared.get(name.as_str()) {
+            Some(expected) if *expected == shape => {}
+            Some(expected) => found.push(PinMismatch::Map { name, found: shape, expected: *expected }),
+            None => found.push(PinMismatch::Unknown(name)),
+        }
+    }
+    if !found.is_empty() {
+        // Another layout first: the maps' differences follow from it.
+        found.sort_by_key(|m| !matches!(m, PinMismatch::Layout(_)));
+        return Err(DataplaneError::IncompatiblePins { dir: dir.display().to_string(), expected: PIN_LAYOUT, found, down: down_command(dir) });
+    }
+    Ok(match (record, pinned) {
+        (Some(_), _) => PinState::Current,
+        (None, 0) => PinState::Empty,
+        (None, _) => PinState::Unrecorded,
+    })
+}
+
+/// Makes and pins the layout record of `dir` (this agent's [`PIN_LAYOUT`]). The value is
+/// written before the pin appears, so no reader sees an empty record.
+fn write_layout_record(dir: &Path) -> Result<()> {
+    let obj = aya_obj::Map::new_from_params(LAYOUT_SHAPE.kind, LAYOUT_SHAPE.key_size, LAYOUT_SHAPE.value_size, 1, 0);
+    let data = MapData::create(obj, MAP_LAYOUT, None).map_err(map_err(MAP_LAYOUT))?;
+    let mut map = Map::from_map_data(data).map_err(map_err(MAP_LAYOUT))?;
+    {
+        let mut arr: Array<&mut MapData, PinLayout> = Array::try_from(&mut map).map_err(map_err(MAP_LAYOUT))?;
+        arr.set(0, PinLayout { layout: PIN_LAYOUT, version: 1 }, 0).map_err(map_err(MAP_LAYOUT))?;
+    }
+    let path = dir.join(MAP_LAYOUT);
+    map.pin(&path).map_err(|e| DataplaneError::Io { what: "pinning the layout record", path: path.display().to_string(), source: io::Error::other(e.to_string()) })
 }
 
 /// Typed handles on the ten maps.
@@ -368,7 +630,10 @@ fn remove_all<K: aya::Pod, V: aya::Pod>(
 
 impl Dataplane {
     /// Loads the programs, reusing the maps pinned in `dir` (or creating and pinning them).
+    /// Pins of another layout, or any pinned map that differs from the object's, are refused
+    /// ([`DataplaneError::IncompatiblePins`]) before anything in `dir` is touched.
     pub fn load(dir: &Path) -> Result<Self> {
+        let state = check_pins(dir)?;
         fs::create_dir_all(dir.join(LINKS_SUBDIR)).map_err(io_err("creating pin directory", dir))?;
         let mut ebpf = EbpfLoader::new().default_map_pin_directory(dir).load(EBPF_OBJECT)?;
         if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
@@ -383,14 +648,25 @@ impl Dataplane {
             prog.load().map_err(|source| DataplaneError::Program { name, source })?;
         }
         let maps = Maps::from_source(|name| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name)))?;
+        match state {
+            PinState::Current => {}
+            PinState::Empty => write_layout_record(dir)?,
+            PinState::Unrecorded => {
+                write_layout_record(dir)?;
+                tracing::info!(dir = %dir.display(), layout = PIN_LAYOUT, "adopted pins without a layout record (every map matches this agent's) and recorded their layout");
+            }
+        }
         Ok(Dataplane { ebpf: Some(ebpf), maps, dir: dir.to_path_buf(), applied: None, attached: Default::default() })
     }
 
-    /// Opens the pinned maps of a node without loading programs (for `stats`, `fdb`).
+    /// Opens the pinned maps of a node without loading programs (for `stats`, `fdb`). Refuses
+    /// pins of another layout as [`Dataplane::load`] does; writes nothing (a directory without
+    /// a record gets one from the next agent).
     pub fn open_pinned(dir: &Path) -> Result<Self> {
         if !dir.join(MAP_FDB).exists() {
             return Err(DataplaneError::NotPinned(dir.display().to_string()));
         }
+        check_pins(dir)?;
         let maps = Maps::from_source(|name| {
             let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
             Map::from_map_data(data).map_err(map_err(name))
@@ -685,20 +961,26 @@ impl Dataplane {
     }
 }
 
-/// Removes a node's pins: maps, links (which detaches the programs) and the directory.
-/// Keeps going past errors and reports them all.
+/// Removes a node's pins: maps, the layout record, links (which detaches the programs) and the
+/// directory, whatever layout they have. Keeps going past errors and reports them all.
 pub fn remove_pins(dir: &Path) -> std::result::Result<(), Vec<String>> {
     let mut errors = Vec::new();
-    let links = dir.join(LINKS_SUBDIR);
-    if let Ok(rd) = fs::read_dir(&links) {
-        for e in rd.flatten() {
-            if let Err(err) = fs::remove_file(e.path()) {
-                errors.push(format!("{}: {err}", e.path().display()));
+    // `links/`, and any other sub-directory of pins another version of the agent made: pins
+    // of every layout go (this never reads them).
+    let subdirs = fs::read_dir(dir).map(|rd| rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect::<Vec<_>>());
+    for sub in subdirs.unwrap_or_default() {
+        if let Ok(rd) = fs::read_dir(&sub) {
+            for e in rd.flatten() {
+                if let Err(err) = fs::remove_file(e.path()) {
+                    errors.push(format!("{}: {err}", e.path().display()));
+                }
             }
         }
+        if let Err(err) = fs::remove_dir(&sub) {
+            errors.push(format!("{}: {err}", sub.display()));
+        }
     }
-    let _ = fs::remove_dir(&links);
-    for (m, _) in ALL_MAPS {
+    for m in ALL_MAPS.iter().map(|(m, _)| *m).chain([MAP_LAYOUT]) {
         let p = dir.join(m);
         match fs::remove_file(&p) {
             Ok(()) => {}
