@@ -51,7 +51,22 @@ fn conf(sim: &Sim, extra: Value) -> String {
     if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
         c.extend(e.clone());
     }
-    c.to_string()
+    with_store_creds(sim, c).to_string()
+}
+
+/// `conf` with the simulation's store credentials in the CNI fields (the store runs TLS with
+/// client certificates when the test secured it).
+fn with_store_creds(sim: &Sim, mut conf: Value) -> Value {
+    let c = &sim.store_creds;
+    let fields = [("storeCACert", &c.cacert), ("storeCert", &c.cert), ("storeKey", &c.key)];
+    if let Some(o) = conf.as_object_mut() {
+        for (k, v) in fields {
+            if let Some(p) = v {
+                o.insert(k.to_string(), json!(p));
+            }
+        }
+    }
+    conf
 }
 
 fn endpoints(sim: &Sim) -> String {
@@ -64,6 +79,8 @@ fn cni_add_check_del_with_store_and_host_local_ipam_and_a_chained_plugin() {
     require_root();
     assert!(Path::new(CNI_PATH).join("host-local").exists(), "containernetworking-plugins missing (cargo xtask setup installs it)");
     let mut sim = Sim::new("n", Path::new(OVERLAY_BIN)).expect("simulation");
+    // The store with TLS and client certificates: the plugin reads them from its config.
+    secure_store(&mut sim);
     sim.start_store_cluster(2, 3, "web").expect("store cluster");
     let (h1, h2) = (sim.host_ns(1), sim.host_ns(2));
     let ns1 = format!("/run/netns/{}", sim.add_ns("c1").expect("ns"));
@@ -100,7 +117,7 @@ fn cni_add_check_del_with_store_and_host_local_ipam_and_a_chained_plugin() {
     // interface; its DEL removes only that one.
     let back = sim.overlay(&h1, &["network", "create", "back", "--subnet", "10.0.9.0/24", "--internal"]).expect("network create");
     assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
-    let conf_back = json!({"cniVersion": "1.0.0", "name": "back", "type": "overlay", "store": sim.etcd_url(), "pinRoot": sim.pin_root}).to_string();
+    let conf_back = with_store_creds(&sim, json!({"cniVersion": "1.0.0", "name": "back", "type": "overlay", "store": sim.etcd_url(), "pinRoot": sim.pin_root})).to_string();
     let (ok, rb, err) = cni_if(&h1, OVERLAY_BIN, "ADD", "ctr1", &ns1, &conf_back, "eth1");
     assert!(ok, "ADD eth1: {rb} {err}");
     assert_eq!((rb["interfaces"][1]["name"].as_str(), rb["ips"][0]["address"].as_str()), (Some("eth1"), Some("10.0.9.2/24")), "{rb}");

@@ -70,13 +70,20 @@ fn docker_containers_on_the_plugin_network_reach_each_other_and_another_host() {
     }
     let _key = RemoveIfNew(["/etc/docker/key.json", "/etc/docker"].into_iter().filter(|p| !Path::new(p).exists()).collect());
     let mut sim = Sim::new("d", Path::new(OVERLAY_BIN)).expect("simulation");
+    // The store as production runs it: TLS and client certificates, for the plugin too.
+    secure_store(&mut sim);
     sim.start_store_cluster(2, 3, "web").expect("store cluster");
     let h1 = sim.host_ns(1);
     // The plugin under its default name, as the README runs it: `-d ebpf-overlay` must reach it
     // (under `overlay`, Docker's built-in swarm driver answered instead).
     let plugin = overlay::defaults::DOCKER_PLUGIN_NAME.to_string();
     assert_ne!(plugin, "overlay", "Docker's built-in overlay driver shadows a plugin named overlay");
-    sim.spawn_docker_plugin("node1", &h1, None).expect("plugin");
+    let sock = sim.spawn_docker_plugin("node1", &h1, None).expect("plugin");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&sock).expect("socket").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the plugin socket attaches containers to any network: root (dockerd) only");
+    }
     let docker = Docker(sim.start_dockerd(1).expect("dockerd"));
     import_busybox(&docker, &sim.workdir.join("rootfs"));
 

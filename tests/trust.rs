@@ -80,6 +80,15 @@ fn every_component_reaches_a_tls_store_and_clients_without_valid_certificates_ar
     let (c1, _) = attach(&mut sim, "c1", 1, "web");
     let (_c2, ip2) = attach(&mut sim, "c2", 2, "web");
     assert!(wait_for(Duration::from_secs(10), || sim.ping(&c1, ip2, 1, None)), "endpoints added over TLS reach each other:\n{}", sim.agent_logs(2));
+    // Least privilege: the pins and the files the agent writes for containers.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(mode(&sim.pin_dir("node1")), 0o700, "a node's pin directory is root's only");
+        let resolv = Path::new("/etc/netns").join(&c1).join("resolv.conf");
+        assert!(wait_for(Duration::from_secs(10), || resolv.exists()), "the agent writes {}", resolv.display());
+        assert_eq!(mode(&resolv), 0o644, "resolv.conf: readable by the container, written by root");
+    }
     let log = std::fs::read_to_string(sim.workdir.join("etcd.log")).unwrap_or_default();
     assert!(log.contains("ClientTLS") || log.contains("client-cert-auth = true"), "etcd runs with client certificate authentication:\n{log}");
 

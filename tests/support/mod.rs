@@ -115,3 +115,15 @@ impl TestCa {
         (cert_path, key_path)
     }
 }
+
+/// Runs the simulation's store with TLS and client certificates from a fresh CA, and gives
+/// every component of the simulation a valid client certificate (call before starting etcd).
+pub fn secure_store(sim: &mut overlay::lab::sim::Sim) {
+    let ca = TestCa::new(&sim.workdir.join("pki"), "ca");
+    let (cert, key) = ca.issue("etcd", &[&sim.etcd_addr().ip().to_string()]);
+    let (client_cert, client_key) = ca.issue("overlay", &[]);
+    sim.secure_store(
+        overlay::lab::sim::EtcdTls { cert, key, client_ca: ca.cert.clone() },
+        overlay::source::store::Credentials { cacert: Some(ca.cert.clone()), cert: Some(client_cert), key: Some(client_key), ..Default::default() },
+    );
+}

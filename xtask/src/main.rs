@@ -28,6 +28,13 @@ enum Task {
     },
     /// Build in release mode and run `overlay demo` (a simulated 3-host cluster).
     Demo,
+    /// Build in release mode and install the `overlay` binary as PREFIX/bin/overlay (the
+    /// README's commands call it by name).
+    Install {
+        /// Where to install.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
     /// Build in release mode and run `overlay bench` (native vs kernel-vxlan vs eBPF), passing
     /// the arguments on (e.g. `cargo xtask bench --quick --json bench.json`).
     Bench {
@@ -53,6 +60,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dnsmasq-base", "/usr/sbin/dnsmasq"),
     // The etcd v3 server the store tests and the control-plane benchmark start.
     ("etcd-server", "etcd"),
+    // etcdctl and openssl: the README's TLS and user set-up (the tests make their own
+    // certificates with rcgen and manage users through the etcd API).
+    ("etcd-client", "etcdctl"),
+    ("openssl", "openssl"),
     // etcd-client's build script compiles etcd's .proto files: protoc and the well-known types.
     ("protobuf-compiler", "protoc"),
     ("libprotobuf-dev", "/usr/include/google/protobuf/descriptor.proto"),
@@ -164,6 +175,19 @@ fn main() -> anyhow::Result<()> {
             }
             run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "overlay-userspace"]))?;
             run(Command::new(root().join("target/release/overlay")).arg("demo"))
+        }
+        Task::Install { prefix } => {
+            setup()?;
+            run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "overlay-userspace"]))?;
+            let dir = prefix.join("bin");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let to = dir.join("overlay");
+            // Copy to a temporary name and rename: a running agent keeps its old binary.
+            let tmp = dir.join(".overlay.new");
+            std::fs::copy(root().join("target/release/overlay"), &tmp).with_context(|| format!("copying to {}", tmp.display()))?;
+            std::fs::rename(&tmp, &to).with_context(|| format!("installing {}", to.display()))?;
+            println!("installed {}", to.display());
+            Ok(())
         }
         Task::Bench { args } => {
             setup()?;

@@ -635,6 +635,12 @@ impl Dataplane {
     pub fn load(dir: &Path) -> Result<Self> {
         let state = check_pins(dir)?;
         fs::create_dir_all(dir.join(LINKS_SUBDIR)).map_err(io_err("creating pin directory", dir))?;
+        // The maps decide where every container's traffic goes: root only (the pins in bpffs
+        // are 0600 already; the directories say so too, whatever the umask).
+        for d in [dir.to_path_buf(), dir.join(LINKS_SUBDIR)] {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).map_err(io_err("restricting pin directory", &d))?;
+        }
         let mut ebpf = EbpfLoader::new().default_map_pin_directory(dir).load(EBPF_OBJECT)?;
         if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
             tracing::debug!("eBPF logger not started: {e}");

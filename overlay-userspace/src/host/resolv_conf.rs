@@ -6,6 +6,7 @@
 use std::{
     fs, io,
     net::Ipv4Addr,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -37,9 +38,15 @@ pub fn write(node: &str, pin_dir: &Path, netns: &str, gateway: Ipv4Addr) -> io::
         }
         _ => {}
     }
-    fs::create_dir_all(p.parent().expect("a parent"))?;
+    // Readable by the container's processes, whoever they run as; written by root only
+    // (explicit modes: the agent's umask decides nothing).
+    fs::DirBuilder::new().recursive(true).mode(0o755).create(p.parent().expect("a parent"))?;
     let tmp = p.with_extension("overlay-tmp");
-    fs::write(&tmp, text)?;
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+    f.set_permissions(fs::Permissions::from_mode(0o644))?;
+    io::Write::write_all(&mut f, text.as_bytes())?;
+    drop(f);
     fs::rename(&tmp, &p)
 }
 

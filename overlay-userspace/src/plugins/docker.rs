@@ -274,6 +274,11 @@ pub async fn serve(plugin: Plugin, socket: PathBuf, stop: impl std::future::Futu
         Err(e) => return Err(e),
     }
     let listener = tokio::net::UnixListener::bind(&socket)?;
+    // Whoever can write to the socket attaches containers to any network: root (dockerd) only.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    }
     info!(socket = %socket.display(), node = %plugin.node, "Docker network plugin listening");
     let app = Router::new().route("/{*method}", post(handle)).with_state(Arc::new(plugin));
     let r = axum::serve(listener, app).with_graceful_shutdown(stop).await;

@@ -251,8 +251,8 @@ pub(super) async fn tls_refusal(access: &StoreAccess, member: &str) -> Option<St
                 return as_tls(e);
             }
         }
-        let mut buf = [0u8; 64];
-        match rustls::Stream::new(&mut conn, &mut sock).read(&mut buf) {
+        let mut first = [0u8; 1];
+        match rustls::Stream::new(&mut conn, &mut sock).read_exact(&mut first) {
             Err(e) => as_tls(e),
             Ok(_) => None,
         }

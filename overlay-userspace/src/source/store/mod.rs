@@ -231,7 +231,8 @@ impl Store {
             Err(StoreError::Unreachable { addrs, message }) => {
                 for m in &members {
                     if let Some(why) = access::tls_refusal(access, m).await {
-                        return Err(StoreError::Refused { addrs, message: format!("{why} (at {m})") });
+                        let message = if members.len() > 1 { format!("{why} (at {m})") } else { why };
+                        return Err(StoreError::Refused { addrs, message });
                     }
                 }
                 Err(StoreError::Unreachable { addrs, message })
