@@ -7,7 +7,8 @@
 //!
 //! Prints what it measured (time for each agent to resume its watch, packets lost, time for an
 //! endpoint added during the election to converge):
-//! `cargo test --test etcd_cluster -- --nocapture --test-threads=1`.
+//! `cargo test --test etcd_cluster -- --nocapture --test-threads=1` (with
+//! `RUST_LOG=overlay::source::store=debug` it also prints the CLI's retries during the election).
 mod support;
 
 use std::{
@@ -150,6 +151,11 @@ fn the_leader_dies_under_a_ping_flood_and_during_an_endpoint_add_then_is_replace
         (out, started, took, poll.join().expect("leader poll"))
     });
     assert!(out.status.success(), "endpoint add during the election failed:\n{}\n{}", text(&out), sim.agent_logs(HOSTS));
+    // Empty unless RUST_LOG asks for more (`overlay::source::store=debug` shows each retry).
+    let cli_log = String::from_utf8_lossy(&out.stderr);
+    if !cli_log.trim().is_empty() {
+        eprintln!("endpoint add during the election, its log:\n{cli_log}");
+    }
     let election = election.unwrap_or_else(|| panic!("no new leader within 20 s of the kill"));
     let ip3 = ip_of(&String::from_utf8_lossy(&out.stdout));
     // Polled in the maps (every 50 ms), then by a ping (whose failed tries wait 1 s each).
