@@ -55,6 +55,8 @@ enum SessionEnd {
     Disconnected(String),
     /// The receivers are gone: stop.
     Closed,
+    /// Registering again (the lease had expired) found the node's name or VTEP taken: stop.
+    Conflict(String),
 }
 
 /// Where and when the watch was lost, until it is resumed.
@@ -121,6 +123,7 @@ pub async fn follow(url: String, reg: Registration, tx: watch::Sender<Option<Arc
         lease = Some(held);
         match end {
             SessionEnd::Closed => return Ok(()),
+            SessionEnd::Conflict(message) => return Err(FollowError::Conflict { node: reg.node.name.clone(), message }),
             SessionEnd::Disconnected(why) => {
                 if ws.lost.is_none() {
                     warn!(
@@ -238,7 +241,7 @@ async fn keep_alive(store: &Store, reg: &Registration, c: &mut Client, lease: &m
 async fn renew_lease(store: &Store, reg: &Registration, c: &mut Client, lease: &mut i64) -> Result<(LeaseKeeper, LeaseKeepAliveStream), SessionEnd> {
     *lease = match register(store, reg).await {
         Ok(l) => l,
-        Err(Registered::Conflict(m)) => return Err(SessionEnd::Disconnected(m)),
+        Err(Registered::Conflict(m)) => return Err(SessionEnd::Conflict(m)),
         Err(Registered::Store(e)) => return Err(SessionEnd::Disconnected(e.to_string())),
     };
     c.lease_keep_alive(*lease).await.map_err(|e| SessionEnd::Disconnected(format!("lease keep-alive: {}", super::short(&e))))
@@ -308,8 +311,8 @@ async fn session(
                                 info!("lease keep-alive moved to another member after {} ms", t.elapsed().as_millis());
                             }
                         }
-                        Err(SessionEnd::Closed) => return SessionEnd::Closed,
                         Err(SessionEnd::Disconnected(why)) => debug!("lease keep-alive: {why}; retrying"),
+                        Err(end) => return end,
                     }
                 }
                 _ = tx.closed() => return SessionEnd::Closed,
