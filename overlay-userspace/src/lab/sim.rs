@@ -51,6 +51,8 @@ pub struct Sim {
     agents: Vec<(String, Child)>,
     /// The etcd server of [`Sim::start_etcd`], in the underlay switch namespace.
     etcd: Option<Child>,
+    /// The members of [`Sim::start_etcd_cluster`], by slot (slot `i` is `members[i - 1]`).
+    members: Vec<EtcdMember>,
     /// dockerd of [`Sim::start_dockerd`] and its work directory.
     dockerd: Option<(Child, PathBuf)>,
     pub pin_root: PathBuf,
@@ -101,7 +103,19 @@ impl Sim {
         let pin_root = dataplane::host_bpffs().map_err(io::Error::other)?.join("overlay").join(&prefix);
         let workdir = std::env::temp_dir().join(&prefix);
         fs::create_dir_all(&workdir)?;
-        Ok(Sim { prefix, overlay_bin: overlay_bin.to_path_buf(), namespaces: vec![], agents: vec![], etcd: None, dockerd: None, pin_root, workdir, etcd_tls: None, store_creds: Credentials::default() })
+        Ok(Sim {
+            prefix,
+            overlay_bin: overlay_bin.to_path_buf(),
+            namespaces: vec![],
+            agents: vec![],
+            etcd: None,
+            members: vec![],
+            dockerd: None,
+            pin_root,
+            workdir,
+            etcd_tls: None,
+            store_creds: Credentials::default(),
+        })
     }
 
     pub fn ns_name(&self, what: &str) -> String {
@@ -265,8 +279,204 @@ impl Sim {
         std::net::SocketAddr::from((ETCD_IP, 2379))
     }
 
+    /// The store URL agents and the CLI use: every member's address after
+    /// [`Sim::start_etcd_cluster`], else [`Sim::start_etcd`]'s one server.
     pub fn etcd_url(&self) -> String {
-        format!("etcd://{}", self.etcd_addr())
+        if self.members.is_empty() {
+            format!("etcd://{}", self.etcd_addr())
+        } else {
+            let addrs: Vec<String> = (1..=self.members.len()).map(|i| format!("{}:2379", member_ip(i))).collect();
+            format!("etcd://{}", addrs.join(","))
+        }
+    }
+
+    /// Gives the switch namespace an address on the underlay (for etcd, and for the harness's
+    /// own clients there).
+    fn switch_address(&self) -> io::Result<()> {
+        let sw = self.ns_name("sw");
+        let has_ip = String::from_utf8_lossy(&self.exec(&sw, &["ip", "-4", "-o", "addr", "show", "dev", "br0"])?.stdout).contains(&ETCD_IP.to_string());
+        if !has_ip {
+            ip(&["-n", &sw, "addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"])?;
+        }
+        Ok(())
+    }
+
+    /// Starts a cluster of `members` etcd members (Debian's `etcd`), each in its own namespace
+    /// on the underlay switch (`e1`, `e2`, ... at [`member_ip`]; peers talk over the underlay
+    /// too), data under the work directory; waits until the cluster has a leader. Agents and
+    /// the CLI started afterwards get every member's address ([`Sim::etcd_url`]). Call after
+    /// [`Sim::build_underlay`], instead of [`Sim::start_etcd`].
+    pub fn start_etcd_cluster(&mut self, members: usize) -> io::Result<()> {
+        self.switch_address()?;
+        let sw = self.ns_name("sw");
+        for slot in 1..=members {
+            let ns = self.add_ns(&format!("e{slot}"))?;
+            let port = format!("pe{slot}");
+            ip(&["-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{}/24", member_ip(slot)), "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            self.members.push(EtcdMember { name: format!("m{slot}"), ns, child: None });
+        }
+        let cluster: Vec<String> = self.members.iter().enumerate().map(|(i, m)| format!("{}={}", m.name, peer_url(i + 1))).collect();
+        let cluster = cluster.join(",");
+        for slot in 1..=members {
+            self.spawn_member(slot, &cluster, "new")?;
+        }
+        for slot in 1..=members {
+            self.wait_member(slot)?;
+        }
+        if !wait_for(Duration::from_secs(20), || self.etcd_leader().is_ok()) {
+            return Err(io::Error::other(format!("the etcd cluster elected no leader within 20 s:\n{}", self.member_logs())));
+        }
+        Ok(())
+    }
+
+    /// The log of the member in `slot` (appended across replacements).
+    pub fn member_log(&self, slot: usize) -> PathBuf {
+        self.workdir.join(format!("etcd-e{slot}.log"))
+    }
+
+    fn member_logs(&self) -> String {
+        (1..=self.members.len()).map(|i| format!("--- etcd e{i}\n{}", fs::read_to_string(self.member_log(i)).unwrap_or_default())).collect()
+    }
+
+    /// Starts the member of `slot` under its current name, with its own data directory.
+    fn spawn_member(&mut self, slot: usize, initial_cluster: &str, state: &str) -> io::Result<()> {
+        let m = &self.members[slot - 1];
+        let client = format!("http://{}:2379", member_ip(slot));
+        let peer = peer_url(slot);
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.member_log(slot))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &m.ns, "etcd", "--name", &m.name, "--data-dir"])
+            .arg(self.workdir.join(format!("etcd-{}", m.name)))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", initial_cluster, "--initial-cluster-state", state, "--initial-cluster-token", &self.prefix])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.members[slot - 1].child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the member of `slot` accepts client connections.
+    fn wait_member(&self, slot: usize) -> io::Result<()> {
+        let addr = std::net::SocketAddr::from((member_ip(slot), 2379));
+        let ns = crate::host::netlink::netns_path(&self.ns_name("sw"));
+        if !wait_for(Duration::from_secs(20), || in_netns_connect(&ns, addr)) {
+            return Err(io::Error::other(format!("etcd member e{slot} did not start within 20 s:\n{}", self.member_logs())));
+        }
+        Ok(())
+    }
+
+    /// The PID of the member process of `slot`, while it runs.
+    pub fn member_pid(&self, slot: usize) -> Option<u32> {
+        self.members.get(slot - 1)?.child.as_ref().map(Child::id)
+    }
+
+    /// Asks the member of `slot` (alone) for its status: (its member id, the leader it knows,
+    /// 0 if none).
+    pub fn member_status(&self, slot: usize) -> io::Result<(u64, u64)> {
+        self.with_members(&[slot], async |mut c| {
+            let s = c.status().await.map_err(io::Error::other)?;
+            Ok((s.header().map(|h| h.member_id()).unwrap_or(0), s.leader()))
+        })
+    }
+
+    /// The slot of the current leader, as the running members see it (they must agree).
+    pub fn etcd_leader(&self) -> io::Result<usize> {
+        let mut ids = Vec::new();
+        let mut leaders = Vec::new();
+        for slot in 1..=self.members.len() {
+            if self.member_pid(slot).is_none() {
+                continue;
+            }
+            if let Ok((id, leader)) = self.member_status(slot) {
+                ids.push((slot, id));
+                leaders.push(leader);
+            }
+        }
+        let Some(&leader) = leaders.first() else { return Err(io::Error::other("no member answers")) };
+        if leader == 0 || leaders.iter().any(|l| *l != leader) {
+            return Err(io::Error::other(format!("no agreed leader: {leaders:x?}")));
+        }
+        ids.iter().find(|(_, id)| *id == leader).map(|(slot, _)| *slot).ok_or_else(|| io::Error::other(format!("leader {leader:x} is not a running member")))
+    }
+
+    /// Moves the leadership to the member of `slot` (asked of the current leader).
+    pub fn etcd_move_leader(&self, slot: usize) -> io::Result<()> {
+        let leader = self.etcd_leader()?;
+        if leader == slot {
+            return Ok(());
+        }
+        let (target, _) = self.member_status(slot)?;
+        self.with_members(&[leader], async move |mut c| c.move_leader(target).await.map(|_| ()).map_err(io::Error::other))
+    }
+
+    /// Kills the member of `slot` with SIGKILL by its PID (a crash); its data stays.
+    pub fn kill_member(&mut self, slot: usize) -> io::Result<()> {
+        if let Some(mut c) = self.members[slot - 1].child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the member of `slot`, which must be stopped: removes it from the cluster
+    /// (etcd's member API, asked of the running members), adds a new member with the same
+    /// addresses, a new name and an empty data directory, and starts it with
+    /// `--initial-cluster-state existing`; returns once it accepts clients and knows the leader.
+    pub fn replace_member(&mut self, slot: usize) -> io::Result<()> {
+        if self.member_pid(slot).is_some() {
+            return Err(io::Error::other(format!("member e{slot} still runs: kill it first")));
+        }
+        let others: Vec<usize> = (1..=self.members.len()).filter(|s| *s != slot && self.member_pid(*s).is_some()).collect();
+        let old = self.members[slot - 1].name.clone();
+        let new = format!("{old}r");
+        let peer = peer_url(slot);
+        let cluster = self.with_members(&others, async move |mut c| {
+            let list = c.member_list().await.map_err(io::Error::other)?;
+            let id = list.members().iter().find(|m| m.name() == old).map(|m| m.id()).ok_or_else(|| io::Error::other(format!("no member named {old}")))?;
+            c.member_remove(id).await.map_err(io::Error::other)?;
+            let added = c.member_add([peer.clone()], None).await.map_err(io::Error::other)?;
+            // The new member has no name until it starts: it is the one with its peer URL.
+            let cluster: Vec<String> = added
+                .member_list()
+                .iter()
+                .map(|m| {
+                    let name = if m.peer_urls().contains(&peer) { new.as_str() } else { m.name() };
+                    format!("{name}={}", m.peer_urls().join(","))
+                })
+                .collect();
+            Ok(cluster.join(","))
+        })?;
+        self.members[slot - 1].name = format!("{}r", self.members[slot - 1].name);
+        self.spawn_member(slot, &cluster, "existing")?;
+        self.wait_member(slot)?;
+        if !wait_for(Duration::from_secs(20), || self.member_status(slot).is_ok_and(|(_, l)| l != 0)) {
+            return Err(io::Error::other(format!("member e{slot} did not join within 20 s:\n{}", self.member_logs())));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with a plain etcd client (no leader required) to the members of `slots`, on a
+    /// thread inside the switch namespace.
+    fn with_members<T: Send + 'static>(&self, slots: &[usize], f: impl AsyncFnOnce(etcd_client::Client) -> io::Result<T> + Send + 'static) -> io::Result<T> {
+        let endpoints: Vec<String> = slots.iter().map(|s| format!("http://{}:2379", member_ip(*s))).collect();
+        let ns = crate::host::netlink::netns_path(&self.ns_name("sw"));
+        std::thread::spawn(move || -> io::Result<T> {
+            crate::host::netlink::enter_netns(&ns)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let opts = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1)).with_timeout(Duration::from_secs(3));
+                let c = etcd_client::Client::connect(&endpoints, Some(opts)).await.map_err(io::Error::other)?;
+                f(c).await
+            })
+        })
+        .join()
+        .map_err(|_| io::Error::other("etcd client thread panicked"))?
     }
 
     /// Runs the store with TLS and client-certificate authentication (call before
@@ -302,10 +512,7 @@ impl Sim {
     /// call again after [`Sim::stop_etcd`] to restart it on the same data.
     pub fn start_etcd(&mut self) -> io::Result<()> {
         let sw = self.ns_name("sw");
-        let has_ip = String::from_utf8_lossy(&self.exec(&sw, &["ip", "-4", "-o", "addr", "show", "dev", "br0"])?.stdout).contains(&ETCD_IP.to_string());
-        if !has_ip {
-            ip(&["-n", &sw, "addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"])?;
-        }
+        self.switch_address()?;
         let scheme = if self.etcd_tls.is_some() { "https" } else { "http" };
         let client = format!("{scheme}://{}", self.etcd_addr());
         let peer = "http://127.0.0.1:2380";
@@ -339,6 +546,20 @@ impl Sim {
     pub fn start_store_cluster(&mut self, hosts: usize, ttl: u32, network: &str) -> io::Result<()> {
         self.build_underlay(hosts)?;
         self.start_etcd()?;
+        self.start_store_agents(hosts, ttl, network)
+    }
+
+    /// Like [`Sim::start_store_cluster`] on an etcd cluster of `members` members
+    /// ([`Sim::start_etcd_cluster`]); every agent and the CLI get all their addresses.
+    pub fn start_store_cluster_ha(&mut self, hosts: usize, members: usize, ttl: u32, network: &str) -> io::Result<()> {
+        self.build_underlay(hosts)?;
+        self.start_etcd_cluster(members)?;
+        self.start_store_agents(hosts, ttl, network)
+    }
+
+    /// Creates `network` from host 1's CLI and starts one store agent per host; returns once
+    /// every agent is up and its datapath pinned.
+    fn start_store_agents(&mut self, hosts: usize, ttl: u32, network: &str) -> io::Result<()> {
         let o = self.overlay(&self.host_ns(1), &["network", "create", network])?;
         if !o.status.success() {
             return Err(io::Error::other(format!("network create: {}", String::from_utf8_lossy(&o.stderr))));
@@ -538,6 +759,13 @@ impl Sim {
         if let Err(e) = self.stop_etcd() {
             errors.push(format!("etcd: {e}"));
         }
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                if let Err(e) = stop_child(&mut c) {
+                    errors.push(format!("etcd member {}: {e}", m.name));
+                }
+            }
+        }
         for ns in self.namespaces.drain(..).rev() {
             if let Err(e) = ip(&["netns", "del", &ns]) {
                 errors.push(e.to_string());
@@ -569,6 +797,24 @@ impl Sim {
 
 /// The address etcd listens on in the switch namespace.
 const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 254);
+
+/// The underlay address of the etcd member in `slot` of [`Sim::start_etcd_cluster`]:
+/// 192.168.50.20<slot>.
+pub fn member_ip(slot: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 50, 200 + slot as u8)
+}
+
+fn peer_url(slot: usize) -> String {
+    format!("http://{}:2380", member_ip(slot))
+}
+
+/// A member of [`Sim::start_etcd_cluster`]: its name (a replacement gets a new one), its
+/// namespace, and its process while it runs.
+struct EtcdMember {
+    name: String,
+    ns: String,
+    child: Option<Child>,
+}
 
 /// Whether a TCP connection to `addr` from inside the namespace at `ns` succeeds.
 fn in_netns_connect(ns: &Path, addr: std::net::SocketAddr) -> bool {

@@ -5,9 +5,19 @@
 //! forwarding, and this loop reconnects by itself. It resumes the watch from the last revision it
 //! saw; if etcd compacted that revision away, it reads everything again (a full resync: the
 //! reconcile loop then repairs only the difference).
-use std::{sync::Arc, time::Duration};
+//!
+//! With several members, losing the one that serves the watch (it died, or lost its leader:
+//! the client requires one, so such a member cancels the watch) moves the watch to another
+//! member, from the same revision, keeping the node's lease. The agent logs which member and
+//! revision it lost, and where and after how long it resumed:
+//! `resumed the watch after 1234 ms at revision 57 on member 8e9e05c52164694d (lost
+//! fd422379fda50e48), no resync`.
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use etcd_client::{EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Client, EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions};
 use futures::FutureExt as _;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -22,6 +32,8 @@ use crate::model::{Cluster, Node};
 /// How long to wait before reconnecting, at first and at most.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How often a broken lease keep-alive stream is opened again (through another member).
+const RENEW_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the agent registers.
 #[derive(Clone, Debug)]
@@ -48,6 +60,24 @@ enum SessionEnd {
     Disconnected(String),
     /// The receivers are gone: stop.
     Closed,
+    /// Registering again (the lease had expired) found the node's name or VTEP taken: stop.
+    Conflict(String),
+}
+
+/// Where and when the watch was lost, until it is resumed.
+struct Lost {
+    at: Instant,
+    /// The member that served it (etcd's member id, from the responses' headers; 0: unknown).
+    member: u64,
+    revision: i64,
+}
+
+/// How the watch stands between sessions.
+#[derive(Default)]
+struct WatchState {
+    /// The member serving the current watch.
+    member: u64,
+    lost: Option<Lost>,
 }
 
 /// Follows the store `access` reaches until every receiver of `tx` is dropped. Returns an error only
@@ -57,6 +87,9 @@ pub async fn follow(access: StoreAccess, reg: Registration, tx: watch::Sender<Op
     let mut backoff = BACKOFF_MIN;
     let mut warned_down = false;
     let mut ever_in = false;
+    // Kept across reconnections: the lease lives in the cluster, not in one member.
+    let mut lease: Option<i64> = None;
+    let mut ws = WatchState::default();
     loop {
         if tx.is_closed() {
             return Ok(());
@@ -83,21 +116,37 @@ pub async fn follow(access: StoreAccess, reg: Registration, tx: watch::Sender<Op
             info!(addrs = %store.addrs, revision = mirror.revision, "etcd reachable again; resuming");
             warned_down = false;
         }
-        let lease = match register(&store, &reg).await {
-            Ok(l) => l,
-            Err(Registered::Conflict(message)) => return Err(FollowError::Conflict { node: reg.node.name.clone(), message }),
-            Err(Registered::Store(e)) => {
-                warn!("registering node {}: {e}; retrying", reg.node.name);
-                tokio::time::sleep(backoff).await;
-                continue;
-            }
+        let mut held = match lease {
+            Some(l) => l,
+            None => match register(&store, &reg).await {
+                Ok(l) => l,
+                Err(Registered::Conflict(message)) => return Err(FollowError::Conflict { node: reg.node.name.clone(), message }),
+                Err(Registered::Store(e)) => {
+                    warn!("registering node {}: {e}; retrying", reg.node.name);
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            },
         };
         backoff = BACKOFF_MIN;
-        match session(&store, &reg, lease, &mut mirror, &tx).await {
+        let end = session(&store, &reg, &mut held, &mut mirror, &tx, &mut ws).await;
+        lease = Some(held);
+        match end {
             SessionEnd::Closed => return Ok(()),
+            SessionEnd::Conflict(message) => return Err(FollowError::Conflict { node: reg.node.name.clone(), message }),
             SessionEnd::Disconnected(why) => {
-                warn!(addrs = %store.addrs, revision = mirror.revision, "lost etcd ({why}); the datapath keeps its last state, reconnecting");
-                warned_down = true;
+                if ws.lost.is_none() {
+                    warn!(
+                        addrs = %store.addrs,
+                        "lost etcd: the watch on member {:x} at revision {} ({why}); the datapath keeps its last state, resuming on a member that answers",
+                        ws.member,
+                        mirror.revision
+                    );
+                    ws.lost = Some(Lost { at: Instant::now(), member: ws.member, revision: mirror.revision });
+                    warned_down = true;
+                } else {
+                    debug!("store session ended again ({why}); retrying");
+                }
                 tokio::time::sleep(BACKOFF_MIN).await;
             }
         }
@@ -135,22 +184,22 @@ async fn register(store: &Store, reg: &Registration) -> Result<i64, Registered> 
             return Err(Registered::Conflict(format!("VTEP {} is already live node {}'s", me.vtep, n.name)));
         }
     }
-    let mut c = store.client();
-    let lease = c.lease_grant(reg.ttl, None).await.map_err(|e| StoreError::Unreachable { addrs: store.addrs.clone(), message: super::short(&e) })?.id();
+    let lease = store.lease_grant(reg.ttl).await?;
     let rec = NodeRecord { name: me.name.clone(), vtep: me.vtep.to_string(), underlay: me.underlay.clone() };
     let alive = AliveRecord { since: now_secs(), ttl: reg.ttl };
     let txn = Txn::new().and_then([
         TxnOp::put(node_key(&me.name), serde_json::to_vec(&rec).expect("records serialise"), None),
         TxnOp::put(alive_key(&me.name), serde_json::to_vec(&alive).expect("records serialise"), Some(PutOptions::new().with_lease(lease))),
     ]);
-    c.txn(txn).await.map_err(|e| StoreError::Unreachable { addrs: store.addrs.clone(), message: super::short(&e) })?;
+    // Unconditional: sending it again after a lost answer writes the same.
+    store.txn(txn).await?;
     info!(node = %me.name, vtep = %me.vtep, lease, ttl = reg.ttl, "registered in the store");
     Ok(lease)
 }
 
 /// Rebuilds the cluster from the mirror and hands it to the reconcile loop.
 fn publish(mirror: &mut Mirror, me: &Node, tx: &watch::Sender<Option<Arc<Cluster>>>) -> bool {
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     let (cluster, warnings) = mirror.cluster(me);
     debug!(revision = mirror.revision, took_us = t0.elapsed().as_micros() as u64, "cluster rebuilt from the mirror");
     for w in warnings {
@@ -184,7 +233,40 @@ async fn resync(store: &Store, mirror: &mut Mirror) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn session(store: &Store, reg: &Registration, mut lease: i64, mirror: &mut Mirror, tx: &watch::Sender<Option<Arc<Cluster>>>) -> SessionEnd {
+/// Opens the keep-alive stream of the node's lease. A lease etcd no longer has (it expired
+/// while etcd was out of reach for longer than the TTL) is replaced by registering again.
+async fn keep_alive(store: &Store, reg: &Registration, c: &mut Client, lease: &mut i64) -> Result<(LeaseKeeper, LeaseKeepAliveStream), SessionEnd> {
+    match c.lease_keep_alive(*lease).await {
+        Ok(k) => Ok(k),
+        // The client's error when etcd's first answer has TTL 0: no such lease.
+        Err(etcd_client::Error::LeaseKeepAliveError(_)) => {
+            warn!(node = %reg.node.name, "lease expired; registering again");
+            renew_lease(store, reg, c, lease).await
+        }
+        Err(e) => Err(SessionEnd::Disconnected(format!("lease keep-alive: {}", super::short(&e)))),
+    }
+}
+
+/// Registers the node under a fresh lease and opens its keep-alive stream.
+async fn renew_lease(store: &Store, reg: &Registration, c: &mut Client, lease: &mut i64) -> Result<(LeaseKeeper, LeaseKeepAliveStream), SessionEnd> {
+    *lease = match register(store, reg).await {
+        Ok(l) => l,
+        Err(Registered::Conflict(m)) => return Err(SessionEnd::Conflict(m)),
+        Err(Registered::Store(e)) => return Err(SessionEnd::Disconnected(e.to_string())),
+    };
+    c.lease_keep_alive(*lease).await.map_err(|e| SessionEnd::Disconnected(format!("lease keep-alive: {}", super::short(&e))))
+}
+
+/// One session on one client: keep the lease alive, watch from the mirror's revision. Ends on
+/// the first failure (the caller reconnects) or when the receivers are gone.
+async fn session(
+    store: &Store,
+    reg: &Registration,
+    lease: &mut i64,
+    mirror: &mut Mirror,
+    tx: &watch::Sender<Option<Arc<Cluster>>>,
+    state: &mut WatchState,
+) -> SessionEnd {
     let lost = |e: &dyn std::fmt::Display| SessionEnd::Disconnected(e.to_string());
     let mut c = store.client();
     if mirror.revision == 0 {
@@ -195,9 +277,9 @@ async fn session(store: &Store, reg: &Registration, mut lease: i64, mirror: &mut
             return SessionEnd::Closed;
         }
     }
-    let (mut keeper, mut kstream) = match c.lease_keep_alive(lease).await {
+    let (mut keeper, mut kstream) = match keep_alive(store, reg, &mut c, lease).await {
         Ok(k) => k,
-        Err(e) => return lost(&e),
+        Err(end) => return end,
     };
     let mut watch_from = mirror.revision + 1;
     'watch: loop {
@@ -210,51 +292,87 @@ async fn session(store: &Store, reg: &Registration, mut lease: i64, mirror: &mut
         let mut tick = tokio::time::interval(period);
         // A silent partition shows first as keep-alives going unanswered (TCP still accepts the
         // writes): two missed answers end the session well before the lease could expire.
-        let mut answered = std::time::Instant::now();
+        let mut answered = Instant::now();
+        // Since when the keep-alive stream is being moved to another member.
+        let mut renew: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     if answered.elapsed() > period * 2 + Duration::from_millis(200) {
                         return lost(&format!("no keep-alive answer for {:.1} s", answered.elapsed().as_secs_f64()));
                     }
-                    if let Err(e) = keeper.keep_alive().await {
-                        return lost(&e);
+                    if renew.is_none() {
+                        if let Err(e) = keeper.keep_alive().await {
+                            debug!("lease keep-alive: {}; renewing it through another member", super::short(&e));
+                            renew = Some(Instant::now());
+                        }
+                    }
+                }
+                // The keep-alive stream broke (its member died, or is between leaders) while the
+                // watch may be fine on another member: only the keep-alive moves; the answer
+                // deadline above still ends the session if no member renews the lease.
+                _ = tokio::time::sleep(RENEW_PAUSE), if renew.is_some() => {
+                    match keep_alive(store, reg, &mut c, lease).await {
+                        Ok(k) => {
+                            // Opening the stream renewed the lease once.
+                            (keeper, kstream) = k;
+                            answered = Instant::now();
+                            if let Some(t) = renew.take() {
+                                info!("lease keep-alive moved to another member after {} ms", t.elapsed().as_millis());
+                            }
+                        }
+                        Err(SessionEnd::Disconnected(why)) => debug!("lease keep-alive: {why}; retrying"),
+                        Err(end) => return end,
                     }
                 }
                 _ = tx.closed() => return SessionEnd::Closed,
-                k = kstream.message() => match k {
-                    Ok(Some(r)) if r.ttl() > 0 => answered = std::time::Instant::now(),
+                k = kstream.message(), if renew.is_none() => match k {
+                    Ok(Some(r)) if r.ttl() > 0 => answered = Instant::now(),
                     Ok(Some(_)) => {
                         // The lease expired (etcd was away longer than the TTL): register again.
                         warn!(node = %reg.node.name, "lease expired; registering again");
-                        lease = match register(store, reg).await {
-                            Ok(l) => l,
-                            Err(Registered::Conflict(m)) => return SessionEnd::Disconnected(m),
-                            Err(Registered::Store(e)) => return lost(&e),
-                        };
-                        (keeper, kstream) = match c.lease_keep_alive(lease).await {
+                        (keeper, kstream) = match renew_lease(store, reg, &mut c, lease).await {
                             Ok(k) => k,
-                            Err(e) => return lost(&e),
+                            Err(end) => return end,
                         };
-                        answered = std::time::Instant::now();
+                        answered = Instant::now();
                     }
-                    Ok(None) => return lost(&"keep-alive stream ended"),
-                    Err(e) => return lost(&e),
+                    Ok(None) => {
+                        debug!("lease keep-alive stream ended; renewing it through another member");
+                        renew = Some(Instant::now());
+                    }
+                    Err(e) => {
+                        debug!("lease keep-alive: {}; renewing it through another member", super::short(&e));
+                        renew = Some(Instant::now());
+                    }
                 },
                 m = ws.message() => {
                     let mut next = match m {
                         Ok(Some(r)) => Some(r),
                         Ok(None) => return lost(&"watch stream ended"),
-                        Err(e) => return lost(&e),
+                        Err(e) => return lost(&super::short(&e)),
                     };
                     let mut rebuild = false;
                     let mut steps = Vec::new();
                     // Take everything already waiting before publishing once.
                     while let Some(r) = next.take() {
+                        if let Some(h) = r.header() {
+                            state.member = h.member_id();
+                        }
                         if r.compact_revision() > 0 {
                             warn!(wanted = watch_from, compacted = r.compact_revision(), "watch revision compacted away; full resync");
                             if let Err(e) = resync(store, mirror).await {
                                 return lost(&e);
+                            }
+                            if let Some(l) = state.lost.take() {
+                                info!(
+                                    "resumed the watch after {} ms at revision {} on member {:x} (lost {:x} at revision {}), with a full resync",
+                                    l.at.elapsed().as_millis(),
+                                    mirror.revision,
+                                    state.member,
+                                    l.member,
+                                    l.revision
+                                );
                             }
                             if !publish(mirror, &reg.node, tx) {
                                 return SessionEnd::Closed;
@@ -263,7 +381,18 @@ async fn session(store: &Store, reg: &Registration, mut lease: i64, mirror: &mut
                             continue 'watch;
                         }
                         if r.canceled() {
-                            return lost(&format!("watch canceled: {}", r.cancel_reason()));
+                            return lost(&format!("watch canceled by member {:x}: {}", state.member, r.cancel_reason()));
+                        }
+                        if let Some(l) = state.lost.take() {
+                            info!(
+                                "resumed the watch after {} ms at revision {} on member {:x} (lost {:x}), no resync",
+                                l.at.elapsed().as_millis(),
+                                watch_from,
+                                state.member,
+                                l.member
+                            );
+                        } else if r.created() {
+                            info!(revision = watch_from, "watching the store on member {:x}", state.member);
                         }
                         for ev in r.events() {
                             let Some(kv) = ev.kv() else { continue };
@@ -285,7 +414,7 @@ async fn session(store: &Store, reg: &Registration, mut lease: i64, mirror: &mut
                         next = match ws.message().now_or_never() {
                             Some(Ok(Some(r))) => Some(r),
                             Some(Ok(None)) => return lost(&"watch stream ended"),
-                            Some(Err(e)) => return lost(&e),
+                            Some(Err(e)) => return lost(&super::short(&e)),
                             None => None,
                         };
                     }

@@ -5,6 +5,15 @@
 //! relied on changed since it was read; it is then retried on fresh data. So two concurrent
 //! `endpoint add` never get the same address, and two `network create` never the same VNI or
 //! overlapping subnets.
+//!
+//! With several members (`etcd://H1:P1,H2:P2,H3:P3`) every request is sent again, for up to
+//! [`RETRY_FOR`], when it failed in a way that may pass: a member down, between two leaders,
+//! too slow ([`transient`]). A write whose answer was lost may have been applied before it is
+//! sent again; its compare then fails, and the operation re-reads: when the store already holds
+//! exactly what it wrote (or no longer holds what it removed), that was its own doing and it
+//! succeeds. So a retried `endpoint add` returns the endpoint it created instead of
+//! "already exists". Only when the retries run out is the outcome unknown (the error says
+//! "etcd unreachable"; `endpoint ls` tells whether it was applied).
 pub mod access;
 pub mod follow;
 pub mod mirror;
@@ -27,8 +36,17 @@ pub const VNI_FIRST: u32 = 4096;
 /// Subnets given to networks created without one: 10.0.N.0/24 from this pool, as Docker's.
 pub const POOL: &str = "10.0.0.0/8";
 pub const POOL_PREFIX: u8 = 24;
-/// How long one request to etcd may take before the store counts as unreachable.
+/// How long one attempt of a request to etcd may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a request is sent again while it fails transiently (a member down, no leader, a
+/// leader change) before the store counts as unreachable: enough for an election (about a
+/// second after a leader dies with etcd's default 1 s election timeout) with a wide margin.
+pub const RETRY_FOR: Duration = Duration::from_secs(10);
+/// The pause between two attempts of a request, at first and at most. Short at first: the
+/// usual failure with several members is one dead member's refused connection, and the next
+/// attempt likely goes to another.
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(10);
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(250);
 /// Keys fetched per page when reading a whole prefix.
 const PAGE: i64 = 2000;
 /// Attempts of one allocation before giving up (each lost race re-reads and tries again).
@@ -79,6 +97,38 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// gRPC status codes (google.golang.org/grpc/codes) that etcd and tonic use for failures that
+/// may pass when the request is sent again.
+const GRPC_CANCELLED: i32 = 1;
+const GRPC_UNKNOWN: i32 = 2;
+const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+const GRPC_UNAVAILABLE: i32 = 14;
+
+/// Whether a failed request may succeed if sent again shortly: the connection failed, or etcd
+/// answered "unavailable" (etcd's code for no leader, leader changed, not capable, stopping,
+/// request timed out) or the deadline passed. Refusals (a failed compare, a bad request,
+/// permission) are not transient.
+pub fn transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => match s.code() as i32 {
+            GRPC_CANCELLED | GRPC_DEADLINE_EXCEEDED | GRPC_UNAVAILABLE => true,
+            // Made by the client from a broken connection (it carries that error as its source),
+            // not sent by etcd.
+            GRPC_UNKNOWN => std::error::Error::source(s).is_some(),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// A request's answer, and whether an earlier attempt failed after it may have reached etcd
+/// (a write may then have been applied already).
+struct Answer<T> {
+    value: T,
+    retried: bool,
+}
+
 /// An etcd client error in a few words: gRPC's message and the innermost cause
 /// ("tcp connect error: Connection refused (os error 111)"), not the whole debug chain.
 pub fn short(e: &etcd_client::Error) -> String {
@@ -121,6 +171,12 @@ pub struct Store {
     pub addrs: String,
     /// How it was reached (to explain refusals, and for components that reconnect).
     pub access: StoreAccess,
+}
+
+/// The outcome of [`Store::txn`].
+struct Committed {
+    succeeded: bool,
+    retried: bool,
 }
 
 /// A whole prefix at one revision.
@@ -204,7 +260,10 @@ impl Store {
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             // etcd closes connections that ping more often than every 5 s (--grpc-keepalive-min-time).
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            // A member that lost its leader refuses requests ("no leader", retried elsewhere) and
+            // cancels watches, rather than serving stale reads or a watch that never moves.
+            .with_require_leader(true);
         let opts = loaded.apply(opts);
         let client = match tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&endpoints, Some(opts))).await {
             Ok(Ok(c)) => c,
@@ -217,37 +276,84 @@ impl Store {
             Err(_) => return Err(StoreError::Unreachable { addrs, message: format!("no answer within {REQUEST_TIMEOUT:?}") }),
         };
         let store = Store { client, addrs, access: access.clone() };
-        match store.ping().await {
-            Ok(_) => Ok(store),
-            Err(StoreError::Unreachable { addrs, message }) if !access.tls() => {
-                for m in &members {
-                    if access::serves_tls(m).await {
-                        let message = format!("{m} serves TLS and this client does not use it ({message}): pass --store-cacert (and --store-cert/--store-key if etcd asks for a client certificate)");
-                        return Err(StoreError::Refused { addrs, message });
+        // One attempt first: a refusal (TLS, certificate, user) shows at once and is explained;
+        // only an outage is worth the retries of `ping`.
+        let once = tokio::time::timeout(REQUEST_TIMEOUT, store.client().get(PREFIX, Some(GetOptions::new().with_count_only()))).await;
+        match once {
+            Ok(Ok(_)) => return Ok(store),
+            Ok(Err(e)) => match store.etcd(e) {
+                StoreError::Unreachable { .. } => {
+                    if let Some(refused) = store.diagnose(&members).await {
+                        return Err(refused);
                     }
                 }
-                Err(StoreError::Unreachable { addrs, message })
-            }
-            Err(StoreError::Unreachable { addrs, message }) => {
-                for m in &members {
-                    if let Some(why) = access::tls_refusal(access, m).await {
-                        let message = if members.len() > 1 { format!("{why} (at {m})") } else { why };
-                        return Err(StoreError::Refused { addrs, message });
-                    }
-                }
-                Err(StoreError::Unreachable { addrs, message })
-            }
-            Err(e) => Err(e),
+                other => return Err(other),
+            },
+            Err(_) => {}
         }
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// After a failure that looks like an outage: whether a member is in fact refusing us. A
+    /// plain client at a TLS port, or a TLS client whose certificate (or its absence) etcd
+    /// refuses after the handshake, sees only a closed connection.
+    async fn diagnose(&self, members: &[String]) -> Option<StoreError> {
+        let addrs = self.addrs.clone();
+        for m in members {
+            if !self.access.tls() {
+                if access::serves_tls(m).await {
+                    let message = format!("{m} serves TLS and this client does not use it: pass --store-cacert (and --store-cert/--store-key if etcd asks for a client certificate)");
+                    return Some(StoreError::Refused { addrs, message });
+                }
+            } else if let Some(why) = access::tls_refusal(&self.access, m).await {
+                let message = if members.len() > 1 { format!("{why} (at {m})") } else { why };
+                return Some(StoreError::Refused { addrs, message });
+            }
+        }
+        None
     }
 
     /// One cheap read: fails with [`StoreError::Unreachable`] if etcd does not answer.
     pub async fn ping(&self) -> Result<i64> {
-        let mut c = self.client.clone();
-        match tokio::time::timeout(REQUEST_TIMEOUT, c.get(PREFIX, Some(GetOptions::new().with_count_only()))).await {
-            Ok(Ok(r)) => Ok(r.header().map(|h| h.revision()).unwrap_or(0)),
-            Ok(Err(e)) => Err(self.unreachable(e)),
-            Err(_) => Err(StoreError::Unreachable { addrs: self.addrs.clone(), message: format!("no answer within {REQUEST_TIMEOUT:?}") }),
+        let r = self.request("read", |mut c| async move { c.get(PREFIX, Some(GetOptions::new().with_count_only())).await }).await?;
+        Ok(r.value.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Sends one request (`send`, given a client) until it succeeds, fails for good, or has
+    /// failed transiently for [`RETRY_FOR`]; then fails with [`StoreError::Unreachable`] naming
+    /// the last failure. Every attempt has [`REQUEST_TIMEOUT`]; the balanced client sends each
+    /// to one of the members it still reaches.
+    // A closure taking an owned client rather than an async closure borrowing one: the futures
+    // stay `Send` for `tokio::spawn` (async closures over references are not, yet).
+    async fn request<T, F>(&self, what: &str, mut send: impl FnMut(Client) -> F) -> Result<Answer<T>>
+    where
+        F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let t0 = std::time::Instant::now();
+        let mut pause = RETRY_PAUSE_MIN;
+        let mut retried = false;
+        loop {
+            let why = match tokio::time::timeout(REQUEST_TIMEOUT, send(self.client.clone())).await {
+                Ok(Ok(value)) => {
+                    if retried {
+                        tracing::debug!(took_ms = t0.elapsed().as_millis() as u64, "{what}: answered after retrying");
+                    }
+                    return Ok(Answer { value, retried });
+                }
+                // A refusal (TLS, certificate, user) does not pass by waiting.
+                Ok(Err(e)) if transient(&e) && access::refusal(&self.access, &e).is_none() => short(&e),
+                Ok(Err(e)) => return Err(self.etcd(e)),
+                Err(_) => format!("{what}: no answer within {REQUEST_TIMEOUT:?}"),
+            };
+            retried = true;
+            if t0.elapsed() + pause > RETRY_FOR {
+                let message = format!("{why} (retried for {:.1} s)", t0.elapsed().as_secs_f64());
+                return Err(StoreError::Unreachable { addrs: self.addrs.clone(), message });
+            }
+            tracing::debug!("{what}: {why}; retrying in {pause:?}");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
         }
     }
 
@@ -255,28 +361,23 @@ impl Store {
         self.client.clone()
     }
 
-    fn unreachable(&self, e: etcd_client::Error) -> StoreError {
-        match access::refusal(&self.access, &e) {
-            Some(message) => StoreError::Refused { addrs: self.addrs.clone(), message },
-            None => StoreError::Unreachable { addrs: self.addrs.clone(), message: short(&e) },
+    fn etcd(&self, e: etcd_client::Error) -> StoreError {
+        if let Some(message) = access::refusal(&self.access, &e) {
+            StoreError::Refused { addrs: self.addrs.clone(), message }
+        } else if transient(&e) {
+            StoreError::Unreachable { addrs: self.addrs.clone(), message: short(&e) }
+        } else {
+            StoreError::Etcd { addrs: self.addrs.clone(), message: e.to_string() }
         }
     }
 
-    fn etcd(&self, e: etcd_client::Error) -> StoreError {
-        match &e {
-            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => self.unreachable(e),
-            // gRPC codes 1 (cancelled), 4 (deadline exceeded), 14 (unavailable): not reachable now.
-            etcd_client::Error::GRpcStatus(s) if matches!(s.code() as i32, 1 | 4 | 14) => self.unreachable(e),
-            _ => match access::refusal(&self.access, &e) {
-                Some(message) => StoreError::Refused { addrs: self.addrs.clone(), message },
-                None => StoreError::Etcd { addrs: self.addrs.clone(), message: e.to_string() },
-            },
-        }
+    /// A lease of `ttl` seconds (retried as every request).
+    pub async fn lease_grant(&self, ttl: i64) -> Result<i64> {
+        Ok(self.request("lease grant", |mut c| async move { c.lease_grant(ttl, None).await }).await?.value.id())
     }
 
     /// Every key under `prefix` at one revision (`revision` 0: the newest), page by page.
     pub async fn snapshot(&self, prefix: &str, revision: i64) -> Result<Snapshot> {
-        let mut c = self.client.clone();
         let end = range_end(prefix);
         let mut from = prefix.as_bytes().to_vec();
         let mut kvs = Vec::new();
@@ -286,10 +387,15 @@ impl Store {
             if rev > 0 {
                 opts = opts.with_revision(rev);
             }
-            let mut r = tokio::time::timeout(REQUEST_TIMEOUT * 4, c.get(from.clone(), Some(opts)))
-                .await
-                .map_err(|_| StoreError::Unreachable { addrs: self.addrs.clone(), message: "read timed out".into() })?
-                .map_err(|e| self.etcd(e))?;
+            // Pages after the first read the first one's revision: a page retried on another
+            // member still belongs to the same snapshot.
+            let mut r = self
+                .request("read", |mut c| {
+                    let (from, opts) = (from.clone(), opts.clone());
+                    async move { c.get(from, Some(opts)).await }
+                })
+                .await?
+                .value;
             if rev == 0 {
                 rev = r.header().map(|h| h.revision()).unwrap_or(0);
             }
@@ -309,22 +415,30 @@ impl Store {
     }
 
     async fn get_one(&self, key: &str) -> Result<(Option<KeyValue>, i64)> {
-        let mut c = self.client.clone();
-        let mut r = tokio::time::timeout(REQUEST_TIMEOUT, c.get(key, None))
-            .await
-            .map_err(|_| StoreError::Unreachable { addrs: self.addrs.clone(), message: "read timed out".into() })?
-            .map_err(|e| self.etcd(e))?;
+        let mut r = self.request("read", |mut c| async move { c.get(key, None).await }).await?.value;
         let rev = r.header().map(|h| h.revision()).unwrap_or(0);
         Ok((r.take_kvs().into_iter().next(), rev))
     }
 
-    async fn txn(&self, txn: Txn) -> Result<bool> {
-        let mut c = self.client.clone();
-        let r = tokio::time::timeout(REQUEST_TIMEOUT, c.txn(txn))
-            .await
-            .map_err(|_| StoreError::Unreachable { addrs: self.addrs.clone(), message: "transaction timed out".into() })?
-            .map_err(|e| self.etcd(e))?;
-        Ok(r.succeeded())
+    /// Runs a transaction: whether its compares held, and whether an earlier attempt may have
+    /// been applied already (then a failed compare may be that attempt's doing: see
+    /// [`Store::holds`]).
+    async fn txn(&self, txn: Txn) -> Result<Committed> {
+        let a = self
+            .request("transaction", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(Committed { succeeded: a.value.succeeded(), retried: a.retried })
+    }
+
+    /// Whether `key` holds exactly `value` (`None`: whether it is absent). After a transaction
+    /// that was sent again and whose compares failed, this tells whether the first attempt was
+    /// applied: the store then holds what it wrote.
+    async fn holds(&self, key: &str, value: Option<&[u8]>) -> Result<bool> {
+        let (kv, _) = self.get_one(key).await?;
+        Ok(kv.as_ref().map(|kv| kv.value()) == value)
     }
 
     /// Networks, oldest first; malformed ones are returned apart.
@@ -435,8 +549,9 @@ impl Store {
             // Fails if any network was created or changed since the read.
             let txn = Txn::new()
                 .when([Compare::mod_revision(NETWORKS, CompareOp::Less, rev + 1).with_range(range_end(NETWORKS))])
-                .and_then([TxnOp::put(network_key(&spec.name), value, None)]);
-            if self.txn(txn).await? {
+                .and_then([TxnOp::put(network_key(&spec.name), value.clone(), None)]);
+            let t = self.txn(txn).await?;
+            if t.succeeded || (t.retried && self.holds(&network_key(&spec.name), Some(&value)).await?) {
                 return Ok(rec);
             }
         }
@@ -462,7 +577,8 @@ impl Store {
                     Compare::version(ipam.as_str(), CompareOp::Equal, 0).with_range(range_end(&ipam)),
                 ])
                 .and_then([TxnOp::delete(key.as_str(), None)]);
-            if self.txn(txn).await? {
+            let t = self.txn(txn).await?;
+            if t.succeeded || (t.retried && self.holds(&key, None).await?) {
                 return Ok(rec.unwrap_or(NetworkRecord {
                     name: name.to_string(),
                     vni: 0,
@@ -517,17 +633,19 @@ impl Store {
             }
             let r = ServiceRecord::of(&svc, now_secs());
             let key = service_key(&svc.name);
+            let value = serde_json::to_vec(&r).expect("records serialise");
             let mut when = vec![
                 Compare::create_revision(network_key(&spec.network), CompareOp::Equal, net_rev),
                 Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
             ];
-            let mut then = vec![TxnOp::put(key.as_str(), serde_json::to_vec(&r).expect("records serialise"), None)];
+            let mut then = vec![TxnOp::put(key.as_str(), value.clone(), None)];
             if let Some(v) = svc.vip {
                 let ipam = ipam_key(&net.name, v);
                 when.push(Compare::create_revision(ipam.as_str(), CompareOp::Equal, 0));
                 then.push(TxnOp::put(ipam, format!("service:{}", svc.name), None));
             }
-            if self.txn(Txn::new().when(when).and_then(then)).await? {
+            let t = self.txn(Txn::new().when(when).and_then(then)).await?;
+            if t.succeeded || (t.retried && self.holds(&key, Some(&value)).await?) {
                 return Ok(r);
             }
             if self.get_one(&key).await?.0.is_some() {
@@ -553,7 +671,8 @@ impl Store {
                 then.push(TxnOp::delete(ipam_key(&rec.network, v), None));
             }
             let txn = Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())]).and_then(then);
-            if self.txn(txn).await? {
+            let t = self.txn(txn).await?;
+            if t.succeeded || (t.retried && self.holds(&key, None).await?) {
                 return Ok(rec);
             }
         }
@@ -660,6 +779,7 @@ impl Store {
                 service: spec.service.clone(),
             };
             let key = endpoint_key(&spec.network, &spec.name);
+            let record = serde_json::to_vec(&r).expect("records serialise");
             let value = format!("{}/{}", spec.network, spec.name);
             let mut when = vec![
                 Compare::create_revision(network_key(&spec.network), CompareOp::Equal, net_rev),
@@ -667,7 +787,7 @@ impl Store {
                 Compare::create_revision(ipam_key(&spec.network, ip), CompareOp::Equal, 0),
             ];
             let mut then = vec![
-                TxnOp::put(key.as_str(), serde_json::to_vec(&r).expect("records serialise"), None),
+                TxnOp::put(key.as_str(), record.clone(), None),
                 TxnOp::put(ipam_key(&spec.network, ip), spec.name.as_bytes(), None),
             ];
             if let Some(ns) = &spec.netns {
@@ -678,7 +798,10 @@ impl Store {
                     then.push(TxnOp::put(ifname_key(&spec.node, i, ns), value.as_bytes(), None));
                 }
             }
-            if self.txn(Txn::new().when(when).and_then(then)).await? {
+            let t = self.txn(Txn::new().when(when).and_then(then)).await?;
+            // Sent again after a lost answer, the first attempt may have been applied: the record
+            // is then exactly this one (same address, node, namespace, interface).
+            if t.succeeded || (t.retried && self.holds(&key, Some(&record)).await?) {
                 return Ok(r);
             }
             // Lost a race: the next round re-reads and says what is taken.
@@ -739,8 +862,10 @@ impl Store {
                 }
             }
             r.netns = netns.map(str::to_string);
-            then.push(TxnOp::put(key.as_str(), serde_json::to_vec(&r).expect("records serialise"), None));
-            if self.txn(Txn::new().when(when).and_then(then)).await? {
+            let record = serde_json::to_vec(&r).expect("records serialise");
+            then.push(TxnOp::put(key.as_str(), record.clone(), None));
+            let t = self.txn(Txn::new().when(when).and_then(then)).await?;
+            if t.succeeded || (t.retried && self.holds(&key, Some(&record)).await?) {
                 return Ok(r);
             }
         }
@@ -753,20 +878,16 @@ impl Store {
     }
 
     pub async fn put_raw(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        let mut c = self.client.clone();
-        tokio::time::timeout(REQUEST_TIMEOUT, c.put(key, value, None))
-            .await
-            .map_err(|_| StoreError::Unreachable { addrs: self.addrs.clone(), message: "write timed out".into() })?
-            .map_err(|e| self.etcd(e))?;
+        self.request("write", |mut c| {
+            let value = value.clone();
+            async move { c.put(key, value, None).await }
+        })
+        .await?;
         Ok(())
     }
 
     pub async fn delete_raw(&self, key: &str) -> Result<()> {
-        let mut c = self.client.clone();
-        tokio::time::timeout(REQUEST_TIMEOUT, c.delete(key, None))
-            .await
-            .map_err(|_| StoreError::Unreachable { addrs: self.addrs.clone(), message: "delete timed out".into() })?
-            .map_err(|e| self.etcd(e))?;
+        self.request("delete", |mut c| async move { c.delete(key, None).await }).await?;
         Ok(())
     }
 
@@ -781,7 +902,8 @@ impl Store {
                 then.extend(Self::claims(r).into_iter().map(|k| TxnOp::delete(k, None)));
             }
             let txn = Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())]).and_then(then);
-            if self.txn(txn).await? {
+            let t = self.txn(txn).await?;
+            if t.succeeded || (t.retried && self.holds(&key, None).await?) {
                 // A malformed record is still removed: that is how an operator clears one.
                 return Ok(rec.unwrap_or(EndpointRecord {
                     name: name.to_string(),
@@ -830,6 +952,14 @@ mod tests {
             let e = parse_url(bad).expect_err(bad).to_string();
             assert!(e.contains("is not a store address: expected etcd://HOST:PORT"), "{e}");
         }
+    }
+
+    #[test]
+    fn transient_errors() {
+        let io = etcd_client::Error::IoError(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(transient(&io), "a refused connection passes when another member answers");
+        assert!(!transient(&etcd_client::Error::InvalidArgs("x".into())), "a bad request fails the same way again");
+        assert!(!transient(&etcd_client::Error::WatchError("x".into())));
     }
 
     #[test]
