@@ -150,7 +150,9 @@ fn connect_and_disconnect_at_runtime_lose_nothing_on_the_other_interface() {
     // Connect: the cluster file gains multi's back endpoint.
     std::fs::write(&file, multi_yaml(&m, true)).expect("edit");
     assert!(wait_for(Duration::from_secs(5), || sim.has_address_on(&m.multi, "eth1", a(&format!("{BACK}.2")))), "eth1 appears");
-    assert!(sim.ping(&m.multi, a(&format!("{BACK}.3")), 1, None), "the new interface carries traffic");
+    // The other host's agent reads the edited file on its own (within a second): the new
+    // interface carries traffic once it has.
+    assert!(wait_for(Duration::from_secs(5), || sim.ping(&m.multi, a(&format!("{BACK}.3")), 1, None)), "the new interface carries traffic");
     // Disconnect again.
     std::fs::write(&file, multi_yaml(&m, false)).expect("edit");
     assert!(
