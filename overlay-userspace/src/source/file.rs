@@ -58,6 +58,7 @@ struct RawNode {
     name: String,
     vtep: String,
     underlay: Option<String>,
+    datapath: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -114,7 +115,7 @@ fn validate(raw: RawCluster) -> Result<Cluster, ConfigError> {
     let mut nodes: Vec<Node> = Vec::new();
     for (i, n) in raw.nodes.into_iter().enumerate() {
         let entry = label("nodes", i, &n.name);
-        let node = node_entry(&entry, n.name, &n.vtep, n.underlay)?;
+        let node = node_entry(&entry, n.name, &n.vtep, n.underlay, n.datapath.as_deref())?;
         rules.check_node(&node).map_err(|c| invalid(&entry, c.field, c.message))?;
         rules.add_node(&node);
         nodes.push(node);
