@@ -243,6 +243,18 @@ endpoints:
     }
 
     #[test]
+    fn a_node_names_its_datapath() {
+        use crate::model::Datapath;
+        assert_eq!(parse(GOOD).expect("valid").nodes[0].datapath, None, "no datapath: the agent's --datapath (default tc)");
+        let c = parse(&with("underlay: eth0}", "underlay: eth0, datapath: xdp}")).expect("datapath: xdp is valid");
+        assert_eq!(c.nodes[0].datapath, Some(Datapath::Xdp));
+        let c = parse(&with("underlay: eth0}", "underlay: eth0, datapath: tc}")).expect("datapath: tc is valid");
+        assert_eq!(c.nodes[0].datapath, Some(Datapath::Tc));
+        let e = err(&with("underlay: eth0}", "underlay: eth0, datapath: dpdk}"));
+        assert_eq!(e, "nodes[node1].datapath: \"dpdk\" is not a datapath (tc or xdp)");
+    }
+
+    #[test]
     fn unknown_network() {
         let e = err(&with("network: nginx-net, node: node1", "network: nope-net, node: node1"));
         assert_eq!(e, "endpoints[web1].network: unknown network \"nope-net\"");
