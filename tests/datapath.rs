@@ -7,13 +7,13 @@ mod support;
 use std::net::Ipv4Addr;
 
 use overlay::{
-    dataplane::{PROG_EGRESS, PROG_INGRESS, PROG_PASS},
+    dataplane::{PROG_EGRESS, PROG_INGRESS, PROG_PASS, PROG_XDP},
     control::desired,
 };
 use overlay_common::{Direction, Reason};
 use support::*;
 
-use overlay_common::wire::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
+use overlay_common::wire::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT};
 
 /// Test-run packets arrive on loopback (ifindex 1): the local endpoint 10.0.1.3 sits there.
 const LOCAL_IFINDEX: u32 = 1;
@@ -41,8 +41,25 @@ fn host2() -> TestDataplane {
     let diff = t.dp.apply(&state).expect("apply");
     assert!(diff.added > 0, "first apply adds entries");
     assert_eq!(t.dp.read_state().expect("read back"), state, "maps hold exactly what was applied");
+    // The XDP ingress redirects into the local endpoint's interface through the devmap.
+    let d = t.dp.set_xdp_targets(&[LOCAL_IFINDEX]).expect("devmap");
+    assert_eq!(d.added, 1, "the endpoint's interface is added to the devmap");
     t
 }
+
+/// The ingress hooks under test: TC and XDP run the same checks on the same frames; each
+/// answers with its own verdicts and counts under its own direction.
+#[derive(Clone, Copy)]
+struct Hook {
+    prog: &'static str,
+    dir: Direction,
+    redirect: i32,
+    pass: i32,
+    name: &'static str,
+}
+
+const TC: Hook = Hook { prog: PROG_INGRESS, dir: Direction::Ingress, redirect: TC_ACT_REDIRECT, pass: TC_ACT_OK, name: "TC" };
+const XDP: Hook = Hook { prog: PROG_XDP, dir: Direction::Xdp, redirect: XDP_REDIRECT, pass: XDP_PASS, name: "XDP" };
 
 fn run(t: &mut TestDataplane, prog: &'static str, frame: &[u8]) -> (i32, Vec<u8>) {
     let (v, out, _) = t.dp.test_run(prog, frame, 1).unwrap_or_else(|e| panic!("test run of {prog}: {e:?}"));
@@ -51,10 +68,14 @@ fn run(t: &mut TestDataplane, prog: &'static str, frame: &[u8]) -> (i32, Vec<u8>
 
 /// Runs `frame` and asserts a drop counted under `reason`.
 fn expect_drop(t: &mut TestDataplane, prog: &'static str, frame: &[u8], reason: Reason, what: &str) {
-    let dir = if prog == PROG_EGRESS { Direction::Egress } else { Direction::Ingress };
+    let (dir, shot) = match prog {
+        PROG_EGRESS => (Direction::Egress, TC_ACT_SHOT),
+        PROG_XDP => (Direction::Xdp, XDP_DROP),
+        _ => (Direction::Ingress, TC_ACT_SHOT),
+    };
     let before = t.dp.stats().expect("stats").get(reason, dir).packets;
     let (v, _) = run(t, prog, frame);
-    assert_eq!(v, TC_ACT_SHOT, "expected TC_ACT_SHOT for {what}");
+    assert_eq!(v, shot, "expected a drop ({prog} verdict {shot}) for {what}");
     let after = t.dp.stats().expect("stats").get(reason, dir).packets;
     assert_eq!(after, before + 1, "expected one {} drop counted for {what}", reason.name());
 }
@@ -86,18 +107,27 @@ fn inner_to_web2() -> Vec<u8> {
 
 #[test]
 fn decapsulates_every_frame_the_kernel_sent_to_this_host() {
+    decapsulates_kernel_frames(TC);
+}
+
+#[test]
+fn xdp_decapsulates_every_frame_the_kernel_sent_to_this_host() {
+    decapsulates_kernel_frames(XDP);
+}
+
+fn decapsulates_kernel_frames(h: Hook) {
     let mut t = host2();
     let frames: Vec<_> = kernel_frames().into_iter().filter(|f| outer_src(f) == VTEP1).collect();
     assert!(frames.len() >= 8, "the capture holds the kernel's frames to host 2");
     let before = t.dp.stats().expect("stats");
     for (i, f) in frames.iter().enumerate() {
-        let (v, out) = run(&mut t, PROG_INGRESS, f);
-        assert_eq!(v, TC_ACT_REDIRECT, "frame {i}: expected TC_ACT_REDIRECT into the local endpoint");
-        assert_eq!(out, f[50..], "frame {i}: expected exactly the inner frame after decapsulation");
+        let (v, out) = run(&mut t, h.prog, f);
+        assert_eq!(v, h.redirect, "{}: frame {i}: expected a redirect into the local endpoint", h.name);
+        assert_eq!(out, f[50..], "{}: frame {i}: expected exactly the inner frame after decapsulation", h.name);
     }
     let after = t.dp.stats().expect("stats");
     let n = frames.len() as u64;
-    assert_eq!(after.get(Reason::FwdDecap, Direction::Ingress).packets - before.get(Reason::FwdDecap, Direction::Ingress).packets, n);
+    assert_eq!(after.get(Reason::FwdDecap, h.dir).packets - before.get(Reason::FwdDecap, h.dir).packets, n, "{}: every frame counted as fwd-decap", h.name);
     let inner: u64 = frames.iter().map(|f| f.len() as u64 - 50).sum();
     assert_eq!(after.vnis[&4097].rx.packets, n, "per-VNI rx packets");
     assert_eq!(after.vnis[&4097].rx.bytes, inner, "per-VNI rx bytes count the inner frames");
@@ -105,11 +135,20 @@ fn decapsulates_every_frame_the_kernel_sent_to_this_host() {
 
 #[test]
 fn frames_not_for_this_vtep_pass_untouched() {
+    frames_not_for_this_vtep_pass(TC);
+}
+
+#[test]
+fn xdp_passes_frames_not_for_this_vtep_untouched() {
+    frames_not_for_this_vtep_pass(XDP);
+}
+
+fn frames_not_for_this_vtep_pass(h: Hook) {
     let mut t = host2();
     // Host 2's own outgoing frames are addressed to VTEP 1: not ours to decapsulate.
     for f in kernel_frames().into_iter().filter(|f| outer_src(f) == VTEP2) {
-        let (v, out) = run(&mut t, PROG_INGRESS, &f);
-        assert_eq!(v, TC_ACT_OK, "expected TC_ACT_OK for VXLAN to another VTEP");
+        let (v, out) = run(&mut t, h.prog, &f);
+        assert_eq!(v, h.pass, "{}: expected a pass for VXLAN to another VTEP", h.name);
         assert_eq!(out, f, "a passed frame is not modified");
     }
     // UDP to another port, TCP, ARP and IPv6 on the underlay: the node's own traffic.
@@ -122,13 +161,13 @@ fn frames_not_for_this_vtep_pass_untouched() {
     arp_req.extend(arp(1, [2; 6], VTEP1, [0; 6], VTEP2));
     let mut v6 = eth([1; 6], [2; 6], 0x86dd);
     v6.extend([0x60u8; 40]);
-    let before = t.dp.stats().expect("stats").get(Reason::PassNotOverlay, Direction::Ingress).packets;
+    let before = t.dp.stats().expect("stats").get(Reason::PassNotOverlay, h.dir).packets;
     for (what, f) in [("UDP to port 4790", &other_port), ("TCP", &tcp), ("ARP", &arp_req), ("IPv6", &v6)] {
-        let (v, out) = run(&mut t, PROG_INGRESS, f);
-        assert_eq!(v, TC_ACT_OK, "expected TC_ACT_OK for {what} on the underlay");
-        assert_eq!(&out, f, "{what} must pass unmodified");
+        let (v, out) = run(&mut t, h.prog, f);
+        assert_eq!(v, h.pass, "{}: expected a pass for {what} on the underlay", h.name);
+        assert_eq!(&out, f, "{}: {what} must pass unmodified", h.name);
     }
-    let after = t.dp.stats().expect("stats").get(Reason::PassNotOverlay, Direction::Ingress).packets;
+    let after = t.dp.stats().expect("stats").get(Reason::PassNotOverlay, h.dir).packets;
     assert_eq!(after - before, 4, "passes are counted too");
 }
 
@@ -263,18 +302,27 @@ fn egress_drops_are_counted_by_reason() {
 
 #[test]
 fn ingress_drops_are_counted_by_reason() {
+    ingress_drops(TC);
+}
+
+#[test]
+fn xdp_drops_the_same_frames_for_the_same_reasons() {
+    ingress_drops(XDP);
+}
+
+fn ingress_drops(h: Hook) {
     let mut t = host2();
     let inner = inner_to_web2();
     let good = vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &inner);
-    let (v, out) = run(&mut t, PROG_INGRESS, &good);
-    assert_eq!((v, out.as_slice()), (TC_ACT_REDIRECT, inner.as_slice()), "sanity: the crafted frame is delivered");
+    let (v, out) = run(&mut t, h.prog, &good);
+    assert_eq!((v, out.as_slice()), (h.redirect, inner.as_slice()), "{}: sanity: the crafted frame is delivered", h.name);
 
-    expect_drop(&mut t, PROG_INGRESS, &good[..42 + 4], Reason::Truncated, "a frame cut inside the VXLAN header");
-    expect_drop(&mut t, PROG_INGRESS, &good[..50 + 10], Reason::Truncated, "a frame cut inside the inner Ethernet header");
-    expect_drop(&mut t, PROG_INGRESS, &good[..64 + 10], Reason::Truncated, "a frame cut inside the inner IPv4 header");
-    expect_drop(&mut t, PROG_INGRESS, &vxlan_frame(VTEP1, VTEP2, 4789, 0x00, 4097, &inner), Reason::VxlanFlags, "VXLAN flags without I");
-    expect_drop(&mut t, PROG_INGRESS, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 999, &inner), Reason::UnknownVni, "an unknown VNI");
-    expect_drop(&mut t, PROG_INGRESS, &vxlan_frame(Ipv4Addr::new(192, 168, 50, 66), VTEP2, 4789, 0x08, 4097, &inner), Reason::NotMember, "a VTEP that is not a member");
+    expect_drop(&mut t, h.prog, &good[..42 + 4], Reason::Truncated, "a frame cut inside the VXLAN header");
+    expect_drop(&mut t, h.prog, &good[..50 + 10], Reason::Truncated, "a frame cut inside the inner Ethernet header");
+    expect_drop(&mut t, h.prog, &good[..64 + 10], Reason::Truncated, "a frame cut inside the inner IPv4 header");
+    expect_drop(&mut t, h.prog, &vxlan_frame(VTEP1, VTEP2, 4789, 0x00, 4097, &inner), Reason::VxlanFlags, "VXLAN flags without I");
+    expect_drop(&mut t, h.prog, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 999, &inner), Reason::UnknownVni, "an unknown VNI");
+    expect_drop(&mut t, h.prog, &vxlan_frame(Ipv4Addr::new(192, 168, 50, 66), VTEP2, 4789, 0x08, 4097, &inner), Reason::NotMember, "a VTEP that is not a member");
 
     // IPv4 options (IHL 6, one NOP word) in front of UDP 4789.
     let mut opts = eth([0xaa; 6], [0xbb; 6], 0x0800);
@@ -282,35 +330,74 @@ fn ingress_drops_are_counted_by_reason() {
     opts.extend(udp(40000, 4789, 8 + inner.len()));
     opts.extend(vxlan(0x08, 4097));
     opts.extend_from_slice(&inner);
-    expect_drop(&mut t, PROG_INGRESS, &opts, Reason::IpOptions, "outer IPv4 options");
+    expect_drop(&mut t, h.prog, &opts, Reason::IpOptions, "outer IPv4 options");
     // First fragment (MF set) of a VXLAN datagram.
     let mut frag = good.clone();
     frag[20] = 0x20;
     let c = ipv4_checksum(&{ let mut h = frag[14..34].to_vec(); h[10] = 0; h[11] = 0; h });
     frag[24..26].copy_from_slice(&c.to_be_bytes());
-    expect_drop(&mut t, PROG_INGRESS, &frag, Reason::Fragment, "an outer fragment");
+    expect_drop(&mut t, h.prog, &frag, Reason::Fragment, "an outer fragment");
 
     let mut vlan_inner = eth(WEB2, WEB1, 0x8100);
     vlan_inner.extend([0, 5, 0x08, 0x00]);
     vlan_inner.extend_from_slice(&inner[14..]);
-    expect_drop(&mut t, PROG_INGRESS, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &vlan_inner), Reason::Vlan, "a VLAN-tagged inner frame");
+    expect_drop(&mut t, h.prog, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &vlan_inner), Reason::Vlan, "a VLAN-tagged inner frame");
     let mut arp_inner = eth(WEB2, WEB1, 0x0806);
     arp_inner.extend(arp(1, WEB1, IP1, [0; 6], IP2));
-    expect_drop(&mut t, PROG_INGRESS, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &arp_inner), Reason::UnsupportedEthertype, "inner ARP (answered locally, never tunnelled)");
+    expect_drop(&mut t, h.prog, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &arp_inner), Reason::UnsupportedEthertype, "inner ARP (answered locally, never tunnelled)");
     // VTEP 3 is a member, but web1's MAC lives behind VTEP 1: impersonation.
-    expect_drop(&mut t, PROG_INGRESS, &vxlan_frame(VTEP3, VTEP2, 4789, 0x08, 4097, &inner), Reason::VtepMismatch, "a member speaking for another host's MAC");
+    expect_drop(&mut t, h.prog, &vxlan_frame(VTEP3, VTEP2, 4789, 0x08, 4097, &inner), Reason::VtepMismatch, "a member speaking for another host's MAC");
     // Nor may a member claim this node's own endpoint.
     let mut claim_local = eth(WEB2, WEB2, 0x0800);
     claim_local.extend_from_slice(&inner[14..]);
-    expect_drop(&mut t, PROG_INGRESS, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &claim_local), Reason::VtepMismatch, "a member claiming a local MAC");
+    expect_drop(&mut t, h.prog, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &claim_local), Reason::VtepMismatch, "a member claiming a local MAC");
     let mut to_unknown = eth([0x02, 0x42, 10, 0, 1, 77], WEB1, 0x0800);
     to_unknown.extend_from_slice(&inner[14..]);
-    expect_drop(&mut t, PROG_INGRESS, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &to_unknown), Reason::UnknownDestination, "an inner MAC not on this node");
+    expect_drop(&mut t, h.prog, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &to_unknown), Reason::UnknownDestination, "an inner MAC not on this node");
     // web2's MAC exists only in VNI 4097: the same frame in VNI 4098 reaches nobody.
-    expect_drop(&mut t, PROG_INGRESS, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4098, &inner), Reason::UnknownDestination, "a MAC of another VNI");
+    expect_drop(&mut t, h.prog, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4098, &inner), Reason::UnknownDestination, "a MAC of another VNI");
     let mut bcast = eth([0xff; 6], WEB1, 0x0800);
     bcast.extend_from_slice(&inner[14..]);
-    expect_drop(&mut t, PROG_INGRESS, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &bcast), Reason::Broadcast, "an inner broadcast");
+    expect_drop(&mut t, h.prog, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &bcast), Reason::Broadcast, "an inner broadcast");
+}
+
+/// Runs `frame` through the XDP ingress and asserts it was passed on untouched, counted under
+/// `reason` (direction xdp).
+fn expect_xdp_pass(t: &mut TestDataplane, frame: &[u8], reason: Reason, what: &str) {
+    let before = t.dp.stats().expect("stats").get(reason, Direction::Xdp).packets;
+    let (v, out) = run(t, PROG_XDP, frame);
+    assert_eq!(v, XDP_PASS, "expected XDP_PASS for {what}");
+    assert_eq!(out, frame, "{what}: a passed frame is not modified");
+    let after = t.dp.stats().expect("stats").get(reason, Direction::Xdp).packets;
+    assert_eq!(after, before + 1, "expected one {} counted for {what}", reason.name());
+}
+
+#[test]
+fn xdp_leaves_to_tc_what_only_tc_carries() {
+    let mut t = host2();
+    let inner = inner_to_web2();
+    let good = vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &inner);
+    // The routing mesh (marked VXLAN) rewrites addresses and tracks flows: TC's.
+    expect_xdp_pass(&mut t, &mesh_frame(VTEP1, 1, &inner), Reason::PassToTc, "a routing-mesh frame");
+    expect_xdp_pass(&mut t, &mesh_frame(VTEP1, 2, &inner), Reason::PassToTc, "a routing-mesh reply");
+    // Larger than one frame of the network (1450 here: the VNI's MTU follows the underlay's):
+    // a GRO aggregate as generic XDP shows it, which a redirect would lose. TC carries it.
+    let mut big_inner = eth(WEB2, WEB1, 0x0800);
+    big_inner.extend(ipv4(IP1, IP2, 1, 1586, 0, &[]));
+    big_inner.extend(vec![0u8; 1586]);
+    expect_xdp_pass(&mut t, &vxlan_frame(VTEP1, VTEP2, 4789, 0x08, 4097, &big_inner), Reason::PassToTc, "a 1620-byte inner frame");
+    // An endpoint whose interface is not in the devmap is still reached, through TC.
+    t.dp.set_xdp_targets(&[]).expect("empty the devmap");
+    expect_xdp_pass(&mut t, &good, Reason::PassToTc, "an endpoint missing from the devmap");
+    let (v, out) = run(&mut t, PROG_INGRESS, &good);
+    assert_eq!((v, out.as_slice()), (TC_ACT_REDIRECT, inner.as_slice()), "the TC ingress behind XDP delivers what XDP passed");
+    // With services, replies may need the VIP restored: TC's too.
+    let mut s = svc_host();
+    s.dp.set_xdp_targets(&[LOCAL_IFINDEX]).expect("devmap");
+    expect_xdp_pass(&mut s, &good, Reason::PassToTc, "a frame for an endpoint of a cluster with services");
+    // Counted under the xdp direction only.
+    let stats = t.dp.stats().expect("stats");
+    assert_eq!(stats.get(Reason::PassToTc, Direction::Ingress).packets, 0, "pass-to-tc is an XDP verdict");
 }
 
 #[test]

@@ -16,8 +16,9 @@ pub use reason::{Direction, Reason};
 /// that made them, so an agent adopts a pin directory only when it records this same number.
 /// **Bump it whenever any pinned map changes**: a key or value type below (its fields, their
 /// meaning or its size), a map's kind or `max_entries`, or a map added, removed or renamed.
-/// History: 1, the maps of `overlay-ebpf/src/maps.rs` when the record was introduced.
-pub const PIN_LAYOUT: u32 = 1;
+/// History: 1, the maps of `overlay-ebpf/src/maps.rs` when the record was introduced; 2, the
+/// XDP mode: `STATS` grew a third direction ([`Direction::Xdp`]) and the devmap `XDP_TARGETS`.
+pub const PIN_LAYOUT: u32 = 2;
 
 /// Value of the layout record `LAYOUT` (array[1]) that the agent pins beside the maps. Its own
 /// shape never changes (it is how every version tells the others apart): `layout` is
@@ -366,8 +367,8 @@ pub struct VniCounters {
 
 /// Number of slots in the per-CPU reason counter array: `reason + direction * REASON_SLOTS`.
 pub const REASON_SLOTS: u32 = 64;
-/// Size of the stats array.
-pub const STATS_ENTRIES: u32 = REASON_SLOTS * 2;
+/// Size of the stats array: one block of [`REASON_SLOTS`] per [`Direction`].
+pub const STATS_ENTRIES: u32 = REASON_SLOTS * 3;
 
 /// Index into the stats array for a (reason, direction) pair.
 #[inline(always)]

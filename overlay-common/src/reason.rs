@@ -10,15 +10,19 @@ pub enum Direction {
     Egress = 0,
     /// From the underlay (TC ingress of the underlay interface).
     Ingress = 1,
+    /// From the underlay, seen first by the XDP program (`--datapath xdp`): what it carried
+    /// into an endpoint, dropped, or passed on to the stack and the TC ingress program.
+    Xdp = 2,
 }
 
 impl Direction {
-    pub const ALL: &'static [Direction] = &[Direction::Egress, Direction::Ingress];
+    pub const ALL: &'static [Direction] = &[Direction::Egress, Direction::Ingress, Direction::Xdp];
 
     pub const fn name(self) -> &'static str {
         match self {
             Direction::Egress => "egress",
             Direction::Ingress => "ingress",
+            Direction::Xdp => "xdp",
         }
     }
 }
@@ -53,6 +57,9 @@ pub enum Reason {
     /// A task's reply to a client of a published port, leaving through the node that received
     /// the request with that node's address and the published port as its source.
     FwdMeshOut = 11,
+    /// XDP: an overlay frame for this node that the XDP program leaves to the stack and the TC
+    /// ingress program (the routing mesh, service replies, an endpoint it cannot redirect to).
+    PassToTc = 12,
 
     /// A header ended before its fixed part did.
     Truncated = 16,
@@ -122,6 +129,7 @@ impl Reason {
         Reason::VipEchoReply,
         Reason::FwdMeshIn,
         Reason::FwdMeshOut,
+        Reason::PassToTc,
         Reason::Truncated,
         Reason::Vlan,
         Reason::UnsupportedEthertype,
@@ -163,6 +171,7 @@ impl Reason {
             Reason::VipEchoReply => "vip-echo-reply",
             Reason::FwdMeshIn => "fwd-mesh-in",
             Reason::FwdMeshOut => "fwd-mesh-out",
+            Reason::PassToTc => "pass-to-tc",
             Reason::Truncated => "drop-truncated",
             Reason::Vlan => "drop-vlan",
             Reason::UnsupportedEthertype => "drop-ethertype",

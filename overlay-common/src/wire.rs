@@ -33,6 +33,10 @@ pub const ARP_OP_REPLY: u16 = 2;
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
 pub const TC_ACT_REDIRECT: i32 = 7;
+/// XDP verdicts, likewise (`enum xdp_action`).
+pub const XDP_DROP: i32 = 1;
+pub const XDP_PASS: i32 = 2;
+pub const XDP_REDIRECT: i32 = 4;
 
 /// The 32-bit "VNI + reserved" word of the VXLAN header, host order (`vni << 8`).
 #[inline(always)]

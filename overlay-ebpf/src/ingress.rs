@@ -8,31 +8,26 @@ use aya_ebpf::{
     helpers::bpf_redirect_peer,
     programs::TcContext,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{
-    FDB_LOCAL, FDB_REMOTE, FdbKey, NodeConfig, Reason, RevEntry, VXLAN_MESH_IN, VXLAN_MESH_OUT,
-    wire::{ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_HLEN},
+    FDB_LOCAL, FdbKey, NodeConfig, Reason, RevEntry, VXLAN_MESH_IN, VXLAN_MESH_OUT,
+    wire::{ETH_HLEN, ETH_P_IP, VXLAN_ENCAP_LEN},
 };
 
 use crate::{
-    egress, eth, ipv4,
+    egress, eth,
     mesh::{self, Inbound},
     service::Next,
-    maps::{CONFIG, FDB, MEMBERS, VNIS},
+    maps::{CONFIG, FDB},
     ptr::{ptr_at, ptr_at_mut, put},
     stats::Verdict,
-    vxlan,
+    underlay::{INNER_ETH_OFF, INNER_IP_OFF, Underlay, classify},
 };
 
 /// `BPF_F_ADJ_ROOM_DECAP_L3_IPV4`: the L3 behind the removed headers is IPv4.
 const BPF_F_ADJ_ROOM_DECAP_L3_IPV4: u64 = 1 << 7;
 /// FIXED_GSO: a GRO/GSO train keeps its inner MSS when the outer headers go.
 const DECAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64 | BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
-
-const UDP_OFF: usize = ETH_HLEN + IPV4_HLEN;
-const VXLAN_OFF: usize = UDP_OFF + UDP_HLEN;
-const INNER_ETH_OFF: usize = VXLAN_OFF + VXLAN_HLEN;
-const INNER_IP_OFF: usize = INNER_ETH_OFF + ETH_HLEN;
 
 /// What happens to a frame from the underlay.
 pub enum Action {
@@ -70,102 +65,23 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     act(ctx, action)
 }
 
-/// Parses and checks the frame (VXLAN for this VTEP, from a member that owns the inner source,
-/// a known VNI, an IPv4 inner frame for a local endpoint) and looks up its endpoint.
+/// Parses and checks the frame with the code the XDP ingress shares ([`classify`]: VXLAN for
+/// this VTEP, from a member that owns the inner source, a known VNI, an IPv4 inner frame for a
+/// local endpoint), then what only TC carries: the routing mesh.
 #[inline(always)]
 pub fn decide(ctx: &TcContext) -> Result<Action, Reason> {
-    // Until the packet is known to be VXLAN for this node, anything odd is the kernel's business.
-    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else { return pass() };
-    // SAFETY: bounds checked by ptr_at.
-    if eth::ethertype(unsafe { &*eth }) != ETH_P_IP {
-        return pass();
-    }
-    let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return pass() };
-    // SAFETY: bounds checked by ptr_at.
-    let ip = unsafe { &*ip };
-    if ipv4::version(ip) != 4 {
-        return pass();
-    }
     let Some(cfg) = CONFIG.get(0) else { return pass() };
-    if cfg.vtep == 0 || u32::from_ne_bytes(ip.dst_addr) != cfg.vtep {
-        return pass();
-    }
-    if ip.proto != IPPROTO_UDP || ipv4::frag_offset(ip) != 0 {
-        return published_or_pass(ctx, cfg, ip);
-    }
-    let outer_src = u32::from_ne_bytes(ip.src_addr);
-    let more_fragments = ipv4::frag_bits(ip) != 0;
-    let hlen = ipv4::header_len(ip);
-    if hlen != IPV4_HLEN {
-        if hlen < IPV4_HLEN {
-            return pass();
+    match classify(ctx, cfg)? {
+        Underlay::NotOurs => pass(),
+        Underlay::ToNode => {
+            // Checked by `classify` already; derived again here to read it.
+            let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return pass() };
+            // SAFETY: bounds checked by ptr_at.
+            published_or_pass(ctx, cfg, unsafe { &*ip })
         }
-        // Options: find the UDP port behind them to know whether this was meant for us.
-        let Ok(dport) = ctx.load::<[u8; 2]>(ETH_HLEN + hlen + 2) else { return pass() };
-        if u16::from_be_bytes(dport) != cfg.vxlan_port {
-            return published_or_pass(ctx, cfg, ip);
-        }
-        return Err(Reason::IpOptions);
+        Underlay::Mesh { vni, from, mark } => decide_mesh(ctx, vni, from, mark),
+        Underlay::Decap { ifindex, vni } => Ok(Action::Decap { ifindex, vni }),
     }
-    let Ok(udp) = ptr_at::<UdpHdr>(ctx, UDP_OFF) else { return pass() };
-    // SAFETY: bounds checked by ptr_at.
-    if u16::from_be_bytes(unsafe { (*udp).dst }) != cfg.vxlan_port {
-        return published_or_pass(ctx, cfg, ip);
-    }
-    // From here on the packet is addressed to this node's VTEP: every failure is a counted drop.
-    if more_fragments {
-        return Err(Reason::Fragment);
-    }
-    let vx = ptr_at::<VxlanHdr>(ctx, VXLAN_OFF)?;
-    // SAFETY: bounds checked by ptr_at.
-    let vx = unsafe { &*vx };
-    if !vxlan::has_i_flag(vx) {
-        return Err(Reason::VxlanFlags);
-    }
-    let vni = vxlan::vni(vx);
-    let mark = vx._reserved2;
-    if mark != 0 {
-        return decide_mesh(ctx, vni, outer_src, mark);
-    }
-    let inner = ptr_at::<EthHdr>(ctx, INNER_ETH_OFF)?;
-    // SAFETY: bounds checked by ptr_at.
-    let (src, dst, ethertype) =
-        unsafe { ((*inner).src_addr, (*inner).dst_addr, eth::ethertype(&*inner)) };
-    // A member may only speak for the MACs the FDB places behind it. The FDB holds entries only
-    // for known VNIs and remote entries only for members, so a matching owner proves both and
-    // the common case costs one lookup; the VNI and member tables are read only otherwise.
-    match unsafe { FDB.get(FdbKey::new(vni, src)) } {
-        Some(owner) if owner.kind == FDB_REMOTE && owner.vtep == outer_src => {}
-        Some(_) => {
-            if unsafe { MEMBERS.get(outer_src) }.is_none() {
-                return Err(Reason::NotMember);
-            }
-            return Err(Reason::VtepMismatch);
-        }
-        None => {
-            if unsafe { VNIS.get(vni) }.is_none() {
-                return Err(Reason::UnknownVni);
-            }
-            if unsafe { MEMBERS.get(outer_src) }.is_none() {
-                return Err(Reason::NotMember);
-            }
-        }
-    }
-    if eth::is_vlan(ethertype) {
-        return Err(Reason::Vlan);
-    }
-    if ethertype != ETH_P_IP {
-        return Err(Reason::UnsupportedEthertype);
-    }
-    ptr_at::<Ipv4Hdr>(ctx, INNER_IP_OFF)?;
-    if eth::is_group(&dst) {
-        return Err(Reason::Broadcast);
-    }
-    let target = *unsafe { FDB.get(FdbKey::new(vni, dst)) }.ok_or(Reason::UnknownDestination)?;
-    if target.kind != FDB_LOCAL {
-        return Err(Reason::UnknownDestination);
-    }
-    Ok(Action::Decap { ifindex: target.ifindex, vni })
 }
 
 /// A VXLAN frame of the routing mesh ([`VXLAN_MESH_IN`] or [`VXLAN_MESH_OUT`]) from `from`.

@@ -6,6 +6,9 @@
 //! - [`overlay_ingress`]: TC ingress hook of the underlay interface. Decapsulates VXLAN for
 //!   known VNIs from member VTEPs and delivers into the endpoint's namespace; passes everything
 //!   else untouched.
+//! - [`overlay_xdp_ingress`]: XDP on the underlay interface (`--datapath xdp`), before the TC
+//!   ingress. Runs the same checks, decapsulates and redirects into the endpoint's host-side
+//!   veth what it can carry; passes everything else on to the stack and [`overlay_ingress`].
 //! - [`overlay_pass`]: returns `TC_ACT_OK`; the cost floor the benchmark compares against.
 #![no_std]
 #![no_main]
@@ -21,9 +24,15 @@ mod mesh;
 mod ptr;
 mod service;
 mod stats;
+mod underlay;
 mod vxlan;
+mod xdp;
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use overlay_common::Direction;
 
 /// Attached to: TC ingress of an endpoint's host-side veth.
@@ -48,6 +57,19 @@ pub fn overlay_ingress(ctx: TcContext) -> i32 {
     match ingress::try_ingress(&ctx) {
         Ok(v) => stats::forward(v, Direction::Ingress, len),
         Err(d) => stats::drop(d, Direction::Ingress, len),
+    }
+}
+
+/// Attached to: XDP of the underlay interface, in `--datapath xdp` mode (the TC ingress stays
+/// attached behind it).
+/// Returns `XDP_REDIRECT` (decapsulated into an endpoint's host-side veth), `XDP_PASS` (to the
+/// stack and the TC ingress, untouched) or `XDP_DROP` (counted drop).
+#[xdp]
+pub fn overlay_xdp_ingress(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    match xdp::try_ingress(&ctx) {
+        Ok(v) => stats::forward(v, Direction::Xdp, len) as u32,
+        Err(d) => stats::xdp_drop(d, len),
     }
 }
 

@@ -4,7 +4,7 @@
 //! bumping `overlay_common::PIN_LAYOUT`: agents refuse pins of another layout.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use overlay_common::{
     Backend, Counter, CtKey, EndpointInfo, LbCounters, LbStatsKey, FdbEntry, FdbKey, MAGLEV_M, MAX_BACKENDS,
@@ -78,3 +78,7 @@ pub static PUBLISHED: HashMap<PublishedKey, PublishedEntry> = HashMap::pinned(MA
 /// node. Written by the datapath.
 #[map]
 pub static MESH_RETURN: LruHashMap<RevKey, u32> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+/// The XDP ingress's redirect targets: each local endpoint's host-side veth ifindex -> that
+/// interface (a devmap keyed by ifindex). Written by the agent with the endpoint table.
+#[map]
+pub static XDP_TARGETS: DevMapHash = DevMapHash::pinned(MAX_ENDPOINTS, 0);

@@ -1,12 +1,58 @@
-//! Bounds-checked direct packet access.
-use aya_ebpf::programs::TcContext;
+//! Bounds-checked direct packet access, over either hook's context ([`Packet`]): the decision
+//! code shared by TC and XDP reads packets only through this.
+use aya_ebpf::{
+    helpers::generated::bpf_xdp_load_bytes,
+    programs::{TcContext, XdpContext},
+};
 use core::mem::size_of;
 use overlay_common::Reason;
+
+/// What the shared decision code needs of a hook's context: the linear packet data, and a
+/// bounds-checked copy at an offset the verifier cannot follow.
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Two bytes at `offset` (which may lie anywhere), or `None` past the end.
+    fn load_2(&self, offset: usize) -> Option<[u8; 2]>;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn load_2(&self, offset: usize) -> Option<[u8; 2]> {
+        self.load::<[u8; 2]>(offset).ok()
+    }
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn load_2(&self, offset: usize) -> Option<[u8; 2]> {
+        let mut b = [0u8; 2];
+        // SAFETY: the helper bounds-checks `offset` against the frame and writes 2 bytes into `b`.
+        let rc = unsafe { bpf_xdp_load_bytes(self.ctx, offset as u32, b.as_mut_ptr() as *mut _, 2) };
+        if rc == 0 { Some(b) } else { None }
+    }
+}
 
 /// Pointer to a `T` at `offset` in the packet, or `Truncated` if the packet ends before it.
 /// Every pointer must be derived again after a helper that moves packet data.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Reason> {
+pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Result<*const T, Reason> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
@@ -17,7 +63,7 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Reason> {
 
 /// Mutable variant of [`ptr_at`].
 #[inline(always)]
-pub fn ptr_at_mut<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, Reason> {
+pub fn ptr_at_mut<T>(ctx: &impl Packet, offset: usize) -> Result<*mut T, Reason> {
     ptr_at::<T>(ctx, offset).map(|p| p as *mut T)
 }
 

@@ -1,12 +1,12 @@
 //! Verdicts and their counters: every forward and every drop is counted, per CPU.
-use aya_ebpf::bindings::TC_ACT_SHOT;
+use aya_ebpf::bindings::{TC_ACT_SHOT, xdp_action::XDP_DROP};
 use overlay_common::{Direction, Reason, stats_index};
 
 use crate::maps::{STATS, VNI_STATS};
 
 /// What a program decided for a packet it forwards (or passes).
 pub struct Verdict {
-    /// The TC action to return.
+    /// The TC action (or XDP action) to return.
     pub action: i32,
     pub reason: Reason,
     /// VNI the packet belongs to (0: none, e.g. passed underlay traffic).
@@ -36,7 +36,7 @@ pub fn forward(v: Verdict, dir: Direction, len: u32) -> i32 {
             unsafe {
                 let side = match dir {
                     Direction::Egress => &mut (*c).tx,
-                    Direction::Ingress => &mut (*c).rx,
+                    Direction::Ingress | Direction::Xdp => &mut (*c).rx,
                 };
                 side.packets += 1;
                 side.bytes += v.inner_len as u64;
@@ -51,4 +51,11 @@ pub fn forward(v: Verdict, dir: Direction, len: u32) -> i32 {
 pub fn drop(reason: Reason, dir: Direction, len: u32) -> i32 {
     count(reason, dir, len);
     TC_ACT_SHOT
+}
+
+/// Counts a drop of the XDP ingress and returns `XDP_DROP`.
+#[inline(always)]
+pub fn xdp_drop(reason: Reason, len: u32) -> u32 {
+    count(reason, Direction::Xdp, len);
+    XDP_DROP
 }

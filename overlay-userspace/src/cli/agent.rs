@@ -38,6 +38,11 @@ pub struct AgentArgs {
     /// or comma-separated [default: the nameservers of this node's /etc/resolv.conf].
     #[arg(long, env = "OVERLAY_DNS_UPSTREAM", value_delimiter = ',')]
     pub dns_upstream: Vec<String>,
+    /// How the underlay receives overlay traffic: `tc` (the TC ingress alone) or `xdp` (an XDP
+    /// program in front of it decapsulates and redirects what it can; the rest goes on to TC).
+    /// Wins over the node's `datapath:` in the cluster file [default: that, else tc].
+    #[arg(long, env = "OVERLAY_DATAPATH")]
+    pub datapath: Option<model::Datapath>,
 }
 
 /// `--dns-upstream`, or the node's resolv.conf.
@@ -67,16 +72,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
     match (&args.cluster, &args.store) {
-        (Some(file), _) => crate::control::agent::run_with_file(&args.node.node, file, &pin_dir, dns, stop).await?,
+        (Some(file), _) => crate::control::agent::run_with_file(&args.node.node, file, &pin_dir, dns, args.datapath, stop).await?,
         (None, Some(url)) => {
             let Some(vtep) = &args.vtep else { bail!("--store needs --vtep: this node's underlay address") };
             if !(1..=3600).contains(&args.lease_ttl) {
                 bail!("--lease-ttl {} is not between 1 and 3600 seconds", args.lease_ttl);
             }
             parse_ip("vtep", vtep)?;
-            let node = model::node_entry("agent", args.node.node.clone(), vtep, args.underlay.clone())?;
+            let node = model::node_entry("agent", args.node.node.clone(), vtep, args.underlay.clone(), None)?;
             let reg = Registration { node, ttl: args.lease_ttl };
-            crate::control::agent::run_with_store(&args.creds.access(url), reg, &pin_dir, dns, stop).await?
+            crate::control::agent::run_with_store(&args.creds.access(url), reg, &pin_dir, dns, args.datapath, stop).await?
         }
         (None, None) => bail!("pass --cluster FILE or --store etcd://HOST:PORT"),
     }

@@ -18,7 +18,7 @@ pub struct BenchArgs {
     /// Seconds per TCP and UDP measurement [default: 1 quick, 3 full].
     #[arg(long)]
     pub seconds: Option<f64>,
-    /// Modes to build, comma-separated: native, kernel-vxlan, ebpf-tc.
+    /// Modes to build, comma-separated: native, kernel-vxlan, ebpf-tc, ebpf-xdp.
     #[arg(long, value_delimiter = ',', default_value = "native,kernel-vxlan,ebpf-tc")]
     pub modes: Vec<String>,
     /// Traffic tests to run, comma-separated: tcp, udp, latency; or `dns` alone (as --dns).
@@ -92,7 +92,7 @@ fn run_blocking(args: BenchArgs) -> anyhow::Result<()> {
     cfg.modes = args
         .modes
         .iter()
-        .map(|s| Mode::parse(s).with_context(|| format!("unknown mode {s:?} (expected native, kernel-vxlan or ebpf-tc)")))
+        .map(|s| Mode::parse(s).with_context(|| format!("unknown mode {s:?} (expected native, kernel-vxlan, ebpf-tc or ebpf-xdp)")))
         .collect::<anyhow::Result<_>>()?;
     cfg.tests = args
         .tests

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use overlay_common::NODE_F_MESH;
 
 use crate::{
-    model::{self, Cluster},
+    model::{self, Cluster, Datapath},
     dataplane::{Dataplane, DataplaneError, DiffSummary},
     defaults::{HOST_VETH_PREFIX, RETRY_INTERVAL},
     control::{
@@ -78,6 +78,10 @@ pub struct Agent {
     orphans: HashMap<String, Instant>,
     /// Plans each change, reusing what the last one computed (the unchanged networks' names).
     planner: desired::Planner,
+    /// `--datapath`: wins over the node's `datapath:` in the cluster description.
+    datapath_flag: Option<Datapath>,
+    /// The datapath mode last applied (`None` before the first apply).
+    mode: Option<Datapath>,
 }
 
 /// How long a veth pair made here (both ends in the node's namespace) may belong to no endpoint
@@ -93,7 +97,7 @@ const LOOPBACK: &str = "lo";
 type Swept = (Vec<(String, u32)>, Vec<(String, String)>, Vec<(String, u32)>);
 
 impl Agent {
-    pub fn new(node: &str, pin_dir: &Path, dns_upstreams: Vec<std::net::SocketAddr>) -> Result<Self, AgentError> {
+    pub fn new(node: &str, pin_dir: &Path, dns_upstreams: Vec<std::net::SocketAddr>, datapath: Option<Datapath>) -> Result<Self, AgentError> {
         let dataplane = Dataplane::load(pin_dir)?;
         Ok(Agent {
             node: node.to_string(),
@@ -107,6 +111,8 @@ impl Agent {
             dns_gateways: None,
             orphans: HashMap::new(),
             planner: desired::Planner::default(),
+            datapath_flag: datapath,
+            mode: None,
         })
     }
 
@@ -137,6 +143,28 @@ impl Agent {
             None => self.nl.interface_with_address(plan.vtep).await?,
         };
         self.dataplane.attach_ingress(&underlay.name, underlay.index)?;
+        let mode = self.datapath_flag.or(plan.datapath).unwrap_or_default();
+        if self.mode != Some(mode) {
+            // Every endpoint is wired again in the new mode (XDP needs GRO on the container side).
+            self.wired.clear();
+            self.swept = None;
+        }
+        match mode {
+            // In front of the TC ingress, which keeps handling what XDP passes on.
+            // A veth underlay (simulated hosts) gets generic XDP: frames between veths carry
+            // checksums still to be computed (CHECKSUM_PARTIAL), which a veth's driver-mode XDP
+            // turns into frames with bad checksums. Real NICs get driver mode where they have it.
+            Datapath::Xdp => self.dataplane.attach_xdp(&underlay.name, underlay.index, underlay.is_veth())?,
+            Datapath::Tc => {
+                if self.dataplane.detach_xdp(&underlay.name, underlay.index)? {
+                    info!(underlay = %underlay.name, "XDP ingress detached (datapath tc)");
+                }
+            }
+        }
+        if self.mode != Some(mode) {
+            info!(datapath = %mode, underlay = %underlay.name, "datapath mode");
+            self.mode = Some(mode);
+        }
         // Interfaces the ingress program serves: the underlay, and with published ports `lo`
         // too (the node's own connections to its published ports).
         let mut ingress = vec![(underlay.name.clone(), underlay.index)];
@@ -191,6 +219,9 @@ impl Agent {
         let mut state = plan.map_state(underlay.index, &wired);
         state.underlay_mtu(underlay.mtu);
         report.diff = self.dataplane.apply(&state)?;
+        // The XDP ingress redirects into the wired endpoints' host-side veths (none in tc mode).
+        let targets: Vec<u32> = if mode == Datapath::Xdp { wired.iter().map(|(_, i)| *i).collect() } else { Vec::new() };
+        self.dataplane.set_xdp_targets(&targets)?;
         let kept: Vec<(String, u32)> = wired.iter().map(|(e, i)| (e.host_ifname.clone(), *i)).collect();
         let swept = Some((kept, plan.unwired.clone(), ingress.clone()));
         if !report.pending.is_empty() || self.swept != swept {
@@ -270,6 +301,10 @@ impl Agent {
         if let Some(lo) = links.iter().find(|l| l.name == "lo") {
             inside.set_up(lo.index).await?;
         }
+        // XDP redirects into the pair land on this end, which needs NAPI: GRO on, once it is up.
+        if self.mode == Some(Datapath::Xdp) {
+            netlink::enable_gro_in(&ns, c.index).map_err(|e| fail(format!("enabling GRO on {name} in {}: {e}", ep.netns)))?;
+        }
         // The container's default route: via the gateway of its first network that is not
         // internal. Another interface's is left alone; this one's goes if it lost the role.
         if ep.default_route {
@@ -345,8 +380,15 @@ pub type Desired = tokio::sync::watch::Receiver<Option<Arc<Cluster>>>;
 /// Keeps the node equal to what `desired` says until `stop` resolves or the source goes away.
 /// This loop is the one reconcile path of every source (file or store). The datapath stays in
 /// place when it returns: forwarding does not depend on the agent running.
-pub async fn reconcile(node: &str, pin_dir: &Path, dns: Vec<std::net::SocketAddr>, mut desired: Desired, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
-    let mut agent = Agent::new(node, pin_dir, dns)?;
+pub async fn reconcile(
+    node: &str,
+    pin_dir: &Path,
+    dns: Vec<std::net::SocketAddr>,
+    datapath: Option<Datapath>,
+    mut desired: Desired,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let mut agent = Agent::new(node, pin_dir, dns, datapath)?;
     let mut names_of: Option<Arc<Cluster>> = None;
     info!(node, pin_dir = %pin_dir.display(), "datapath loaded");
     tokio::pin!(stop);
@@ -411,10 +453,17 @@ async fn sleep_until(t: Option<Instant>) {
 }
 
 /// Runs the agent on a cluster file until `stop` resolves.
-pub async fn run_with_file(node: &str, file: &Path, pin_dir: &Path, dns: Vec<std::net::SocketAddr>, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run_with_file(
+    node: &str,
+    file: &Path,
+    pin_dir: &Path,
+    dns: Vec<std::net::SocketAddr>,
+    datapath: Option<Datapath>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
     let (tx, rx) = tokio::sync::watch::channel(None);
     let source = tokio::spawn(crate::source::file::watch(node.to_string(), file.to_path_buf(), tx));
-    let r = reconcile(node, pin_dir, dns, rx, stop).await;
+    let r = reconcile(node, pin_dir, dns, datapath, rx, stop).await;
     source.abort();
     r
 }
@@ -426,6 +475,7 @@ pub async fn run_with_store(
     reg: Registration,
     pin_dir: &Path,
     dns: Vec<std::net::SocketAddr>,
+    datapath: Option<Datapath>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     access.check().map_err(|e| AgentError::Store(e.to_string()))?;
@@ -441,7 +491,7 @@ pub async fn run_with_store(
             Ok(Ok(())) => Ok(()),
             Err(e) => Err(AgentError::Store(format!("store task failed: {e}"))),
         },
-        r = reconcile(&node, pin_dir, dns, rx, stop) => r,
+        r = reconcile(&node, pin_dir, dns, datapath, rx, stop) => r,
     };
     source.abort();
     r

@@ -209,6 +209,8 @@ pub struct NodePlan {
     pub node: String,
     pub vtep: Ipv4Addr,
     pub underlay: Option<String>,
+    /// The node's `datapath:` in the cluster description (the agent's `--datapath` wins).
+    pub datapath: Option<crate::model::Datapath>,
     pub vxlan_port: u16,
     /// Everything but the local FDB and endpoint entries.
     pub base: MapState,
@@ -491,6 +493,7 @@ impl Planner {
             node: me.name.clone(),
             vtep: me.vtep,
             underlay: me.underlay.clone(),
+            datapath: me.datapath,
             vxlan_port: cluster.vxlan_port,
             base,
             local,

@@ -9,13 +9,15 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
         lpm_trie::{Key as LpmKey, LpmTrie},
+        xdp::XdpMapError,
     },
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::TcAttachOptions,
+        xdp::XdpLink,
     },
     util::nr_cpus,
 };
@@ -36,6 +38,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const PROG_EGRESS: &str = "overlay_egress";
 pub const PROG_INGRESS: &str = "overlay_ingress";
 pub const PROG_PASS: &str = "overlay_pass";
+/// The XDP ingress of `--datapath xdp` (attached to the underlay in front of [`PROG_INGRESS`]).
+pub const PROG_XDP: &str = "overlay_xdp_ingress";
 
 const MAP_FDB: &str = "FDB";
 const MAP_VNIS: &str = "VNIS";
@@ -55,6 +59,7 @@ const MAP_REVERSE: &str = "REVERSE";
 const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 const MAP_PUBLISHED: &str = "PUBLISHED";
 const MAP_MESH_RETURN: &str = "MESH_RETURN";
+const MAP_XDP_TARGETS: &str = "XDP_TARGETS";
 /// The layout record: array[1] of [`PinLayout`], made and pinned by the agent (not declared by
 /// the object), saying which [`PIN_LAYOUT`] the maps beside it have.
 pub const MAP_LAYOUT: &str = "LAYOUT";
@@ -62,7 +67,7 @@ pub const MAP_LAYOUT: &str = "LAYOUT";
 /// from a plan), the datapath itself (the connection tables: never written nor wiped by a
 /// reconcile, so connections survive agent restarts and config changes), or the counters (the
 /// datapath counts, `overlay stats` reads). All are pinned; `overlay down` removes them all.
-const ALL_MAPS: [(&str, Owner); 18] = [
+const ALL_MAPS: [(&str, Owner); 19] = [
     (MAP_FDB, Owner::Desired),
     (MAP_VNIS, Owner::Desired),
     (MAP_ENDPOINTS, Owner::Desired),
@@ -75,6 +80,7 @@ const ALL_MAPS: [(&str, Owner); 18] = [
     (MAP_MAGLEV, Owner::Desired),
     (MAP_BACKENDS, Owner::Desired),
     (MAP_PUBLISHED, Owner::Desired),
+    (MAP_XDP_TARGETS, Owner::Desired),
     (MAP_CONNECTIONS, Owner::Datapath),
     (MAP_REVERSE, Owner::Datapath),
     (MAP_MESH_RETURN, Owner::Datapath),
@@ -113,6 +119,8 @@ pub enum DataplaneError {
     Program { name: &'static str, source: ProgramError },
     #[error("map {name}: {source}")]
     Map { name: &'static str, source: MapError },
+    #[error("map {name}: {source}")]
+    XdpMap { name: &'static str, source: XdpMapError },
     #[error("map {0} is missing from the object or pin directory")]
     MissingMap(&'static str),
     #[error("no pinned datapath for this node at {0} (has its agent ever run?)")]
@@ -152,6 +160,8 @@ impl std::fmt::Display for MapShape {
             6 => "per-CPU array".to_string(),
             9 => "LRU hash".to_string(),
             11 => "LPM trie".to_string(),
+            14 => "devmap".to_string(),
+            25 => "devmap hash".to_string(),
             k => format!("map type {k}"),
         };
         write!(f, "{kind} (key {} B, value {} B, {} entries, flags {:#x})", self.key_size, self.value_size, self.max_entries, self.flags)
@@ -351,11 +361,19 @@ fn declared_shapes() -> Result<BTreeMap<&'static str, MapShape>> {
         .iter()
         .map(|(name, _)| {
             let m = obj.maps.get(*name).ok_or(DataplaneError::MissingMap(name))?;
-            let shape = MapShape { kind: m.map_type(), key_size: m.key_size(), value_size: m.value_size(), max_entries: m.max_entries(), flags: m.map_flags() };
+            let mut shape = MapShape { kind: m.map_type(), key_size: m.key_size(), value_size: m.value_size(), max_entries: m.max_entries(), flags: m.map_flags() };
+            // The kernel makes every devmap read-only for programs, and says so in its flags.
+            if matches!(shape.kind, BPF_MAP_TYPE_DEVMAP | BPF_MAP_TYPE_DEVMAP_HASH) {
+                shape.flags |= BPF_F_RDONLY_PROG;
+            }
             Ok((*name, shape))
         })
         .collect()
 }
+
+const BPF_MAP_TYPE_DEVMAP: u32 = 14;
+const BPF_MAP_TYPE_DEVMAP_HASH: u32 = 25;
+const BPF_F_RDONLY_PROG: u32 = 1 << 7;
 
 /// The shape of the layout record, which never changes.
 const LAYOUT_SHAPE: MapShape = MapShape {
@@ -477,6 +495,8 @@ struct Maps {
     maglev: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
     published: HashMap<MapData, PublishedKey, PublishedEntry>,
+    /// The XDP ingress's redirect targets (host-side veth ifindex -> itself).
+    xdp_targets: DevMapHash<MapData>,
     /// Datapath-owned: read for `overlay stats`, never written here.
     connections: aya::maps::HashMap<MapData, CtKey, Backend>,
     service_stats: PerCpuHashMap<MapData, LbStatsKey, LbCounters>,
@@ -499,6 +519,7 @@ impl Maps {
             maglev: Array::try_from(take(MAP_MAGLEV)?).map_err(map_err(MAP_MAGLEV))?,
             backends: Array::try_from(take(MAP_BACKENDS)?).map_err(map_err(MAP_BACKENDS))?,
             published: HashMap::try_from(take(MAP_PUBLISHED)?).map_err(map_err(MAP_PUBLISHED))?,
+            xdp_targets: DevMapHash::try_from(take(MAP_XDP_TARGETS)?).map_err(map_err(MAP_XDP_TARGETS))?,
             connections: aya::maps::HashMap::try_from(take(MAP_CONNECTIONS)?).map_err(map_err(MAP_CONNECTIONS))?,
             service_stats: PerCpuHashMap::try_from(take(MAP_SERVICE_STATS)?).map_err(map_err(MAP_SERVICE_STATS))?,
         })
@@ -653,6 +674,12 @@ impl Dataplane {
                 .map_err(|source| DataplaneError::Program { name, source })?;
             prog.load().map_err(|source| DataplaneError::Program { name, source })?;
         }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(PROG_XDP)
+            .ok_or(DataplaneError::Program { name: PROG_XDP, source: ProgramError::NotLoaded })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name: PROG_XDP, source })?;
+        xdp.load().map_err(|source| DataplaneError::Program { name: PROG_XDP, source })?;
         let maps = Maps::from_source(|name| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name)))?;
         match state {
             PinState::Current => {}
@@ -879,6 +906,15 @@ impl Dataplane {
             .map_err(|source| DataplaneError::Program { name, source })
     }
 
+    fn xdp_program(&mut self) -> Result<&mut Xdp> {
+        let name = PROG_XDP;
+        let ebpf = self.ebpf.as_mut().ok_or(DataplaneError::Program { name, source: ProgramError::NotLoaded })?;
+        ebpf.program_mut(name)
+            .ok_or(DataplaneError::Program { name, source: ProgramError::NotLoaded })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })
+    }
+
     fn link_pin(&self, kind: &str, ifname: &str, ifindex: u32) -> PathBuf {
         self.dir.join(LINKS_SUBDIR).join(format!("{kind}-{ifname}-{ifindex}"))
     }
@@ -936,6 +972,83 @@ impl Dataplane {
         self.attach(PROG_INGRESS, "ingress", ifname, ifindex)
     }
 
+    /// Attaches the XDP ingress to `ifname` (the underlay) through an XDP link pinned under the
+    /// node's directory (`links/xdp-<ifname>-<ifindex>`), in front of the TC ingress. A pinned
+    /// link of a previous agent gets this program atomically, as [`Self::attach_ingress`] does.
+    /// `generic`: generic (skb) XDP; otherwise driver mode where the driver has it, generic
+    /// where it does not (the kernel's choice). The mode of an adopted link stays as it was.
+    pub fn attach_xdp(&mut self, ifname: &str, ifindex: u32, generic: bool) -> Result<()> {
+        let pin = self.link_pin("xdp", ifname, ifindex);
+        if self.attached.contains(&pin) && pin.exists() {
+            return Ok(());
+        }
+        let link_err = |message: String| DataplaneError::Link { path: pin.display().to_string(), message };
+        let program = self.xdp_program()?;
+        let replaced = match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link = XdpLink::try_from(FdLink::from(old)).map_err(|e| link_err(e.to_string()))?;
+                match program.attach_to_link(link) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        tracing::info!(pin = %pin.display(), "dropping a pinned XDP link that cannot be updated ({e}); attaching afresh");
+                        fs::remove_file(&pin).map_err(io_err("unpinning", &pin))?;
+                        None
+                    }
+                }
+            }
+            Err(_) => None,
+        };
+        let id = match replaced {
+            Some(id) => id,
+            None => program
+                .attach_to_if_index(ifindex, if generic { XdpMode::Skb } else { XdpMode::default() })
+                .map_err(|e| link_err(format!("attaching XDP to {ifname}: {e}")))?,
+        };
+        let link = program.take_link(id).map_err(|e| link_err(e.to_string()))?;
+        let fd = FdLink::try_from(link).map_err(|e| link_err(format!("XDP link of {ifname} is not a bpf link: {e}")))?;
+        if !pin.exists() {
+            fd.pin(&pin).map_err(|e| link_err(format!("pinning: {e}")))?;
+        }
+        self.attached.insert(pin);
+        Ok(())
+    }
+
+    /// Detaches the XDP ingress from `ifname` if a pinned link holds it there (`--datapath tc`
+    /// after xdp). Returns whether there was one.
+    pub fn detach_xdp(&mut self, ifname: &str, ifindex: u32) -> Result<bool> {
+        let pin = self.link_pin("xdp", ifname, ifindex);
+        self.attached.remove(&pin);
+        match fs::remove_file(&pin) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("unpinning", &pin)(e)),
+        }
+    }
+
+    /// Whether an XDP link of this node is pinned for `ifname` (the XDP ingress is attached).
+    pub fn xdp_attached(&self, ifname: &str, ifindex: u32) -> bool {
+        self.link_pin("xdp", ifname, ifindex).exists()
+    }
+
+    /// Makes the XDP ingress's redirect targets exactly `ifindexes` (the local endpoints'
+    /// host-side veths): adds the missing ones, then removes the others. Each must exist.
+    pub fn set_xdp_targets(&mut self, ifindexes: &[u32]) -> Result<DiffSummary> {
+        let m = &mut self.maps.xdp_targets;
+        let have: Vec<u32> = m.keys().collect::<std::result::Result<_, _>>().map_err(map_err(MAP_XDP_TARGETS))?;
+        let mut sum = DiffSummary::default();
+        for &i in ifindexes.iter().filter(|i| !have.contains(i)) {
+            m.insert(i, i, None, 0).map_err(|source| DataplaneError::XdpMap { name: MAP_XDP_TARGETS, source })?;
+            sum.added += 1;
+        }
+        for i in have.into_iter().filter(|i| !ifindexes.contains(i)) {
+            match m.remove(i) {
+                Ok(()) | Err(MapError::KeyNotFound) => sum.removed += 1,
+                Err(e) => return Err(map_err(MAP_XDP_TARGETS)(e)),
+            }
+        }
+        Ok(sum)
+    }
+
     /// Removes link pins whose (interface, ifindex) is not in `keep`; their attachments go with
     /// them (or went already with the interface).
     pub fn sweep_links(&self, keep: &[(&str, u32)]) -> Result<usize> {
@@ -945,7 +1058,7 @@ impl Dataplane {
             let entry = entry.map_err(io_err("reading", &dir))?;
             let name = entry.file_name().to_string_lossy().to_string();
             let wanted = keep.iter().any(|(ifn, idx)| {
-                name == format!("egress-{ifn}-{idx}") || name == format!("ingress-{ifn}-{idx}")
+                name == format!("egress-{ifn}-{idx}") || name == format!("ingress-{ifn}-{idx}") || name == format!("xdp-{ifn}-{idx}")
             });
             if !wanted {
                 fs::remove_file(entry.path()).map_err(io_err("unpinning", &entry.path()))?;
@@ -957,11 +1070,12 @@ impl Dataplane {
 
     /// Runs a program once with `BPF_PROG_TEST_RUN` (or `repeat` times) on `frame`.
     /// Returns (verdict, frame out, mean duration per run).
+    /// Works for the TC programs and the XDP one ([`PROG_XDP`]: its verdicts are `XDP_*`).
     pub fn test_run(&mut self, prog: &'static str, frame: &[u8], repeat: u32) -> Result<(i32, Vec<u8>, std::time::Duration)> {
-        let program = self.program(prog)?;
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: repeat.max(1), ..Default::default() };
-        let r = program.test_run(opts).map_err(|source| DataplaneError::Program { name: prog, source })?;
+        let r = if prog == PROG_XDP { self.xdp_program()?.test_run(opts) } else { self.program(prog)?.test_run(opts) }
+            .map_err(|source| DataplaneError::Program { name: prog, source })?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value as i32, out, r.duration))
     }

@@ -12,7 +12,7 @@ use rtnetlink::{
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::{AddressAttribute, AddressMessage},
-        link::{LinkAttribute, LinkMessage},
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::NeighbourState,
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope},
     },
@@ -65,16 +65,26 @@ pub struct Link {
     /// IFLA_LINK: for a veth, its peer's ifindex (in the peer's namespace).
     pub peer: Option<u32>,
     pub mac: Option<[u8; 6]>,
+    /// IFLA_INFO_KIND is `veth`.
+    pub veth: bool,
+}
+
+impl Link {
+    /// Whether the interface is one end of a veth pair.
+    pub fn is_veth(&self) -> bool {
+        self.veth
+    }
 }
 
 fn link_of(msg: &LinkMessage) -> Link {
-    let mut l = Link { index: msg.header.index, name: String::new(), mtu: 0, peer: None, mac: None };
+    let mut l = Link { index: msg.header.index, name: String::new(), mtu: 0, peer: None, mac: None, veth: false };
     for a in &msg.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n.clone(),
             LinkAttribute::Mtu(m) => l.mtu = *m,
             LinkAttribute::Link(i) => l.peer = Some(*i),
             LinkAttribute::Address(a) => l.mac = a.as_slice().try_into().ok(),
+            LinkAttribute::LinkInfo(info) => l.veth = info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
             _ => {}
         }
     }
@@ -346,6 +356,48 @@ fn oif_of(r: &RouteMessage) -> Option<u32> {
         RouteAttribute::Oif(i) => Some(*i),
         _ => None,
     })
+}
+
+/// Turns GRO on for interface `ifindex` inside `netns` (ethtool's `ETHTOOL_SGRO`). A veth
+/// whose end has GRO on runs NAPI on that end, which is what lets an XDP program redirect frames
+/// into the pair without an XDP program of its own there.
+pub fn enable_gro_in(netns: &Path, ifindex: u32) -> std::io::Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_SGRO: u32 = 0x0000_002c;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let p = netns.to_path_buf();
+    std::thread::spawn(move || -> std::io::Result<()> {
+        enter_netns(&p)?;
+        let mut name = [0u8; libc::IFNAMSIZ];
+        // SAFETY: if_indextoname writes at most IFNAMSIZ bytes into `name`.
+        if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr() as *mut libc::c_char) }.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a plain socket(2); closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut value = EthtoolValue { cmd: ETHTOOL_SGRO, data: 1 };
+        // SAFETY: ifreq is plain data; zeroed is a valid value.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in ifr.ifr_name.iter_mut().zip(name.iter()) {
+            *d = *s as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_data = &mut value as *mut EthtoolValue as *mut libc::c_char;
+        // SAFETY: SIOCETHTOOL with an ifreq pointing at an ethtool_value that outlives the call.
+        let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut ifr) };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: closing the socket made above.
+        unsafe { libc::close(fd) };
+        if rc < 0 { Err(err) } else { Ok(()) }
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("netns helper thread panicked"))?
 }
 
 /// Turns IPv6 off for new interfaces of a namespace: the overlay is IPv4-only (as Docker's is by

@@ -230,6 +230,15 @@ impl Sim {
         self.spawn_agent_with(node, host_ns, &["--cluster", &cluster])
     }
 
+    /// Starts `overlay agent` for `node` on a cluster file with `extra` arguments (e.g.
+    /// `--datapath xdp`).
+    pub fn spawn_agent_extra(&mut self, node: &str, host_ns: &str, cluster: &Path, extra: &[&str]) -> io::Result<()> {
+        let cluster = cluster.display().to_string();
+        let mut args = vec!["--cluster", cluster.as_str()];
+        args.extend_from_slice(extra);
+        self.spawn_agent_with(node, host_ns, &args)
+    }
+
     /// Starts `overlay agent --store` for `node` inside host namespace `host_ns`, registering
     /// `vtep` with a lease of `ttl` seconds.
     pub fn spawn_store_agent(&mut self, node: &str, host_ns: &str, vtep: Ipv4Addr, ttl: u32) -> io::Result<()> {

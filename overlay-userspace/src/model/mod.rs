@@ -30,6 +30,45 @@ pub struct Node {
     pub name: String,
     pub vtep: Ipv4Addr,
     pub underlay: Option<String>,
+    /// How the node receives overlay traffic; `None`: the agent's `--datapath` (default tc).
+    pub datapath: Option<Datapath>,
+}
+
+/// How a node's underlay receives overlay traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Datapath {
+    /// The TC ingress program alone (decapsulates and delivers with `bpf_redirect_peer`).
+    #[default]
+    Tc,
+    /// The XDP ingress program in front of the TC one: what it can carry is decapsulated and
+    /// redirected into the endpoint's veth before the stack; the rest goes on to TC.
+    Xdp,
+}
+
+impl Datapath {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Datapath::Tc => "tc",
+            Datapath::Xdp => "xdp",
+        }
+    }
+}
+
+impl std::fmt::Display for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Datapath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tc" => Ok(Datapath::Tc),
+            "xdp" => Ok(Datapath::Xdp),
+            _ => Err(format!("{s:?} is not a datapath (tc or xdp)")),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,7 +172,7 @@ pub fn valid_ifname(name: &str) -> bool {
 }
 
 /// One node entry, checked on its own (`entry` names it in errors).
-pub fn node_entry(entry: &str, name: String, vtep: &str, underlay: Option<String>) -> Result<Node, ConfigError> {
+pub fn node_entry(entry: &str, name: String, vtep: &str, underlay: Option<String>, datapath: Option<&str>) -> Result<Node, ConfigError> {
     check_name(entry, "node", &name)?;
     let vtep: Ipv4Addr = vtep.parse().map_err(|_| invalid(entry, "vtep", format!("{vtep:?} is not an IPv4 address")))?;
     if vtep.is_unspecified() || vtep.is_multicast() || vtep.is_broadcast() {
@@ -144,7 +183,8 @@ pub fn node_entry(entry: &str, name: String, vtep: &str, underlay: Option<String
             return Err(invalid(entry, "underlay", format!("{u:?} is not an interface name")));
         }
     }
-    Ok(Node { name, vtep, underlay })
+    let datapath = datapath.map(|d| d.parse::<Datapath>().map_err(|m| invalid(entry, "datapath", m))).transpose()?;
+    Ok(Node { name, vtep, underlay, datapath })
 }
 
 /// What a network entry says, before it is checked.

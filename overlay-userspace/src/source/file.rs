@@ -58,6 +58,7 @@ struct RawNode {
     name: String,
     vtep: String,
     underlay: Option<String>,
+    datapath: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -114,7 +115,7 @@ fn validate(raw: RawCluster) -> Result<Cluster, ConfigError> {
     let mut nodes: Vec<Node> = Vec::new();
     for (i, n) in raw.nodes.into_iter().enumerate() {
         let entry = label("nodes", i, &n.name);
-        let node = node_entry(&entry, n.name, &n.vtep, n.underlay)?;
+        let node = node_entry(&entry, n.name, &n.vtep, n.underlay, n.datapath.as_deref())?;
         rules.check_node(&node).map_err(|c| invalid(&entry, c.field, c.message))?;
         rules.add_node(&node);
         nodes.push(node);
@@ -239,6 +240,18 @@ endpoints:
         assert!(e.starts_with("unparsable YAML"), "{e}");
         let e = err("nodes: []\nbogus: 1\n");
         assert!(e.contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn a_node_names_its_datapath() {
+        use crate::model::Datapath;
+        assert_eq!(parse(GOOD).expect("valid").nodes[0].datapath, None, "no datapath: the agent's --datapath (default tc)");
+        let c = parse(&with("underlay: eth0}", "underlay: eth0, datapath: xdp}")).expect("datapath: xdp is valid");
+        assert_eq!(c.nodes[0].datapath, Some(Datapath::Xdp));
+        let c = parse(&with("underlay: eth0}", "underlay: eth0, datapath: tc}")).expect("datapath: tc is valid");
+        assert_eq!(c.nodes[0].datapath, Some(Datapath::Tc));
+        let e = err(&with("underlay: eth0}", "underlay: eth0, datapath: dpdk}"));
+        assert_eq!(e, "nodes[node1].datapath: \"dpdk\" is not a datapath (tc or xdp)");
     }
 
     #[test]

@@ -129,7 +129,7 @@ impl Test {
 impl BenchConfig {
     pub fn quick() -> Self {
         BenchConfig {
-            modes: Mode::ALL.to_vec(),
+            modes: Mode::DEFAULT.to_vec(),
             rounds: 3,
             seconds: 1.0,
             omit_seconds: 0,

@@ -100,6 +100,7 @@ fn color(m: Mode) -> RGBColor {
         Mode::Native => RGBColor(140, 140, 140),
         Mode::KernelVxlan => RGBColor(214, 120, 40),
         Mode::EbpfTc => RGBColor(40, 110, 190),
+        Mode::EbpfXdp => RGBColor(60, 160, 90),
     }
 }
 

@@ -23,16 +23,21 @@ pub enum Mode {
     KernelVxlan,
     /// This project: the agent and its TC programs.
     EbpfTc,
+    /// This project with `datapath: xdp`: the XDP ingress in front of the TC one.
+    EbpfXdp,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Native, Mode::KernelVxlan, Mode::EbpfTc];
+    pub const ALL: [Mode; 4] = [Mode::Native, Mode::KernelVxlan, Mode::EbpfTc, Mode::EbpfXdp];
+    /// What a run builds unless told otherwise.
+    pub const DEFAULT: [Mode; 3] = [Mode::Native, Mode::KernelVxlan, Mode::EbpfTc];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Native => "native",
             Mode::KernelVxlan => "kernel-vxlan",
             Mode::EbpfTc => "ebpf-tc",
+            Mode::EbpfXdp => "ebpf-xdp",
         }
     }
 
@@ -41,7 +46,7 @@ impl Mode {
     }
 
     pub fn is_ebpf(self) -> bool {
-        matches!(self, Mode::EbpfTc)
+        matches!(self, Mode::EbpfTc | Mode::EbpfXdp)
     }
 }
 
@@ -100,6 +105,7 @@ pub fn build(mode: Mode, overlay_bin: &Path) -> anyhow::Result<Topology> {
         Mode::Native => "bn",
         Mode::KernelVxlan => "bk",
         Mode::EbpfTc => "be",
+        Mode::EbpfXdp => "bx",
     };
     let mut sim = Sim::new(tag, overlay_bin)?;
     sim.build_underlay(2)?;
@@ -117,7 +123,8 @@ pub fn build(mode: Mode, overlay_bin: &Path) -> anyhow::Result<Topology> {
     let built = match mode {
         Mode::Native => native(&mut sim, &h1, &h2),
         Mode::KernelVxlan => kernel_vxlan(&mut sim, &h1, &h2),
-        Mode::EbpfTc => ebpf(&mut sim),
+        Mode::EbpfTc => ebpf(&mut sim, "tc"),
+        Mode::EbpfXdp => ebpf(&mut sim, "xdp"),
     };
     let (client_ns, server_ns, server_ip, mtu) = built.with_context(|| format!("building the {} topology", mode.name()))?;
     Ok(Topology { mode, sim, client_ns, server_ns, server_ip, mtu })
@@ -173,13 +180,14 @@ fn kernel_vxlan(sim: &mut Sim, h1: &str, h2: &str) -> anyhow::Result<Built> {
     Ok((c1, c2, cip(2), OVERLAY_MTU))
 }
 
-/// The agent on each host, from a cluster file naming the two containers.
-fn ebpf(sim: &mut Sim) -> anyhow::Result<Built> {
+/// The agent on each host, from a cluster file naming the two containers; `datapath` is the
+/// nodes' `datapath:` (tc or xdp).
+fn ebpf(sim: &mut Sim, datapath: &str) -> anyhow::Result<Built> {
     let c1 = sim.add_ns("c1")?;
     let c2 = sim.add_ns("c2")?;
     let (ip1, ip2) = (Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 1, 3));
     let file = format!(
-        "vxlan_port: 4789\nnodes:\n  - {{name: node1, vtep: {}, underlay: eth0}}\n  - {{name: node2, vtep: {}, underlay: eth0}}\n\
+        "vxlan_port: 4789\nnodes:\n  - {{name: node1, vtep: {}, underlay: eth0, datapath: {datapath}}}\n  - {{name: node2, vtep: {}, underlay: eth0, datapath: {datapath}}}\n\
          networks:\n  - {{name: bench-net, vni: {VNI}, subnet: 10.0.1.0/24, mtu: {OVERLAY_MTU}}}\n\
          endpoints:\n  - {{name: c1, network: bench-net, node: node1, ip: {ip1}, netns: {c1}}}\n  - {{name: c2, network: bench-net, node: node2, ip: {ip2}, netns: {c2}}}\n",
         host_vtep(1),

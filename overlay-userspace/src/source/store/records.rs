@@ -260,7 +260,7 @@ impl NodeRecord {
     pub fn parse(key: &str, value: &[u8]) -> Result<Node, Malformed> {
         let r: NodeRecord = json(key, value)?;
         check_name(key, NODES, &r.name)?;
-        checked(key, model::node_entry("node", r.name, &r.vtep, r.underlay))
+        checked(key, model::node_entry("node", r.name, &r.vtep, r.underlay, None))
     }
 }
 
