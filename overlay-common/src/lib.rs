@@ -17,7 +17,9 @@ pub use reason::{Direction, Reason};
 /// **Bump it whenever any pinned map changes**: a key or value type below (its fields, their
 /// meaning or its size), a map's kind or `max_entries`, or a map added, removed or renamed.
 /// History: 1, the maps of `overlay-ebpf/src/maps.rs` when the record was introduced; 2, the
-/// XDP mode: `STATS` grew a third direction ([`Direction::Xdp`]) and the devmap `XDP_TARGETS`.
+/// XDP mode (`STATS` grew a third direction, [`Direction::Xdp`], and the devmap `XDP_TARGETS`)
+/// and FDB, NEIGH and NAMES grown from 65,536 to 262,144 entries (100,000 endpoints and their
+/// names), in one step.
 pub const PIN_LAYOUT: u32 = 2;
 
 /// Value of the layout record `LAYOUT` (array[1]) that the agent pins beside the maps. Its own
@@ -377,13 +379,13 @@ pub const fn stats_index(reason: Reason, dir: Direction) -> u32 {
 }
 
 /// Map sizes (part of the pinned layout: changing one means bumping [`PIN_LAYOUT`]).
-pub const MAX_FDB: u32 = 65_536;
+pub const MAX_FDB: u32 = 262_144;
 pub const MAX_VNIS: u32 = 4_096;
 pub const MAX_ENDPOINTS: u32 = 4_096;
-pub const MAX_NEIGH: u32 = 65_536;
+pub const MAX_NEIGH: u32 = 262_144;
 pub const MAX_MEMBERS: u32 = 4_096;
 pub const MAX_SUBNETS: u32 = 4_096;
-pub const MAX_NAMES: u32 = 65_536;
+pub const MAX_NAMES: u32 = 262_144;
 
 /// Converts an IPv4 address to its map representation (network byte order in a native `u32`).
 #[inline(always)]

@@ -19,7 +19,7 @@ use crate::{
     defaults::{HOST_VETH_PREFIX, RETRY_INTERVAL},
     control::{
         desired::{self, LocalEndpoint, NodePlan, WayOut},
-        resolver::{DNS_LINK, Resolver},
+        resolver::{ClusterSource, DNS_LINK, Resolver},
     },
     host::{
         netlink::{self, Netlink, NetlinkError},
@@ -53,6 +53,9 @@ pub struct ApplyReport {
     pub diff: DiffSummary,
     /// Endpoints that could not be wired this time (retried later), with the reason.
     pub pending: Vec<String>,
+    /// Time spent planning (cluster -> desired state) and writing the difference to the maps.
+    pub plan_us: u64,
+    pub maps_us: u64,
 }
 
 pub struct Agent {
@@ -97,7 +100,8 @@ const LOOPBACK: &str = "lo";
 type Swept = (Vec<(String, u32)>, Vec<(String, String)>, Vec<(String, u32)>);
 
 impl Agent {
-    pub fn new(node: &str, pin_dir: &Path, dns_upstreams: Vec<std::net::SocketAddr>, datapath: Option<Datapath>) -> Result<Self, AgentError> {
+    /// `cluster` is where the resolver reads the names from ([`ClusterSource`]).
+    pub fn new(node: &str, pin_dir: &Path, dns_upstreams: Vec<std::net::SocketAddr>, datapath: Option<Datapath>, cluster: ClusterSource) -> Result<Self, AgentError> {
         let dataplane = Dataplane::load(pin_dir)?;
         Ok(Agent {
             node: node.to_string(),
@@ -107,7 +111,7 @@ impl Agent {
             wired: HashMap::new(),
             way_out: None,
             swept: None,
-            resolver: Resolver::new(dns_upstreams),
+            resolver: Resolver::new(dns_upstreams, cluster),
             dns_gateways: None,
             orphans: HashMap::new(),
             planner: desired::Planner::default(),
@@ -116,9 +120,9 @@ impl Agent {
         })
     }
 
-    /// Gives the resolver the names of `cluster` (after a change) and makes it listen on every
-    /// gateway address, which the node's link [`DNS_LINK`] holds.
-    pub async fn update_names(&mut self, cluster: Arc<Cluster>, gateways: &[std::net::Ipv4Addr]) -> Vec<String> {
+    /// Tells the resolver the cluster changed (its names are read again on the next question)
+    /// and makes it listen on every gateway address, which the node's link [`DNS_LINK`] holds.
+    pub async fn update_names(&mut self, gateways: &[std::net::Ipv4Addr]) -> Vec<String> {
         let mut errors = Vec::new();
         if self.dns_gateways.as_deref() != Some(gateways) {
             match self.nl.ensure_address_link(DNS_LINK).await {
@@ -129,7 +133,7 @@ impl Agent {
                 Err(e) => errors.push(format!("{DNS_LINK}: {e}")),
             }
         }
-        errors.extend(self.resolver.update(cluster, gateways).await);
+        errors.extend(self.resolver.update(gateways).await);
         errors
     }
 
@@ -137,7 +141,9 @@ impl Agent {
     /// the host (a namespace missing, an interface gone): those endpoints are reported pending
     /// and everything else is applied.
     pub async fn apply(&mut self, cluster: &Cluster) -> Result<ApplyReport, AgentError> {
+        let t0 = Instant::now();
         let plan = self.planner.plan(cluster, &self.node)?;
+        let plan_us = t0.elapsed().as_micros() as u64;
         let underlay = match &plan.underlay {
             Some(name) => self.nl.link(name).await?.ok_or_else(|| NetlinkError::NoSuchLink(name.clone()))?,
             None => self.nl.interface_with_address(plan.vtep).await?,
@@ -173,7 +179,7 @@ impl Agent {
             self.dataplane.attach_ingress(&lo.name, lo.index)?;
             ingress.push((lo.name.clone(), lo.index));
         }
-        let mut report = ApplyReport::default();
+        let mut report = ApplyReport { plan_us, ..Default::default() };
         // The way out first: a container given a default route can use it at once.
         // A way out that cannot be set up (no `nft`, say) is reported and retried; the overlay
         // itself is applied all the same.
@@ -216,12 +222,14 @@ impl Agent {
                 }
             }
         }
+        let t0 = Instant::now();
         let mut state = plan.map_state(underlay.index, &wired);
         state.underlay_mtu(underlay.mtu);
         report.diff = self.dataplane.apply(&state)?;
         // The XDP ingress redirects into the wired endpoints' host-side veths (none in tc mode).
         let targets: Vec<u32> = if mode == Datapath::Xdp { wired.iter().map(|(_, i)| *i).collect() } else { Vec::new() };
         self.dataplane.set_xdp_targets(&targets)?;
+        report.maps_us = t0.elapsed().as_micros() as u64;
         let kept: Vec<(String, u32)> = wired.iter().map(|(e, i)| (e.host_ifname.clone(), *i)).collect();
         let swept = Some((kept, plan.unwired.clone(), ingress.clone()));
         if !report.pending.is_empty() || self.swept != swept {
@@ -388,8 +396,12 @@ pub async fn reconcile(
     mut desired: Desired,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let mut agent = Agent::new(node, pin_dir, dns, datapath)?;
-    let mut names_of: Option<Arc<Cluster>> = None;
+    // The resolver reads the latest cluster when it needs it and holds no copy, so that the
+    // source changes the published cluster in place (see `follow::apply_steps`).
+    let names_from = desired.clone();
+    let mut agent = Agent::new(node, pin_dir, dns, datapath, Box::new(move || names_from.borrow().clone()))?;
+    // The resolver has not taken the latest change yet (or failed to).
+    let mut names_stale = true;
     info!(node, pin_dir = %pin_dir.display(), "datapath loaded");
     tokio::pin!(stop);
     let mut retry_at: Option<Instant> = None;
@@ -409,11 +421,11 @@ pub async fn reconcile(
         let t0 = Instant::now();
         match agent.apply(&cluster).await {
             Ok(mut r) => {
-                // Names follow the cluster (rebuilt only when it changed, or after a failure).
-                if names_of.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &cluster)) {
+                // Names follow the cluster (again only when it changed, or after a failure).
+                if changed || names_stale {
                     let gateways: Vec<std::net::Ipv4Addr> = cluster.networks.iter().map(|n| n.gateway).collect();
-                    let errors = agent.update_names(cluster.clone(), &gateways).await;
-                    names_of = errors.is_empty().then(|| cluster.clone());
+                    let errors = agent.update_names(&gateways).await;
+                    names_stale = !errors.is_empty();
                     r.pending.extend(errors);
                 }
                 if !r.diff.is_empty() || first {
@@ -423,6 +435,8 @@ pub async fn reconcile(
                         nodes = cluster.nodes.len(),
                         endpoints = cluster.endpoints.len(),
                         took_us = t0.elapsed().as_micros() as u64,
+                        plan_us = r.plan_us,
+                        maps_us = r.maps_us,
                         "applied cluster state"
                     );
                     first = false;

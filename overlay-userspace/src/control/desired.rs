@@ -413,14 +413,25 @@ impl Planner {
         // Networks by name, and each network's endpoints in cluster order.
         let net_index: HashMap<&str, usize> = cluster.networks.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
         let mut members_of: Vec<Vec<(&Endpoint, Option<Ipv4Addr>)>> = vec![Vec::new(); cluster.networks.len()];
+        // This scan is the one step of a plan that visits every endpoint (each network's tables
+        // are rebuilt only when its endpoints changed): kept to a comparison or two and one
+        // lookup per endpoint. Endpoints of one network mostly come together, so the last
+        // network's index is tried first.
+        let mut last_net: (&str, usize) = ("", 0);
         for ep in &cluster.endpoints {
-            let ni = *net_index.get(ep.network.as_str()).expect("validated: endpoint network exists");
-            let net = &cluster.networks[ni];
+            let ni = if ep.network == last_net.0 {
+                last_net.1
+            } else {
+                let ni = *net_index.get(ep.network.as_str()).expect("validated: endpoint network exists");
+                last_net = (ep.network.as_str(), ni);
+                ni
+            };
             let remote = ep.node != me.name;
             members_of[ni].push((ep, remote.then(|| vtep_of[ep.node.as_str()])));
             if remote {
                 continue;
             }
+            let net = &cluster.networks[ni];
             if let Some(ns) = &ep.netns {
                 let default_route = !net.internal && routed.insert(ns.as_str());
                 let resolver = resolved.insert(ns.as_str());
@@ -481,7 +492,8 @@ impl Planner {
             }
         }
         // Each network's parts of the FDB, neighbour and name tables.
-        self.networks.retain(|vni, _| cluster.networks.iter().any(|n| n.vni == *vni));
+        let vnis: std::collections::HashSet<u32> = cluster.networks.iter().map(|n| n.vni).collect();
+        self.networks.retain(|vni, _| vnis.contains(vni));
         for (net, eps) in cluster.networks.iter().zip(&members_of) {
             let services: Vec<Service> = cluster.services.iter().filter(|s| s.network == net.name).cloned().collect();
             let parts = self.network_parts(net, &services, eps);

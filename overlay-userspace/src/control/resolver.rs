@@ -40,22 +40,31 @@ pub fn upstreams_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Where the resolver reads the cluster when it builds its view: the reconcile loop's desired
+/// state, read when needed rather than held, so that the source can change it in place (a copy
+/// held here would make every change copy the whole cluster).
+pub type ClusterSource = Box<dyn Fn() -> Option<Arc<Cluster>> + Send + Sync>;
+
 struct Shared {
-    /// The cluster the names come from, and its view once a question needed it: built on the
-    /// first question after a change, not on every change (at 10,000 endpoints a build costs
-    /// milliseconds, and most questions never reach the agent).
-    names: RwLock<(Arc<Cluster>, Option<Arc<NameView>>)>,
+    /// The view of the names, once a question needed it: built on the first question after a
+    /// change, not on every change (at 10,000 endpoints a build costs milliseconds, and most
+    /// questions never reach the agent).
+    view: RwLock<Option<Arc<NameView>>>,
+    cluster: ClusterSource,
     upstreams: Vec<SocketAddr>,
 }
 
 impl Shared {
     fn view(&self) -> Arc<NameView> {
-        if let Some(v) = &self.names.read().unwrap_or_else(|e| e.into_inner()).1 {
+        if let Some(v) = &*self.view.read().unwrap_or_else(|e| e.into_inner()) {
             return v.clone();
         }
-        let mut g = self.names.write().unwrap_or_else(|e| e.into_inner());
-        let (cluster, view) = &mut *g;
-        view.get_or_insert_with(|| Arc::new(NameView::build(cluster))).clone()
+        let mut g = self.view.write().unwrap_or_else(|e| e.into_inner());
+        g.get_or_insert_with(|| {
+            let empty = || Arc::new(Cluster { vxlan_port: 0, nodes: vec![], networks: vec![], endpoints: vec![], services: vec![] });
+            Arc::new(NameView::build(&(self.cluster)().unwrap_or_else(empty)))
+        })
+        .clone()
     }
 }
 
@@ -74,15 +83,15 @@ impl Drop for Resolver {
 }
 
 impl Resolver {
-    pub fn new(upstreams: Vec<SocketAddr>) -> Self {
-        let empty = Arc::new(Cluster { vxlan_port: 0, nodes: vec![], networks: vec![], endpoints: vec![], services: vec![] });
-        Resolver { shared: Arc::new(Shared { names: RwLock::new((empty, None)), upstreams }), listeners: HashMap::new() }
+    pub fn new(upstreams: Vec<SocketAddr>, cluster: ClusterSource) -> Self {
+        Resolver { shared: Arc::new(Shared { view: RwLock::new(None), cluster, upstreams }), listeners: HashMap::new() }
     }
 
-    /// Takes the names of a new cluster and listens on exactly `gateways` (their addresses must
-    /// be local already). Returns the gateways it could not listen on, with why.
-    pub async fn update(&mut self, cluster: Arc<Cluster>, gateways: &[Ipv4Addr]) -> Vec<String> {
-        *self.shared.names.write().unwrap_or_else(|e| e.into_inner()) = (cluster, None);
+    /// Forgets the view of the names (the cluster changed: the next question builds it from
+    /// the new one) and listens on exactly `gateways` (their addresses must be local already).
+    /// Returns the gateways it could not listen on, with why.
+    pub async fn update(&mut self, gateways: &[Ipv4Addr]) -> Vec<String> {
+        *self.shared.view.write().unwrap_or_else(|e| e.into_inner()) = None;
         self.listeners.retain(|gw, tasks| {
             let keep = gateways.contains(gw);
             if !keep {
