@@ -39,13 +39,32 @@ fn quick_bench_reports_all_modes_as_json_and_svg_and_cleans_up() {
     let out = child.wait_with_output().expect("waiting for overlay bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "overlay bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for needle in ["median (min-max)", "native", "kernel-vxlan", "ebpf-tc", "Targets", "overlay_pass"] {
+    for needle in ["median (min-max)", "native", "kernel-vxlan", "ebpf-tc", "Targets", "overlay_pass", "95% CI", "In place during the UDP test"] {
         assert!(stdout.contains(needle), "the table lacks {needle:?}:\n{stdout}");
     }
 
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).expect("well-formed JSON");
-    let metrics = ["tcp_gbps_1", "tcp_gbps_4", "udp_pps", "latency_mean_us", "latency_p99_us", "cpu_ns_per_packet"];
-    for mode in ["native", "kernel-vxlan", "ebpf-tc"] {
+    // Every metric, old and new (issue 14: TCP_RR, TCP_CRR, 8 streams, CPU per Gbit/s, p50/p90).
+    let metrics = [
+        "tcp_gbps_1",
+        "tcp_gbps_8",
+        "tcp_rr_tps_1",
+        "tcp_rr_tps_8",
+        "tcp_crr_tps_1",
+        "tcp_crr_tps_8",
+        "udp_pps",
+        "cpu_ns_per_packet",
+        "cpu_s_per_gbit",
+        "latency_mean_us",
+        "latency_p50_us",
+        "latency_p90_us",
+        "latency_p99_us",
+    ];
+    let modes: Vec<String> = r["results"].as_object().expect("results by mode").keys().cloned().collect();
+    for must in ["native", "kernel-vxlan", "ebpf-tc"] {
+        assert!(modes.iter().any(|m| m == must), "results for {must} missing: {modes:?}");
+    }
+    for mode in modes.iter().map(String::as_str) {
         let m = &r["results"][mode];
         assert!(m.is_object(), "results for {mode} missing");
         assert_eq!(m["errors"].as_array().map(Vec::len), Some(0), "{mode} had failed measurements: {}", m["errors"]);
@@ -60,17 +79,39 @@ fn quick_bench_reports_all_modes_as_json_and_svg_and_cleans_up() {
         // Sanity of the figures' units: latency in microseconds, not seconds or nanoseconds.
         let rtt = m["summary"]["latency_mean_us"]["median"].as_f64().unwrap_or(0.0);
         assert!((1.0..100_000.0).contains(&rtt), "{mode}: mean round trip {rtt} us");
+        let p = |k: &str| m["summary"][k]["median"].as_f64().unwrap_or(f64::NAN);
+        assert!(p("latency_p50_us") <= p("latency_p90_us") && p("latency_p90_us") <= p("latency_p99_us"), "{mode}: p50 <= p90 <= p99");
+        // CPU per Gbit/s: CPU-seconds per Gbit, at most the 2 CPUs' whole time over the run.
+        let cpu = p("cpu_s_per_gbit");
+        assert!(cpu < 100.0, "{mode}: {cpu} CPU-s per Gbit");
+        let reached = m["cpu_test_gbps"].as_array().and_then(|v| v.first()).and_then(|v| v.as_f64()).unwrap_or(0.0);
+        assert!(reached > 0.0, "{mode}: the fixed-rate TCP test carried traffic");
+        if mode.starts_with("ebpf") {
+            let progs = m["in_place_ns_per_run"].as_object().expect("in-place costs of an eBPF mode");
+            assert!(!progs.is_empty(), "{mode}: in-place cost of its programs");
+            if mode == "ebpf-tc" {
+                assert!(progs.contains_key("overlay_egress") && progs.contains_key("overlay_ingress"), "{mode}: in-place cost of both programs: {progs:?}");
+            }
+            for (prog, v) in progs {
+                let ns = v[0].as_f64().unwrap_or(f64::NAN);
+                assert!(ns.is_finite() && ns > 0.0, "{mode} {prog}: {ns} ns per run");
+            }
+        }
     }
     let ratios = r["ratios"].as_array().expect("ratios");
     for against in ["kernel-vxlan", "native"] {
         for k in metrics {
-            let found = ratios.iter().any(|x| x["mode"] == "ebpf-tc" && x["against"] == against && x["metric"] == k && x["summary"]["median"].as_f64().is_some_and(|v| v > 0.0));
-            assert!(found, "ratio ebpf-tc/{against} for {k} missing");
+            let found = ratios.iter().any(|x| {
+                x["mode"] == "ebpf-tc" && x["against"] == against && x["metric"] == k && x["summary"]["median"].as_f64().is_some_and(|v| v > 0.0) && x["ci95"].is_object()
+            });
+            assert!(found, "ratio ebpf-tc/{against} for {k} (with its interval) missing");
         }
     }
     let targets = r["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 9, "7 ratio targets for the eBPF mode and 2 program-cost targets");
+    assert_eq!(targets.len(), 15, "13 ratio targets for the eBPF mode and 2 program-cost targets");
     assert!(targets.iter().all(|t| t["value"].as_f64().is_some() && t["met"].is_boolean()));
+    // One round gives no confidence interval: no ratio target can be met.
+    assert!(targets.iter().filter(|t| t["what"].as_str().is_some_and(|w| w.starts_with("ebpf"))).all(|t| t["met"] == false), "met on one round");
     let pc = &r["prog_cost"];
     let floor = pc["floor"]["ns_per_packet"].as_f64().expect("floor");
     for p in ["encap", "decap"] {

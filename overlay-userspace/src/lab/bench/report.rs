@@ -32,7 +32,7 @@ pub fn table(r: &Report) -> String {
     }
     for e in &ebpf {
         for b in [Mode::KernelVxlan, Mode::Native].iter().filter(|b| modes.contains(b)) {
-            let _ = write!(out, "{:>22}", format!("{}/{}", e.name(), short(*b)));
+            let _ = write!(out, "{:>26}", format!("{}/{} [95% CI]", e.name(), short(*b)));
         }
     }
     out.push('\n');
@@ -47,9 +47,9 @@ pub fn table(r: &Report) -> String {
                     .ratios
                     .iter()
                     .find(|x| x.mode == *e && x.against == *b && x.metric == metric)
-                    .map(|x| format!("{:.2}", x.summary.median))
+                    .map(|x| format!("{:.2} [{:.2}, {:.2}]", x.summary.median, x.ci95.low, x.ci95.high))
                     .unwrap_or_else(|| "-".into());
-                let _ = write!(out, "{v:>22}");
+                let _ = write!(out, "{v:>26}");
             }
         }
         out.push('\n');
@@ -71,9 +71,20 @@ pub fn table(r: &Report) -> String {
         );
     }
     let _ = writeln!(out, "  (the floor alone with repeat=1000000 in one call: {:.0} ns)", pc.floor_repeat_ns);
-    let _ = writeln!(out, "\nTargets (medians of this run):");
+    for (m, res) in r.results.iter().filter(|(_, x)| !x.in_place_ns_per_run.is_empty()) {
+        let _ = writeln!(out, "In place during the UDP test ({}, kernel run-time statistics), ns per run, median (min-max) over rounds:", m.name());
+        for (prog, v) in &res.in_place_ns_per_run {
+            let s = super::Summary::of(v);
+            let _ = writeln!(out, "  {prog:<16} {:>7.1} ns ({:.1}-{:.1})", s.median, s.min, s.max);
+        }
+    }
+    let cpu_gbps: Vec<String> = modes.iter().map(|m| format!("{} {:.2?}", m.name(), r.results[m].cpu_test_gbps)).collect();
+    let _ = writeln!(out, "Gbit/s reached at the offered {} Mbit/s of the CPU test: {}", r.config.cpu_rate_mbps, cpu_gbps.join(", "));
+    let _ = writeln!(out, "\nTargets (median per-round ratio [95% CI]; met only where the interval clears the threshold):");
     for t in &r.targets {
-        let _ = writeln!(out, "  [{}] {:<52} {:>6.2} {} {}", if !t.measured { " -- " } else if t.met { " ok " } else { "MISS" }, t.what, t.value, t.op, t.threshold);
+        let ci = if t.ci95_low.is_finite() { format!("[{:.2}, {:.2}]", t.ci95_low, t.ci95_high) } else { String::new() };
+        let mark = if !t.measured { " -- " } else if t.met { " ok " } else { "MISS" };
+        let _ = writeln!(out, "  [{mark}] {:<58} {:>6.2} {:<14} {} {}", t.what, t.value, ci, t.op, t.threshold);
     }
     for (m, res) in &r.results {
         for e in &res.errors {
@@ -106,19 +117,23 @@ fn color(m: Mode) -> RGBColor {
 
 /// Bars (median) with min-max whiskers, one panel per metric, plus the program costs.
 pub fn write_chart(r: &Report, path: &Path) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (1400, 820)).into_drawing_area();
+    let root = SVGBackend::new(path, (1600, 1300)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (title, body) = root.split_vertically(50);
     title
         .titled(
             &format!(
-                "overlay bench: medians of {} rounds, min-max whiskers ({} CPUs, kernel {})",
+                "overlay bench: medians of {} rounds, min-max whiskers; ratios with 95% CI whiskers ({} CPUs, kernel {})",
                 r.config.rounds, r.machine.cpus, r.machine.kernel
             ),
             ("sans-serif", 22),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let panels = body.split_evenly((2, 4));
+    // One panel per metric, the program costs, and one ratio panel per baseline.
+    let baselines: Vec<Mode> = [Mode::KernelVxlan, Mode::Native].into_iter().filter(|b| r.results.contains_key(b)).collect();
+    let n_panels = Metric::ALL.len() + 1 + baselines.len();
+    let cols = 4;
+    let panels = body.split_evenly((n_panels.div_ceil(cols), cols));
     let modes: Vec<Mode> = r.results.keys().copied().collect();
     for (panel, metric) in panels.iter().zip(Metric::ALL) {
         let bars: Vec<(String, RGBColor, super::Summary)> = modes
@@ -138,21 +153,23 @@ pub fn write_chart(r: &Report, path: &Path) -> anyhow::Result<()> {
         ("encap".to_string(), blue, s(&pc.encap)),
         ("decap".to_string(), blue, s(&pc.decap)),
     ];
-    bar_panel(&panels[6], "test run, ns per packet - lower is better", &bars)?;
-    // Ratios of the eBPF mode(s) against kernel-vxlan, 1.0 = same.
-    let mut ratio_bars = Vec::new();
-    for x in r.ratios.iter().filter(|x| x.against == Mode::KernelVxlan) {
-        let label = match x.metric {
-            Metric::TcpGbps1 => "tcp1",
-            Metric::TcpGbps4 => "tcp4",
-            Metric::UdpPps => "udp",
-            Metric::LatencyMeanUs => "rtt",
-            Metric::LatencyP99Us => "p99",
-            Metric::CpuNsPerPacket => "cpu",
-        };
-        ratio_bars.push((label.to_string(), color(x.mode), x.summary));
+    let next = Metric::ALL.len();
+    bar_panel(&panels[next], "test run, ns per packet - lower is better", &bars)?;
+    // Ratios of the eBPF mode(s) against each baseline, 1.0 = same, with 95% CI whiskers.
+    let several = r.results.keys().filter(|m| m.is_ebpf()).count() > 1;
+    for (i, against) in baselines.iter().enumerate() {
+        let ratio_bars: Vec<(String, RGBColor, super::Summary)> = r
+            .ratios
+            .iter()
+            .filter(|x| x.against == *against)
+            .map(|x| {
+                let label = if several { format!("{} {}", x.metric.short(), x.mode.name()) } else { x.metric.short().to_string() };
+                let ci = super::Summary { median: x.summary.median, min: x.ci95.low.max(0.0), max: x.ci95.high, n: x.summary.n };
+                (label, color(x.mode), ci)
+            })
+            .collect();
+        bar_panel(&panels[next + 1 + i], &format!("ebpf / {}, median, 95% CI (1 = same)", against.name()), &ratio_bars)?;
     }
-    bar_panel(&panels[7], "ebpf / kernel-vxlan (1 = same)", &ratio_bars)?;
     root.present().map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     Ok(())
 }

@@ -127,6 +127,11 @@ pub fn build(mode: Mode, overlay_bin: &Path) -> anyhow::Result<Topology> {
         Mode::EbpfXdp => ebpf(&mut sim, "xdp"),
     };
     let (client_ns, server_ns, server_ip, mtu) = built.with_context(|| format!("building the {} topology", mode.name()))?;
+    // TCP_CRR opens thousands of connections per second from the client, each leaving a
+    // TIME_WAIT socket on its port: let new connections reuse them (and use the whole port
+    // range), as netperf users do, so the test does not run out of ports.
+    sysctl(&sim, &client_ns, "net.ipv4.tcp_tw_reuse=1")?;
+    sysctl(&sim, &client_ns, "net.ipv4.ip_local_port_range=1024 65000")?;
     Ok(Topology { mode, sim, client_ns, server_ns, server_ip, mtu })
 }
 
@@ -206,6 +211,15 @@ fn ebpf(sim: &mut Sim, datapath: &str) -> anyhow::Result<Built> {
 }
 
 impl Topology {
+    /// The pin directories of the agents of an eBPF mode (the links under them name the
+    /// programs attached); empty for the other modes.
+    pub fn agent_pin_dirs(&self) -> Vec<std::path::PathBuf> {
+        if !self.mode.is_ebpf() {
+            return Vec::new();
+        }
+        (1..=2).map(|n| self.sim.pin_dir(&format!("node{n}"))).collect()
+    }
+
     /// Checks that the client reaches the server before anything is measured.
     pub fn check(&self) -> anyhow::Result<()> {
         if !sim::wait_for(Duration::from_secs(5), || self.sim.ping(&self.client_ns, self.server_ip, 1, None)) {

@@ -4,7 +4,8 @@
 use std::{
     fs,
     mem::MaybeUninit,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     process::{Child, Command, Stdio},
     sync::{
@@ -28,6 +29,7 @@ const TCP_CPU: usize = 0;
 const UDP_PORT: u16 = 9000;
 const PING_PORT: u16 = 9001;
 const IPERF_PORT: u16 = 5201;
+const RR_PORT: u16 = 9002;
 /// A ping-pong without an answer after this long counts as lost.
 const REPLY_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -102,6 +104,11 @@ impl CpuTimes {
         let ns = |t: u64| t * 1_000_000_000 / hz;
         Some(CpuTimes { busy_ns: ns(busy), softirq_ns: ns(v[6]) })
     }
+}
+
+/// Busy ns of all CPUs together, from /proc/stat.
+pub fn all_busy_ns() -> Option<u64> {
+    (0..ncpus()).map(CpuTimes::now).try_fold(0u64, |acc, c| c.map(|c| acc + c.busy_ns))
 }
 
 /// Busy fraction of all CPUs together over `window`.
@@ -248,6 +255,8 @@ fn recv_count(sock: &UdpSocket, stop: &AtomicBool, received: &AtomicU64) {
 #[derive(Clone, Copy, Debug)]
 pub struct Latency {
     pub mean_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
     pub p99_us: f64,
     /// Ping-pongs without an answer within the reply timeout (left out of mean and p99).
     pub lost: usize,
@@ -312,7 +321,13 @@ pub fn udp_latency(client_ns: &str, server_ns: &str, server: Ipv4Addr, payload: 
         bail!("no ping-pong came back from {server}");
     }
     rtts.sort_by(f64::total_cmp);
-    Ok(Latency { mean_us: rtts.iter().sum::<f64>() / rtts.len() as f64, p99_us: percentile(&rtts, 99.0), lost })
+    Ok(Latency {
+        mean_us: rtts.iter().sum::<f64>() / rtts.len() as f64,
+        p50_us: percentile(&rtts, 50.0),
+        p90_us: percentile(&rtts, 90.0),
+        p99_us: percentile(&rtts, 99.0),
+        lost,
+    })
 }
 
 /// TCP throughput from iperf3's JSON report.
@@ -344,6 +359,42 @@ impl Drop for KillOnDrop {
 /// and the figure is the CPU cost of the whole path per byte, which is what differs between
 /// the modes.
 pub fn iperf3(client_ns: &str, server_ns: &str, server: Ipv4Addr, streams: u32, secs: u32, omit: u32) -> anyhow::Result<Tcp> {
+    iperf3_at(client_ns, server_ns, server, streams, secs, omit, None).map(|(t, _)| t)
+}
+
+/// CPU cost of TCP at a fixed offered rate: busy CPU-seconds of all CPUs per Gbit received.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpCpu {
+    pub gbps: f64,
+    /// Busy seconds of all CPUs together (from /proc/stat) per second of the run, per Gbit/s
+    /// received: the CPU time the path costs per Gbit/s.
+    pub cpu_per_gbps: f64,
+}
+
+/// One iperf3 stream paced at `rate_mbps` for `secs`, with the busy time of all CPUs measured
+/// around the client's run.
+pub fn tcp_cpu(client_ns: &str, server_ns: &str, server: Ipv4Addr, rate_mbps: u32, secs: u32) -> anyhow::Result<TcpCpu> {
+    let (t, cpu_ns) = iperf3_at(client_ns, server_ns, server, 1, secs, 0, Some(rate_mbps))?;
+    let cpu_ns = cpu_ns.context("reading /proc/stat")?;
+    if t.gbps <= 0.0 {
+        bail!("iperf3 at {rate_mbps} Mbit/s received nothing");
+    }
+    // (busy s / run s) / Gbit/s = busy s / Gbit.
+    let gbit = t.gbps * f64::from(secs);
+    Ok(TcpCpu { gbps: t.gbps, cpu_per_gbps: cpu_ns / 1e9 / gbit })
+}
+
+/// iperf3 as [`iperf3`], paced at `rate_mbps` per stream if given; also returns the busy ns of
+/// all CPUs during the client's run.
+fn iperf3_at(
+    client_ns: &str,
+    server_ns: &str,
+    server: Ipv4Addr,
+    streams: u32,
+    secs: u32,
+    omit: u32,
+    rate_mbps: Option<u32>,
+) -> anyhow::Result<(Tcp, Option<f64>)> {
     let port = IPERF_PORT.to_string();
     let affinity = |cpu: usize| if cpu < ncpus() { vec!["-A".to_string(), cpu.to_string()] } else { vec![] };
     let srv = Command::new("ip")
@@ -359,13 +410,20 @@ pub fn iperf3(client_ns: &str, server_ns: &str, server: Ipv4Addr, streams: u32, 
     // The server needs a moment to listen: retry a refused connection, a bounded number of times.
     for _ in 0..20 {
         thread::sleep(Duration::from_millis(100));
+        let rate = rate_mbps.map(|r| vec!["-b".to_string(), format!("{r}M")]).unwrap_or_default();
+        let busy0 = all_busy_ns();
         let out = Command::new("ip")
             .args(["netns", "exec", client_ns, "iperf3", "-c", &server.to_string(), "-p", &port, "-J"])
             .args(["-t", &secs.to_string(), "-O", &omit.to_string(), "-P", &streams.to_string()])
+            .args(rate)
             .args(affinity(TCP_CPU))
             .stdin(Stdio::null())
             .output()
             .context("running iperf3")?;
+        let busy = match (busy0, all_busy_ns()) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64),
+            _ => None,
+        };
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if let Some(e) = report.get("error").and_then(|e| e.as_str()) {
             last_err = e.to_string();
@@ -377,7 +435,144 @@ pub fn iperf3(client_ns: &str, server_ns: &str, server: Ipv4Addr, streams: u32, 
         let end = &report["end"];
         let bps = end["sum_received"]["bits_per_second"].as_f64().context("iperf3 report without end.sum_received")?;
         let retransmits = end["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-        return Ok(Tcp { gbps: bps / 1e9, retransmits });
+        return Ok((Tcp { gbps: bps / 1e9, retransmits }, busy));
     }
     bail!("iperf3 could not connect to {server}: {last_err}")
+}
+
+/// TCP request/response figures (netperf's TCP_RR and TCP_CRR).
+#[derive(Clone, Debug)]
+pub struct Rr {
+    /// Transactions per second, all flows together.
+    pub tps: f64,
+    /// Transaction times of the first flow, sorted, in microseconds.
+    pub rtts_us: Vec<f64>,
+}
+
+/// A one-byte echo server in `server_ns` on [`RR_PORT`] with `workers` threads pinned to the
+/// server CPU, each accepting one connection at a time and echoing until the client closes.
+/// Stops (within 100 ms) when `stop` is set.
+fn rr_server(server_ns: &str, workers: usize, stop: Arc<AtomicBool>) -> anyhow::Result<Vec<thread::JoinHandle<anyhow::Result<()>>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let listener = spawn_in(server_ns, SERVER_CPU, move || {
+        let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, RR_PORT)).context("binding the TCP_RR server")?;
+        // Blocking accepts (a connection wakes a worker at once) that give up every 100 ms so
+        // the workers see `stop`.
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        // SAFETY: a valid socket and a timeval of the size given.
+        let rc = unsafe {
+            libc::setsockopt(l.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32)
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("setting the accept timeout");
+        }
+        let _ = ready_tx.send(l);
+        Ok(())
+    });
+    join(listener)?;
+    let l = ready_rx.recv_timeout(Duration::from_secs(5)).context("the TCP_RR server did not start")?;
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let (l, stop) = (l.try_clone()?, stop.clone());
+        handles.push(spawn_in(server_ns, SERVER_CPU, move || {
+            while !stop.load(Ordering::Relaxed) {
+                let mut s = match l.accept() {
+                    Ok((s, _)) => s,
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => continue,
+                    Err(e) => return Err(e).context("accepting a TCP_RR connection"),
+                };
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(Duration::from_millis(100)))?;
+                let mut b = [0u8; 1];
+                while !stop.load(Ordering::Relaxed) {
+                    match s.read(&mut b) {
+                        Ok(0) => break,
+                        Ok(_) => {
+                            if s.write_all(&b).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                        Err(_) => break,
+                    }
+                }
+            }
+            Ok(())
+        }));
+    }
+    Ok(handles)
+}
+
+/// One-byte request/response transactions from `client_ns` to `server` for `secs`, over `flows`
+/// parallel flows (client threads on the client CPU, server threads on the server CPU). With
+/// `new_connection` every transaction opens its own connection (connect, request, response,
+/// close: TCP_CRR); otherwise each flow keeps one connection (TCP_RR).
+pub fn tcp_rr(client_ns: &str, server_ns: &str, server: Ipv4Addr, flows: usize, secs: Duration, new_connection: bool) -> anyhow::Result<Rr> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = rr_server(server_ns, flows, stop.clone())?;
+    let to = SocketAddr::V4(SocketAddrV4::new(server, RR_PORT));
+    let t0 = Instant::now();
+    let clients: Vec<_> = (0..flows)
+        .map(|i| {
+            spawn_in(client_ns, CLIENT_CPU, move || {
+                let record = i == 0;
+                let mut rtts = Vec::new();
+                let mut n = 0u64;
+                let connect = || -> anyhow::Result<TcpStream> {
+                    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).with_context(|| format!("connecting to {to}"))?;
+                    s.set_nodelay(true)?;
+                    s.set_read_timeout(Some(REPLY_TIMEOUT * 10))?;
+                    Ok(s)
+                };
+                let mut conn = if new_connection { None } else { Some(connect()?) };
+                let mut b = [0u8; 1];
+                while t0.elapsed() < secs {
+                    let t = Instant::now();
+                    let mut s = match conn.take() {
+                        Some(s) => s,
+                        None => connect()?,
+                    };
+                    s.write_all(b"x").context("sending a request")?;
+                    s.read_exact(&mut b).context("reading a response")?;
+                    if record && rtts.len() < 1_000_000 {
+                        rtts.push(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                    n += 1;
+                    if !new_connection {
+                        conn = Some(s);
+                    }
+                }
+                Ok((n, rtts))
+            })
+        })
+        .collect();
+    let mut total = 0u64;
+    let mut first = Vec::new();
+    let mut err = None;
+    for c in clients {
+        match join(c) {
+            Ok((n, r)) => {
+                total += n;
+                if !r.is_empty() {
+                    first = r;
+                }
+            }
+            Err(e) => err = err.or(Some(e)),
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        if let Err(e) = join(s) {
+            err = err.or(Some(e));
+        }
+    }
+    if let Some(e) = err {
+        return Err(e);
+    }
+    if total == 0 {
+        bail!("no TCP transaction completed with {server}");
+    }
+    first.sort_by(f64::total_cmp);
+    Ok(Rr { tps: total as f64 / elapsed, rtts_us: first })
 }
