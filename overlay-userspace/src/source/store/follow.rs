@@ -454,7 +454,7 @@ mod incremental {
     };
 
     fn me() -> Node {
-        Node { name: "s0".into(), vtep: "172.16.0.10".parse().expect("ip"), underlay: None }
+        Node { name: "s0".into(), vtep: "172.16.0.10".parse().expect("ip"), underlay: None, datapath: None }
     }
 
     /// A mirror of `nets` networks of up to 250 endpoints over `nodes` nodes, `per_net` endpoints
