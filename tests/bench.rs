@@ -165,6 +165,6 @@ fn control_plane_bench_reports_every_figure_and_cleans_up() {
     assert!(v["map_memory_mib"].as_f64().is_some_and(|m| m > 0.0), "{v}");
     // An endpoint removed: its FDB and neighbour entries and its two names (NAME, NAME.NETWORK).
     assert!(v["last_change_log"].as_str().is_some_and(|l| l.contains("diff=+0 ~0 -4")), "one change is a diff: {v}");
-    assert!(text.contains("[target < 2000 ms:") && text.contains("[target < 20 ms:"), "targets printed:\n{text}");
+    assert!(text.contains("[target < 2000 ms:") && text.contains("[target p99 < 20 ms:") && text.contains("[target < 64 MiB:"), "targets printed:\n{text}");
     assert_eq!(netns_list(), before, "no namespace left behind");
 }
