@@ -16,9 +16,6 @@ use overlay::lab::sim::{Sim, wait_for};
 use overlay_common::FDB_LOCAL;
 use support::*;
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 struct Docker(PathBuf);
 

@@ -14,7 +14,6 @@ mod support;
 use std::{
     net::Ipv4Addr,
     path::Path,
-    process::Output,
     thread,
     time::{Duration, Instant},
 };
@@ -30,16 +29,7 @@ const MEMBERS: usize = 3;
 /// The flood across the leader's death: 5000 echoes at 500/s (10 s).
 const FLOOD: u32 = 5000;
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
-/// Runs the CLI on host `n`; panics with its output unless it succeeds.
-fn ok(sim: &Sim, n: usize, args: &[&str]) -> String {
-    let o = sim.overlay(&sim.host_ns(n), args).expect("run overlay");
-    assert!(o.status.success(), "overlay {} failed:\n{}", args.join(" "), text(&o));
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
 
 /// The IP `endpoint add` printed (name network node ip mac interface).
 fn ip_of(out: &str) -> Ipv4Addr {

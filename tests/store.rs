@@ -7,7 +7,6 @@ mod support;
 use std::{
     net::Ipv4Addr,
     path::Path,
-    process::Output,
     thread,
     time::{Duration, Instant},
 };
@@ -19,16 +18,7 @@ use support::*;
 /// Lease TTL of the agents in these tests (seconds).
 const TTL: u32 = 3;
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
-/// Runs the CLI on host `n`; panics with its output unless it succeeds.
-fn ok(sim: &Sim, n: usize, args: &[&str]) -> String {
-    let o = sim.overlay(&sim.host_ns(n), args).expect("run overlay");
-    assert!(o.status.success(), "overlay {} failed:\n{}", args.join(" "), text(&o));
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
 
 /// Runs the CLI on host `n`; panics unless it fails; returns its error output.
 fn fails(sim: &Sim, n: usize, args: &[&str]) -> String {

@@ -8,7 +8,7 @@ mod support;
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -20,15 +20,7 @@ use support::*;
 
 const TTL: u32 = 3;
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
-fn ok(sim: &Sim, n: usize, args: &[&str]) -> String {
-    let o = sim.overlay(&sim.host_ns(n), args).expect("run overlay");
-    assert!(o.status.success(), "overlay {} failed:\n{}", args.join(" "), text(&o));
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
 
 /// The CLI on host 1 with exactly `creds` (no OVERLAY_STORE_* from the simulation): its error
 /// output, asserting it failed.

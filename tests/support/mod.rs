@@ -127,3 +127,15 @@ pub fn secure_store(sim: &mut overlay::lab::sim::Sim) {
         overlay::source::store::Credentials { cacert: Some(ca.cert.clone()), cert: Some(client_cert), key: Some(client_key), ..Default::default() },
     );
 }
+
+/// A command's stdout and stderr, for messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Runs the CLI on host `n` of `sim`; panics with its output unless it succeeds.
+pub fn ok(sim: &overlay::lab::sim::Sim, n: usize, args: &[&str]) -> String {
+    let o = sim.overlay(&sim.host_ns(n), args).expect("run overlay");
+    assert!(o.status.success(), "overlay {} failed:\n{}", args.join(" "), text(&o));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
