@@ -77,21 +77,10 @@ pub struct NetConf {
     pub network: Option<String>,
     /// etcd://HOST:PORT[,HOST:PORT...].
     pub store: String,
-    /// CA certificate (PEM) of etcd's server certificate: TLS when given (`--store-cacert`).
-    #[serde(default, rename = "storeCACert")]
-    pub store_ca_cert: Option<PathBuf>,
-    /// Client certificate (PEM) presented to etcd (`--store-cert`).
-    #[serde(default)]
-    pub store_cert: Option<PathBuf>,
-    /// Its private key (PEM) (`--store-key`).
-    #[serde(default)]
-    pub store_key: Option<PathBuf>,
-    /// etcd user (`--store-user`).
-    #[serde(default)]
-    pub store_user: Option<String>,
-    /// File holding the user's password (`--store-password-file`).
-    #[serde(default)]
-    pub store_password_file: Option<PathBuf>,
+    /// The store's credentials: `storeCACert`, `storeCert`, `storeKey`, `storeUser`,
+    /// `storePasswordFile` (the `--store-*` flags' files).
+    #[serde(flatten)]
+    pub store_creds: Credentials,
     /// This node's name [default: the registered node whose VTEP is an address here].
     #[serde(default)]
     pub node: Option<String>,
@@ -153,16 +142,7 @@ fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
 impl NetConf {
     /// The store and the credentials of the config's store* fields.
     pub fn store_access(&self) -> StoreAccess {
-        StoreAccess::new(
-            &self.store,
-            Credentials {
-                cacert: self.store_ca_cert.clone(),
-                cert: self.store_cert.clone(),
-                key: self.store_key.clone(),
-                user: self.store_user.clone(),
-                password_file: self.store_password_file.clone(),
-            },
-        )
+        StoreAccess::new(&self.store, self.store_creds.clone())
     }
 }
 

@@ -19,18 +19,25 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use super::StoreError;
 
 /// What a component is given to prove itself to the store and to check the store.
-/// Holds paths only: the password is read when connecting and never kept or logged.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Holds paths only: the password is read when connecting and never kept or logged. As JSON
+/// (the CNI configuration's fields): `storeCACert`, `storeCert`, `storeKey`, `storeUser`,
+/// `storePasswordFile`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 pub struct Credentials {
     /// CA certificate (PEM) that signed etcd's server certificate; turns TLS on.
+    #[serde(default, rename = "storeCACert")]
     pub cacert: Option<PathBuf>,
     /// Client certificate (PEM) presented to etcd.
+    #[serde(default, rename = "storeCert")]
     pub cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
+    #[serde(default, rename = "storeKey")]
     pub key: Option<PathBuf>,
     /// etcd user (etcd's `auth enable`).
+    #[serde(default, rename = "storeUser")]
     pub user: Option<String>,
     /// File holding the user's password (its first line).
+    #[serde(default, rename = "storePasswordFile")]
     pub password_file: Option<PathBuf>,
 }
 
