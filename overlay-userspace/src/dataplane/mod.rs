@@ -1081,6 +1081,23 @@ impl Dataplane {
     }
 }
 
+/// The ids of the programs attached through the links pinned in the node directory `dir`
+/// (for the kernel's per-program run-time statistics).
+pub fn attached_program_ids(dir: &Path) -> Result<Vec<u32>> {
+    let links = dir.join(LINKS_SUBDIR);
+    let mut ids = Vec::new();
+    for e in fs::read_dir(&links).map_err(io_err("reading", &links))? {
+        let path = e.map_err(io_err("reading", &links))?.path();
+        let link_err = |message: String| DataplaneError::Link { path: path.display().to_string(), message };
+        let link = PinnedLink::from_pin(&path).map_err(|e| link_err(format!("opening: {e}")))?;
+        let info = FdLink::from(link).info().map_err(|e| link_err(format!("link info: {e}")))?;
+        ids.push(info.program_id());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
 /// Removes a node's pins: maps, the layout record, links (which detaches the programs) and the
 /// directory, whatever layout they have. Keeps going past errors and reports them all.
 pub fn remove_pins(dir: &Path) -> std::result::Result<(), Vec<String>> {

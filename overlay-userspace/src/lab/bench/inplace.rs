@@ -9,10 +9,7 @@
 use std::{collections::BTreeMap, os::fd::OwnedFd};
 
 use anyhow::Context as _;
-use aya::programs::{
-    loaded_programs,
-    links::{FdLink, PinnedLink},
-};
+use aya::programs::loaded_programs;
 use serde::Serialize;
 
 /// BPF run-time statistics, on while this lives.
@@ -31,13 +28,7 @@ pub struct Snapshot(BTreeMap<String, (u64, u64)>);
 pub fn attached_programs(pin_dirs: &[std::path::PathBuf]) -> anyhow::Result<Vec<u32>> {
     let mut ids = Vec::new();
     for dir in pin_dirs {
-        let links = dir.join(crate::defaults::LINKS_SUBDIR);
-        for e in std::fs::read_dir(&links).with_context(|| format!("reading {}", links.display()))? {
-            let path = e?.path();
-            let link = PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-            let info = FdLink::from(link).info().with_context(|| format!("link info of {}", path.display()))?;
-            ids.push(info.program_id());
-        }
+        ids.extend(crate::dataplane::attached_program_ids(dir)?);
     }
     ids.sort_unstable();
     ids.dedup();
