@@ -19,8 +19,8 @@ pub use reason::{Direction, Reason};
 /// History: 1, the maps of `overlay-ebpf/src/maps.rs` when the record was introduced; 2, the
 /// XDP mode (`STATS` grew a third direction, [`Direction::Xdp`], and the devmap `XDP_TARGETS`)
 /// and FDB, NEIGH and NAMES grown from 65,536 to 262,144 entries (100,000 endpoints and their
-/// names), in one step.
-pub const PIN_LAYOUT: u32 = 2;
+/// names), in one step; 3, the monitor's maps (`EVENTS`, `MONITOR`, `MONITOR_RATE`).
+pub const PIN_LAYOUT: u32 = 3;
 
 /// Value of the layout record `LAYOUT` (array[1]) that the agent pins beside the maps. Its own
 /// shape never changes (it is how every version tells the others apart): `layout` is
@@ -387,6 +387,64 @@ pub const MAX_MEMBERS: u32 = 4_096;
 pub const MAX_SUBNETS: u32 = 4_096;
 pub const MAX_NAMES: u32 = 262_144;
 
+/// Bytes of each monitored packet copied into its event (from the first byte of the frame as
+/// the hook sees it: a VXLAN frame's outer headers, VXLAN and the inner headers fit).
+pub const MONITOR_CAPTURE: usize = 128;
+/// Size of the monitor's ring buffer `EVENTS` (a power of two, a multiple of the page size).
+pub const MONITOR_RING_BYTES: u32 = 256 * 1024;
+
+/// One datapath event for `overlay monitor`, written by the programs into the ring buffer
+/// `EVENTS`: a drop, or a sampled forward.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MonitorEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the program decided.
+    pub ts_ns: u64,
+    /// The interface the packet came in by (the endpoint's host-side veth, or the underlay).
+    pub ifindex: u32,
+    /// The packet's length as the hook saw it (before any rewrite).
+    pub len: u32,
+    /// [`Reason`] code: a drop reason, or the kind of forward.
+    pub reason: u32,
+    /// [`Direction`] code: the hook.
+    pub hook: u32,
+    /// Bytes of `data` that hold the packet (at most [`MONITOR_CAPTURE`]).
+    pub cap_len: u32,
+    /// The VNI where the program knew it (forwards); 0 otherwise (read from the bytes).
+    pub vni: u32,
+    /// The packet's first bytes (for a forward: after the program's rewrite).
+    pub data: [u8; MONITOR_CAPTURE],
+}
+
+/// What `overlay monitor` asks of the programs (`MONITOR`, array[1]). A program emits a drop
+/// event while `drops_until_ns`, a sampled forward while `all_until_ns`, is later than now: a
+/// monitor renews them every second, so one that dies without clearing them stops costing the
+/// datapath anything two seconds later. Zero (nobody listening) costs one array read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MonitorConfig {
+    pub drops_until_ns: u64,
+    pub all_until_ns: u64,
+    /// With forwards asked for: one forward in this many (per CPU) becomes an event.
+    pub sample_every: u32,
+    /// Events per CPU per second at most; the rest are counted in [`MonitorRate::suppressed`].
+    pub max_per_sec: u32,
+}
+
+/// Per-CPU state of the monitor's rate limit and sampling (`MONITOR_RATE`, per-CPU array[1]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MonitorRate {
+    /// Start of the current one-second window.
+    pub window_ns: u64,
+    /// Events sent in the window.
+    pub sent: u32,
+    /// Forwards seen since the last sampled one.
+    pub seen: u32,
+    /// Events not sent: over the rate limit, or the ring buffer full.
+    pub suppressed: u64,
+}
+
 /// Converts an IPv4 address to its map representation (network byte order in a native `u32`).
 #[inline(always)]
 pub const fn ip_to_map(octets: [u8; 4]) -> u32 {
@@ -404,6 +462,9 @@ mod pod {
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, have explicit padding fields and contain
     // only integers and byte arrays, so every bit pattern is valid.
     unsafe impl aya::Pod for super::PinLayout {}
+    unsafe impl aya::Pod for super::MonitorConfig {}
+    unsafe impl aya::Pod for super::MonitorRate {}
+    unsafe impl aya::Pod for super::MonitorEvent {}
     unsafe impl aya::Pod for super::FdbKey {}
     unsafe impl aya::Pod for super::FdbEntry {}
     unsafe impl aya::Pod for super::VniInfo {}

@@ -21,6 +21,7 @@ mod ingress;
 mod ipv4;
 mod maps;
 mod mesh;
+mod monitor;
 mod ptr;
 mod service;
 mod stats;
@@ -43,8 +44,14 @@ use overlay_common::Direction;
 pub fn overlay_egress(ctx: TcContext) -> i32 {
     let len = ctx.len();
     match egress::try_egress(&ctx) {
-        Ok(v) => stats::forward(v, Direction::Egress, len),
-        Err(d) => stats::drop(d, Direction::Egress, len),
+        Ok(v) => {
+            monitor::tc_event(&ctx, v.reason, Direction::Egress, len, v.vni, true);
+            stats::forward(v, Direction::Egress, len)
+        }
+        Err(d) => {
+            monitor::tc_event(&ctx, d, Direction::Egress, len, 0, false);
+            stats::drop(d, Direction::Egress, len)
+        }
     }
 }
 
@@ -55,8 +62,14 @@ pub fn overlay_egress(ctx: TcContext) -> i32 {
 pub fn overlay_ingress(ctx: TcContext) -> i32 {
     let len = ctx.len();
     match ingress::try_ingress(&ctx) {
-        Ok(v) => stats::forward(v, Direction::Ingress, len),
-        Err(d) => stats::drop(d, Direction::Ingress, len),
+        Ok(v) => {
+            monitor::tc_event(&ctx, v.reason, Direction::Ingress, len, v.vni, true);
+            stats::forward(v, Direction::Ingress, len)
+        }
+        Err(d) => {
+            monitor::tc_event(&ctx, d, Direction::Ingress, len, 0, false);
+            stats::drop(d, Direction::Ingress, len)
+        }
     }
 }
 
@@ -68,8 +81,14 @@ pub fn overlay_ingress(ctx: TcContext) -> i32 {
 pub fn overlay_xdp_ingress(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u32;
     match xdp::try_ingress(&ctx) {
-        Ok(v) => stats::forward(v, Direction::Xdp, len) as u32,
-        Err(d) => stats::xdp_drop(d, len),
+        Ok(v) => {
+            monitor::xdp_event(&ctx, v.reason, len, v.vni, true);
+            stats::forward(v, Direction::Xdp, len) as u32
+        }
+        Err(d) => {
+            monitor::xdp_event(&ctx, d, len, 0, false);
+            stats::xdp_drop(d, len)
+        }
     }
 }
 

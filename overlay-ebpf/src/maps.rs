@@ -4,12 +4,12 @@
 //! bumping `overlay_common::PIN_LAYOUT`: agents refuse pins of another layout.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use overlay_common::{
     Backend, Counter, CtKey, EndpointInfo, LbCounters, LbStatsKey, FdbEntry, FdbKey, MAGLEV_M, MAX_BACKENDS,
     MAX_CONNECTIONS, MAX_ENDPOINTS, MAX_FDB, MAX_MEMBERS, MAX_NAMES, MAX_NEIGH, MAX_SERVICES,
-    MAX_SUBNETS, MAX_VNIS, MemberInfo, NameEntry, NameKey, NeighEntry, NeighKey, NodeConfig, PublishedEntry, PublishedKey,
+    MAX_SUBNETS, MAX_VNIS, MONITOR_RING_BYTES, MemberInfo, MonitorConfig, MonitorRate, NameEntry, NameKey, NeighEntry, NeighKey, NodeConfig, PublishedEntry, PublishedKey,
     RevEntry, RevKey, STATS_ENTRIES, ServiceEntry, ServiceKey, SubnetInfo, VniCounters, VniInfo,
 };
 
@@ -82,3 +82,14 @@ pub static MESH_RETURN: LruHashMap<RevKey, u32> = LruHashMap::pinned(MAX_CONNECT
 /// interface (a devmap keyed by ifindex). Written by the agent with the endpoint table.
 #[map]
 pub static XDP_TARGETS: DevMapHash = DevMapHash::pinned(MAX_ENDPOINTS, 0);
+/// Datapath events for `overlay monitor` (drops, sampled forwards). Written by the datapath
+/// only while a monitor asks (`MONITOR`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::pinned(MONITOR_RING_BYTES, 0);
+/// What a running `overlay monitor` asks for (index 0). Written by the monitor, never by the
+/// agent.
+#[map]
+pub static MONITOR: Array<MonitorConfig> = Array::pinned(1, 0);
+/// Per-CPU rate limit and sampling state of the events. Written by the datapath.
+#[map]
+pub static MONITOR_RATE: PerCpuArray<MonitorRate> = PerCpuArray::pinned(1, 0);

@@ -9,12 +9,14 @@
 //!   source validates with.
 //! - [`dataplane`]: the only owner of the loaded programs, maps and pins.
 //! - [`host`]: the node's kernel outside BPF: netlink links/addresses/routes, namespaces.
+//! - [`insight`]: watching a node: Prometheus metrics, the live stream of datapath events.
 //! - [`lab`]: simulated clusters, frames and benchmarks (demo, tests, `overlay bench`).
 pub mod cli;
 pub mod control;
 pub mod dataplane;
 pub mod defaults;
 pub mod host;
+pub mod insight;
 pub mod lab;
 pub mod model;
 pub mod plugins;

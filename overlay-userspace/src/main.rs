@@ -31,6 +31,9 @@ enum Command {
     Stats(cli::stats::StatsArgs),
     /// Show the node's tables: FDB, neighbours, endpoints, members, VNIs.
     Fdb(cli::fdb::FdbArgs),
+    /// Live stream of the datapath's events: drops with their reason (and with --type all a
+    /// sampled share of forwards), one line each.
+    Monitor(cli::monitor::MonitorArgs),
     /// Build a simulated 3-host cluster here, show connectivity, isolation, MTU, a VXLAN frame
     /// and counters, then remove it all.
     Demo(cli::demo::DemoArgs),
@@ -87,7 +90,7 @@ fn main() -> anyhow::Result<()> {
     // `ip netns exec` remounts /sys: find the host's bpffs (and pins) again while still
     // single-threaded. Commands that pin refuse to run without it rather than pin into a
     // private bpffs nobody else sees.
-    let pins = matches!(cli.command, Command::Agent(_) | Command::Down(_) | Command::DockerPlugin(_) | Command::Stats(_) | Command::Fdb(_));
+    let pins = matches!(cli.command, Command::Agent(_) | Command::Down(_) | Command::DockerPlugin(_) | Command::Stats(_) | Command::Fdb(_) | Command::Monitor(_));
     match overlay::dataplane::join_host_mount_ns() {
         Ok(overlay::dataplane::MountNs::Joined(pid)) => tracing::debug!(pid, "joined the host's mount namespace (of that process) to reach its bpffs"),
         Ok(_) => {}
@@ -104,6 +107,7 @@ fn main() -> anyhow::Result<()> {
             Command::Node(a) => cli::node::run(a).await,
             Command::Stats(a) => cli::stats::run(a),
             Command::Fdb(a) => cli::fdb::run(a),
+            Command::Monitor(a) => cli::monitor::run(a).await,
             Command::Demo(a) => cli::demo::run(a).await,
             Command::Down(a) => cli::down::run(a).await,
             Command::Bench(a) => cli::bench::run(a).await,

@@ -54,6 +54,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl"),
     // curl: the README's service example fetches a page through a VIP with it.
     ("curl", "curl"),
+    // promtool: the metrics test checks `overlay agent --metrics` output with `promtool check metrics`.
+    ("prometheus", "promtool"),
     // nft: the agent sets up the way out's NAT table through its JSON interface.
     ("nftables", "nft"),
     // dnsmasq: the standard DNS server `overlay bench --dns` compares the datapath's answers with.

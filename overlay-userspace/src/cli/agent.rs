@@ -43,6 +43,10 @@ pub struct AgentArgs {
     /// Wins over the node's `datapath:` in the cluster file [default: that, else tc].
     #[arg(long, env = "OVERLAY_DATAPATH")]
     pub datapath: Option<model::Datapath>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off unless given; bound to exactly
+    /// this address: 127.0.0.1:9464 keeps them on the node). docs/metrics.md lists them.
+    #[arg(long, env = "OVERLAY_METRICS", value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// `--dns-upstream`, or the node's resolv.conf.
@@ -71,6 +75,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
+    if let Some(addr) = args.metrics {
+        // Bound before anything else starts: a taken address fails the agent at once.
+        tokio::spawn(crate::insight::metrics::serve(addr, pin_dir.clone()).await?);
+    }
     match (&args.cluster, &args.store) {
         (Some(file), _) => crate::control::agent::run_with_file(&args.node.node, file, &pin_dir, dns, args.datapath, stop).await?,
         (None, Some(url)) => {

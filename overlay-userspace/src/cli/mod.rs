@@ -7,6 +7,7 @@ pub mod docker_plugin;
 pub mod down;
 pub mod endpoint;
 pub mod fdb;
+pub mod monitor;
 pub mod network;
 pub mod node;
 pub mod service;

@@ -56,6 +56,10 @@ pub struct ApplyReport {
     /// Time spent planning (cluster -> desired state) and writing the difference to the maps.
     pub plan_us: u64,
     pub maps_us: u64,
+    /// This node's endpoints in the datapath, and those still waiting (no namespace yet, or
+    /// their wiring failed and is retried).
+    pub wired: usize,
+    pub waiting: usize,
 }
 
 pub struct Agent {
@@ -230,6 +234,8 @@ impl Agent {
         let targets: Vec<u32> = if mode == Datapath::Xdp { wired.iter().map(|(_, i)| *i).collect() } else { Vec::new() };
         self.dataplane.set_xdp_targets(&targets)?;
         report.maps_us = t0.elapsed().as_micros() as u64;
+        report.wired = wired.len();
+        report.waiting = plan.local.len() - wired.len() + plan.unwired.len();
         let kept: Vec<(String, u32)> = wired.iter().map(|(e, i)| (e.host_ifname.clone(), *i)).collect();
         let swept = Some((kept, plan.unwired.clone(), ingress.clone()));
         if !report.pending.is_empty() || self.swept != swept {
@@ -421,6 +427,7 @@ pub async fn reconcile(
         let t0 = Instant::now();
         match agent.apply(&cluster).await {
             Ok(mut r) => {
+                crate::insight::metrics::agent().reconciled(t0.elapsed(), r.wired, r.waiting);
                 // Names follow the cluster (again only when it changed, or after a failure).
                 if changed || names_stale {
                     let gateways: Vec<std::net::Ipv4Addr> = cluster.networks.iter().map(|n| n.gateway).collect();

@@ -26,6 +26,8 @@ use overlay_common::{
     NeighEntry, NeighKey, NodeConfig, PublishedEntry, PublishedKey, Reason, ServiceEntry, ServiceKey, SubnetInfo, VniCounters, VniInfo, stats_index,
 };
 
+pub mod events;
+
 use crate::{
     defaults::{BPFFS, LINKS_SUBDIR, PIN_SUBDIR},
     control::desired::{MapState, PerVni},
@@ -60,6 +62,9 @@ const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 const MAP_PUBLISHED: &str = "PUBLISHED";
 const MAP_MESH_RETURN: &str = "MESH_RETURN";
 const MAP_XDP_TARGETS: &str = "XDP_TARGETS";
+const MAP_EVENTS: &str = "EVENTS";
+const MAP_MONITOR: &str = "MONITOR";
+const MAP_MONITOR_RATE: &str = "MONITOR_RATE";
 /// The layout record: array[1] of [`PinLayout`], made and pinned by the agent (not declared by
 /// the object), saying which [`PIN_LAYOUT`] the maps beside it have.
 pub const MAP_LAYOUT: &str = "LAYOUT";
@@ -67,7 +72,7 @@ pub const MAP_LAYOUT: &str = "LAYOUT";
 /// from a plan), the datapath itself (the connection tables: never written nor wiped by a
 /// reconcile, so connections survive agent restarts and config changes), or the counters (the
 /// datapath counts, `overlay stats` reads). All are pinned; `overlay down` removes them all.
-const ALL_MAPS: [(&str, Owner); 19] = [
+const ALL_MAPS: [(&str, Owner); 22] = [
     (MAP_FDB, Owner::Desired),
     (MAP_VNIS, Owner::Desired),
     (MAP_ENDPOINTS, Owner::Desired),
@@ -87,14 +92,33 @@ const ALL_MAPS: [(&str, Owner); 19] = [
     (MAP_STATS, Owner::Counters),
     (MAP_VNI_STATS, Owner::Counters),
     (MAP_SERVICE_STATS, Owner::Counters),
+    (MAP_EVENTS, Owner::Datapath),
+    (MAP_MONITOR_RATE, Owner::Datapath),
+    (MAP_MONITOR, Owner::Monitor),
 ];
 
 /// Who writes a map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Owner {
+    /// Reconciled from the desired state by the agent.
     Desired,
+    /// Written by the programs (connection tables, events): the agent never rewrites them.
     Datapath,
+    /// Per-CPU counters of the programs, read by `overlay stats` and the metrics.
     Counters,
+    /// Written by `overlay monitor` (what it asks the programs for), never by the agent.
+    Monitor,
+}
+
+impl Owner {
+    pub fn name(self) -> &'static str {
+        match self {
+            Owner::Desired => "desired",
+            Owner::Datapath => "datapath",
+            Owner::Counters => "counters",
+            Owner::Monitor => "monitor",
+        }
+    }
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -546,6 +570,63 @@ impl std::fmt::Display for DiffSummary {
     }
 }
 
+/// One table's use: see [`Dataplane::map_fill`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub owner: Owner,
+    pub entries: u64,
+    pub max_entries: u32,
+}
+
+/// Map kinds whose entries come and go: hash, per-CPU hash, LRU hash, LRU per-CPU hash, LPM
+/// trie, devmap hash.
+const HASHED_KINDS: [u32; 6] = [1, 5, 9, 10, 11, BPF_MAP_TYPE_DEVMAP_HASH];
+
+/// Entries of the map behind `fd`, by walking its keys with `BPF_MAP_GET_NEXT_KEY` (aya's typed
+/// iterators need the key type; this needs only its size, so one walk serves every map). A
+/// table the datapath changes during the walk (an LRU table evicting the key just read makes the
+/// kernel start again from the first) is counted up to its `max_entries`.
+fn count_keys(fd: i32, key_size: u32, max_entries: u32) -> io::Result<u64> {
+    /// `union bpf_attr` as `BPF_MAP_GET_NEXT_KEY` reads it.
+    #[repr(C)]
+    struct NextKeyAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        next_key: u64,
+        flags: u64,
+    }
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let mut key = vec![0u8; key_size as usize];
+    let mut next = vec![0u8; key_size as usize];
+    let mut n = 0u64;
+    loop {
+        let attr = NextKeyAttr {
+            map_fd: fd as u32,
+            _pad: 0,
+            // The first call passes no key: the kernel starts from the first entry.
+            key: if n == 0 { 0 } else { key.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: attr points at two buffers of the map's key size that outlive the call.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, &attr as *const NextKeyAttr, size_of::<NextKeyAttr>()) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(n);
+            }
+            return Err(e);
+        }
+        n += 1;
+        if n >= max_entries as u64 {
+            return Ok(n);
+        }
+        std::mem::swap(&mut key, &mut next);
+    }
+}
+
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -861,6 +942,27 @@ impl Dataplane {
                 .unwrap_or(0);
         }
         Ok(total)
+    }
+
+    /// How full each table is: entries in use next to `max_entries`, for every map whose
+    /// entries come and go (hash tables, LRU tables, the trie, the devmap); arrays are always
+    /// full and are left out. Counted by walking the keys of the pinned maps (one syscall per
+    /// entry), so it reads what the kernel holds, whoever wrote it.
+    pub fn map_fill(&self) -> Result<Vec<MapFill>> {
+        let mut out = Vec::new();
+        for (name, owner) in ALL_MAPS {
+            let path = self.dir.join(name);
+            let data = MapData::from_pin(&path).map_err(map_err(name))?;
+            let info = data.info().map_err(map_err(name))?;
+            let kind = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+            if !HASHED_KINDS.contains(&kind) {
+                continue;
+            }
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            let entries = count_keys(data.fd().as_fd().as_raw_fd(), info.key_size(), info.max_entries()).map_err(io_err("counting the entries of", &path))?;
+            out.push(MapFill { name, owner, entries, max_entries: info.max_entries() });
+        }
+        Ok(out)
     }
 
     /// Counters summed over CPUs.

@@ -135,6 +135,7 @@ pub async fn follow(access: StoreAccess, reg: Registration, tx: watch::Sender<Op
             SessionEnd::Closed => return Ok(()),
             SessionEnd::Conflict(message) => return Err(FollowError::Conflict { node: reg.node.name.clone(), message }),
             SessionEnd::Disconnected(why) => {
+                crate::insight::metrics::agent().store_session(false);
                 if ws.lost.is_none() {
                     warn!(
                         addrs = %store.addrs,
@@ -205,6 +206,7 @@ fn publish(mirror: &mut Mirror, me: &Node, tx: &watch::Sender<Option<Arc<Cluster
     for w in warnings {
         warn!("store entry {w}");
     }
+    crate::insight::metrics::agent().store_revision(mirror.revision);
     tx.send(Some(Arc::new(cluster))).is_ok()
 }
 
@@ -398,6 +400,7 @@ async fn session(
                         } else if r.created() {
                             info!(revision = watch_from, "watching the store on member {:x}", state.member);
                         }
+                        crate::insight::metrics::agent().store_session(true);
                         for ev in r.events() {
                             let Some(kv) = ev.kv() else { continue };
                             let key = String::from_utf8_lossy(kv.key());
@@ -423,6 +426,7 @@ async fn session(
                         };
                     }
                     watch_from = mirror.revision + 1;
+                    crate::insight::metrics::agent().store_revision(mirror.revision);
                     if rebuild {
                         if !publish(mirror, &reg.node, tx) {
                             return SessionEnd::Closed;
