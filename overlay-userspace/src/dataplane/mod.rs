@@ -965,6 +965,13 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// One (reason, hook) counter summed over CPUs: one map read, for callers that check a
+    /// verdict packet by packet.
+    pub fn counter(&self, reason: Reason, dir: Direction) -> Result<Counter> {
+        let v = self.maps.stats.get(&stats_index(reason, dir), 0).map_err(map_err(MAP_STATS))?;
+        Ok(v.iter().fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes }))
+    }
+
     /// Counters summed over CPUs.
     pub fn stats(&self) -> Result<Stats> {
         let mut out = Stats::default();
