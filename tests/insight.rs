@@ -168,8 +168,9 @@ fn metrics_are_valid_prometheus_and_move_with_traffic() {
     assert!(errors.is_empty(), "cleanup: {errors:?}");
 }
 
-/// `overlay monitor` for node1, its stdout lines sent to the returned channel.
-fn monitor(pin_root: &Path, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
+/// `overlay monitor` for node1, its stdout lines sent to the returned channel (and its stderr
+/// lines to the second).
+fn monitor(pin_root: &Path, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>, mpsc::Receiver<String>) {
     let mut child = Command::new(OVERLAY_BIN)
         .args(["monitor", "--node", "node1"])
         .args(args)
@@ -178,19 +179,36 @@ fn monitor(pin_root: &Path, args: &[&str]) -> (std::process::Child, mpsc::Receiv
         .env_remove("OVERLAY_CLUSTER")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("overlay monitor");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+    let lines = |r: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
+        });
+        rx
+    };
+    let out = lines(Box::new(child.stdout.take().expect("stdout")));
+    let err = lines(Box::new(child.stderr.take().expect("stderr")));
+    (child, out, err)
+}
+
+/// Lines arriving on `rx` within `d`.
+fn collect(rx: &mpsc::Receiver<String>, d: Duration) -> Vec<String> {
+    let end = Instant::now() + d;
+    let mut v = Vec::new();
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => v.push(l),
+            Err(_) => break,
         }
-    });
-    (child, rx)
+    }
+    v
 }
 
 /// Ends a monitor by its PID (SIGTERM: it withdraws its request) and waits for it.
@@ -212,7 +230,7 @@ fn end(mut child: std::process::Child) {
 fn monitor_shows_a_spoofed_drop_with_its_reason_within_a_second() {
     let mut c = start("mon");
     let pin_root: PathBuf = c.sim.pin_dir("node1").parent().expect("pin root").to_path_buf();
-    let (child, lines) = monitor(&pin_root, &["--type", "drop", "--json", "--network", "4097"]);
+    let (child, lines, _) = monitor(&pin_root, &["--type", "drop", "--json", "--network", "4097"]);
     add_spoofed_address(&c);
     // The monitor asks the datapath for events when it starts; let it.
     std::thread::sleep(Duration::from_millis(500));
@@ -248,13 +266,35 @@ fn monitor_shows_a_spoofed_drop_with_its_reason_within_a_second() {
     assert!(text(&rate).contains("--network no-such-net: give its VNI, or pass --store or --cluster"), "{}", text(&rate));
 
     // --type all shows sampled forwards too (every one with --sample 1).
-    let (child, lines) = monitor(&pin_root, &["--type", "all", "--sample", "1", "--count", "3"]);
+    let (child, lines, _) = monitor(&pin_root, &["--type", "all", "--sample", "1", "--count", "3"]);
     std::thread::sleep(Duration::from_millis(500));
     assert!(c.sim.ping(&c.ns("web1"), "10.0.1.3".parse().expect("ip"), 3, None), "web1 reaches web2");
     let got: Vec<String> = (0..3).filter_map(|_| lines.recv_timeout(Duration::from_secs(3)).ok()).collect();
     end(child);
     assert_eq!(got.len(), 3, "three events: {got:?}");
     assert!(got.iter().any(|l| l.contains(" forward ") && l.contains("fwd-encap") && l.contains("vni 4097")), "an encapsulation shown as a forward: {got:?}");
+
+    // A flood of drops (300 spoofed packets in ~0.6 s) against a monitor limited to 3 events
+    // per CPU per second: every drop is still counted by the datapath, the monitor shows at
+    // most what the limit lets through and says how many it held back.
+    let counted = || {
+        overlay::dataplane::Dataplane::open_pinned(&c.sim.pin_dir("node1")).expect("pins").counter(overlay_common::Reason::SpoofedIp, overlay_common::Direction::Egress).expect("counter").packets
+    };
+    let before = counted();
+    let (child, lines, errs) = monitor(&pin_root, &["--rate", "3"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let flood = Command::new("ip")
+        .args(["netns", "exec", &c.ns("web1"), "ping", "-q", "-c", "300", "-i", "0.002", "-W", "1", "-I", "10.0.1.99", "10.0.1.3"])
+        .output()
+        .expect("flood");
+    let shown = collect(&lines, Duration::from_millis(1500));
+    let held = collect(&errs, Duration::from_millis(1500));
+    end(child);
+    let drops = counted() - before;
+    assert!(drops >= 250, "the datapath counted {drops} spoofed drops of 300 ({})", text(&flood));
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as usize;
+    assert!(!shown.is_empty() && shown.len() <= 3 * cpus * 3, "{} events shown for {drops} drops with --rate 3 on {cpus} CPUs: {shown:?}", shown.len());
+    assert!(held.iter().any(|l| l.contains("events held back by the rate limit")), "the monitor says what it held back: {held:?}");
     let errors = c.sim.cleanup();
     assert!(errors.is_empty(), "cleanup: {errors:?}");
 }

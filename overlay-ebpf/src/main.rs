@@ -10,6 +10,7 @@
 //!   ingress. Runs the same checks, decapsulates and redirects into the endpoint's host-side
 //!   veth what it can carry; passes everything else on to the stack and [`overlay_ingress`].
 //! - [`overlay_pass`]: returns `TC_ACT_OK`; the cost floor the benchmark compares against.
+//! - [`overlay_monitor_idle`]: the floor plus the monitor's check, for the benchmark.
 #![no_std]
 #![no_main]
 
@@ -96,6 +97,15 @@ pub fn overlay_xdp_ingress(ctx: XdpContext) -> u32 {
 /// Returns `TC_ACT_OK`.
 #[classifier]
 pub fn overlay_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
+/// Attached to: nothing in production; loaded by the benchmark to measure what the monitor's
+/// hook costs a forwarded packet when nobody listens: the floor plus exactly the check every
+/// entry point makes. Returns `TC_ACT_OK`.
+#[classifier]
+pub fn overlay_monitor_idle(ctx: TcContext) -> i32 {
+    monitor::tc_event(&ctx, overlay_common::Reason::FwdLocal, Direction::Egress, ctx.len(), 0, true);
     TC_ACT_OK
 }
 

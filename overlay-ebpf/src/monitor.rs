@@ -74,23 +74,29 @@ fn capture_len(len: u32) -> u32 {
 
 /// The event's fixed fields.
 #[inline(always)]
-fn fill(ev: &mut MonitorEvent, ifindex: u32, reason: Reason, hook: Direction, len: u32, vni: u32) {
+fn fill(ev: &mut MonitorEvent, ifindex: u32, reason: u32, hook: u32, len: u32, vni: u32) {
     // SAFETY: plain helper call.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.ifindex = ifindex;
     ev.len = len;
-    ev.reason = reason as u32;
-    ev.hook = hook as u32;
+    ev.reason = reason;
+    ev.hook = hook;
     ev.vni = vni;
 }
 
 /// A TC program's event: `len` is the packet's length when the program started, `vni` the
-/// network where known (0: read from the bytes).
+/// network where known (0: read from the bytes). The check is inlined (all a packet pays with
+/// nobody listening); writing the event is a call of its own, so that its stack frame stays out
+/// of the programs' own.
 #[inline(always)]
 pub fn tc_event(ctx: &TcContext, reason: Reason, hook: Direction, len: u32, vni: u32, sample: bool) {
-    if !admit(reason, sample) {
-        return;
+    if admit(reason, sample) {
+        tc_emit(ctx, reason as u32, hook as u32, len, vni);
     }
+}
+
+#[inline(never)]
+fn tc_emit(ctx: &TcContext, reason: u32, hook: u32, len: u32, vni: u32) {
     let Some(mut entry) = EVENTS.reserve::<MonitorEvent>(0) else { return ring_full() };
     // SAFETY: the reserved entry is ours until submitted; every field is written below.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
@@ -109,18 +115,22 @@ pub fn tc_event(ctx: &TcContext, reason: Reason, hook: Direction, len: u32, vni:
     entry.submit(0);
 }
 
-/// The XDP ingress's event.
+/// The XDP ingress's event (see [`tc_event`]).
 #[inline(always)]
 pub fn xdp_event(ctx: &XdpContext, reason: Reason, len: u32, vni: u32, sample: bool) {
-    if !admit(reason, sample) {
-        return;
+    if admit(reason, sample) {
+        xdp_emit(ctx, reason as u32, len, vni);
     }
+}
+
+#[inline(never)]
+fn xdp_emit(ctx: &XdpContext, reason: u32, len: u32, vni: u32) {
     let Some(mut entry) = EVENTS.reserve::<MonitorEvent>(0) else { return ring_full() };
     // SAFETY: the reserved entry is ours until submitted; every field is written below.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     // SAFETY: the context pointer is valid for the program's lifetime.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    fill(ev, ifindex, reason, Direction::Xdp, len, vni);
+    fill(ev, ifindex, reason, Direction::Xdp as u32, len, vni);
     let avail = (ctx.data_end() - ctx.data()) as u32;
     ev.cap_len = 0;
     if avail > 0 {

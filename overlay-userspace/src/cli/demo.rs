@@ -328,6 +328,66 @@ fn service_mesh(sim: &mut Sim, file: &std::path::Path) -> anyhow::Result<bool> {
     Ok(good)
 }
 
+/// Where node1's agent serves its metrics in the demo (inside host 1's namespace).
+const DEMO_METRICS: &str = "127.0.0.1:9464";
+
+/// Watching a node: node1's agent restarted with `--metrics` (forwarding never stops), one
+/// scrape, and `overlay monitor` catching a packet web1 sends from an address it does not own.
+fn watching(sim: &mut Sim, cs: &[Container], file: &std::path::Path) -> anyhow::Result<bool> {
+    println!("\n== watching node1: Prometheus metrics and the drop monitor");
+    let h1 = sim.host_ns(1);
+    sim.stop_agent("node1")?;
+    sim.spawn_agent_extra("node1", &h1, file, &["--metrics", DEMO_METRICS])?;
+    println!("   node1's agent restarted with --metrics {DEMO_METRICS}");
+    let web1 = cs.iter().find(|c| c.name == "web1").context("web1")?;
+    let web2 = cs.iter().find(|c| c.name == "web2").context("web2")?;
+    let pin_root = sim.pin_root.clone();
+    let mut monitor = Command::new(std::env::current_exe()?)
+        .args(["monitor", "--node", "node1", "--count", "1"])
+        .env("OVERLAY_PIN_ROOT", &pin_root)
+        .env_remove("OVERLAY_STORE")
+        .env_remove("OVERLAY_CLUSTER")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting overlay monitor")?;
+    std::thread::sleep(Duration::from_millis(700));
+    sim.exec(&web1.netns, &["ip", "addr", "add", "10.0.1.99/32", "dev", "eth0"])?;
+    let spoofed = !sim.exec(&web1.netns, &["ping", "-c", "1", "-W", "1", "-I", "10.0.1.99", &web2.ip.to_string()])?.status.success();
+    sim.exec(&web1.netns, &["ip", "addr", "del", "10.0.1.99/32", "dev", "eth0"])?;
+    // The monitor stops after one event; it is ended by its PID if it saw none.
+    let mut caught = String::new();
+    for _ in 0..30 {
+        if monitor.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if monitor.try_wait()?.is_none() {
+        // SAFETY: plain syscall on our own child's PID.
+        unsafe { libc::kill(monitor.id() as i32, libc::SIGTERM) };
+    }
+    if let Ok(o) = monitor.wait_with_output() {
+        caught = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    }
+    println!("   web1 pings web2 from 10.0.1.99, an address it does not own: {}", if spoofed { "no answer" } else { "ANSWERED" });
+    println!("   overlay monitor --node node1:");
+    println!("   {}", if caught.is_empty() { "(nothing)" } else { &caught });
+    let scraped = sim.exec(&h1, &["curl", "-sf", "--max-time", "5", &format!("http://{DEMO_METRICS}/metrics")])?;
+    let body = String::from_utf8_lossy(&scraped.stdout);
+    println!("   curl -s http://{DEMO_METRICS}/metrics (in host 1), some of its lines:");
+    let wanted = ["overlay_drops_total{hook=\"egress\",reason=\"drop-spoofed-ip\"}", "overlay_vni_tx_packets_total{vni=\"4097\"}", "overlay_endpoints{", "overlay_map_entries{map=\"FDB\"", "overlay_reconcile_duration_seconds_count"];
+    let lines: Vec<&str> = body.lines().filter(|l| wanted.iter().any(|w| l.starts_with(w))).collect();
+    for l in &lines {
+        println!("     {l}");
+    }
+    let ok = spoofed && caught.contains("drop-spoofed-ip") && lines.iter().any(|l| l.contains("drop-spoofed-ip"));
+    if !ok {
+        println!("   NOT as expected");
+    }
+    Ok(ok)
+}
+
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for tool in ["ip", "ping", "tcpdump"] {
         if Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
@@ -396,6 +456,8 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     check_interrupted()?;
     let services = service_mesh(&mut sim, &file)?;
     check_interrupted()?;
+    let watched = watching(&mut sim, &cs, &file)?;
+    check_interrupted()?;
 
     println!("\n== one VXLAN frame on host 2's underlay (tcpdump -i eth0 udp port 4789)");
     let pcap = sim.workdir.join("vxlan.pcap");
@@ -445,7 +507,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for e in &errors {
         println!("   cleanup: {e}");
     }
-    if wrong != 0 || !ok1450 || ok1451 || !whole || !services {
+    if wrong != 0 || !ok1450 || ok1451 || !whole || !services || !watched {
         bail!("the demo saw unexpected results (see above)");
     }
     Ok(())

@@ -40,6 +40,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const PROG_EGRESS: &str = "overlay_egress";
 pub const PROG_INGRESS: &str = "overlay_ingress";
 pub const PROG_PASS: &str = "overlay_pass";
+/// The floor plus the monitor's check (the benchmark's measure of an idle monitor hook).
+pub const PROG_MONITOR_IDLE: &str = "overlay_monitor_idle";
 /// The XDP ingress of `--datapath xdp` (attached to the underlay in front of [`PROG_INGRESS`]).
 pub const PROG_XDP: &str = "overlay_xdp_ingress";
 
@@ -747,7 +749,7 @@ impl Dataplane {
         if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
             tracing::debug!("eBPF logger not started: {e}");
         }
-        for name in [PROG_EGRESS, PROG_INGRESS, PROG_PASS] {
+        for name in [PROG_EGRESS, PROG_INGRESS, PROG_PASS, PROG_MONITOR_IDLE] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Program { name, source: ProgramError::NotLoaded })?
