@@ -98,7 +98,7 @@ impl Events {
     }
 
     /// The next event waiting in the ring, if any.
-    pub fn next(&mut self) -> Option<MonitorEvent> {
+    pub fn next_event(&mut self) -> Option<MonitorEvent> {
         let item = self.ring.next()?;
         if item.len() < size_of::<MonitorEvent>() {
             return None;

@@ -231,7 +231,7 @@ pub fn follow(
             // SAFETY: one valid pollfd; a bounded wait so that `stop` and renewals are seen.
             unsafe { libc::poll(&mut pfd, 1, 200) };
             let (wall, mono) = (SystemTime::now(), monotonic_ns());
-            while let Some(ev) = events.next() {
+            while let Some(ev) = events.next_event() {
                 let ep_vni = events.endpoint(ev.ifindex).filter(|_| ev.hook == Direction::Egress as u32).map(|e| e.vni);
                 let line = decode(&ev, vxlan_port, ep_vni, wall, mono);
                 if !filter.all && line.verdict != "drop" {
