@@ -307,7 +307,7 @@ impl Mirror {
             }
         }
         let mut index = Index { live: nodes.iter().map(|n| n.name.clone()).collect(), rules, ..Default::default() };
-        let mut endpoints = Vec::with_capacity(self.endpoints.len());
+        let mut endpoints = crate::model::Endpoints::default();
         let mut conflicts = Vec::new();
         for (suffix, p) in by_age(&self.endpoints) {
             match index.admit(&format!("{ENDPOINTS}{suffix}"), p) {
