@@ -185,7 +185,7 @@ async fn register(store: &Store, reg: &Registration) -> Result<i64, Registered> 
         }
     }
     let lease = store.lease_grant(reg.ttl).await?;
-    let rec = NodeRecord { name: me.name.clone(), vtep: me.vtep.to_string(), underlay: me.underlay.clone() };
+    let rec = NodeRecord::of(me);
     let alive = AliveRecord { since: now_secs(), ttl: reg.ttl };
     let txn = Txn::new().and_then([
         TxnOp::put(node_key(&me.name), serde_json::to_vec(&rec).expect("records serialise"), None),

@@ -691,7 +691,7 @@ impl Store {
                 Ok(n) => {
                     let a = alive.kvs.iter().find(|a| str_of(a) == alive_key(&n.name));
                     let a = a.map(|a| AliveRecord::parse(&str_of(a), a.value()).unwrap_or(AliveRecord { since: 0, ttl: 0 }));
-                    out.push((NodeRecord { name: n.name, vtep: n.vtep.to_string(), underlay: n.underlay }, a));
+                    out.push((NodeRecord::of(&n), a));
                 }
                 Err(e) => bad.push(e),
             }
