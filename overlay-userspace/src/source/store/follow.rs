@@ -225,17 +225,26 @@ pub fn apply_steps(c: &mut Cluster, steps: Vec<Step>) {
     }
 }
 
-/// Reads every key again into an empty mirror.
+/// Reads every key the cluster is built from again into an empty mirror: the kinds the mirror
+/// keeps, each at the first one's revision (one snapshot), page by page (the allocations'
+/// keys, as many again as the endpoints, are not read).
 async fn resync(store: &Store, mirror: &mut Mirror) -> Result<(), StoreError> {
-    let snap = store.snapshot(PREFIX, 0).await?;
     mirror.clear();
-    for kv in &snap.kvs {
-        if let Some(bad) = mirror.put(&String::from_utf8_lossy(kv.key()), kv.value(), kv.create_revision()) {
-            warn!("store entry {bad}; skipped");
-        }
+    let (mut revision, mut keys) = (0, 0);
+    for prefix in Mirror::PREFIXES {
+        revision = store
+            .pages(prefix, revision, |page| {
+                keys += page.len();
+                for kv in &page {
+                    if let Some(bad) = mirror.put(&String::from_utf8_lossy(kv.key()), kv.value(), kv.create_revision()) {
+                        warn!("store entry {bad}; skipped");
+                    }
+                }
+            })
+            .await?;
     }
-    mirror.revision = snap.revision;
-    info!(keys = snap.kvs.len(), revision = snap.revision, "read the whole store");
+    mirror.revision = revision;
+    info!(keys, revision, "read the whole store");
     Ok(())
 }
 
