@@ -87,7 +87,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 bail!("--lease-ttl {} is not between 1 and 3600 seconds", args.lease_ttl);
             }
             parse_ip("vtep", vtep)?;
-            let node = model::node_entry("agent", args.node.node.clone(), vtep, args.underlay.clone(), None)?;
+            // The node's record says which datapath it runs (`node ls` shows it).
+            let node = model::node_entry("agent", args.node.node.clone(), vtep, args.underlay.clone(), args.datapath.map(model::Datapath::name))?;
             let reg = Registration { node, ttl: args.lease_ttl };
             crate::control::agent::run_with_store(&args.creds.access(url), reg, &pin_dir, dns, args.datapath, stop).await?
         }

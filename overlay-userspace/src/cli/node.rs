@@ -23,7 +23,7 @@ pub async fn run(args: NodeCmdArgs) -> anyhow::Result<()> {
         NodeCommand::Ls => {
             let nodes = state.nodes().await?;
             let eps = state.endpoints(None).await?;
-            println!("{:<20} {:<15} {:<10} {:<6} {:>9}  SINCE", "NAME", "VTEP", "UNDERLAY", "STATUS", "ENDPOINTS");
+            println!("{:<20} {:<15} {:<10} {:<8} {:<6} {:>9}  SINCE", "NAME", "VTEP", "UNDERLAY", "DATAPATH", "STATUS", "ENDPOINTS");
             for (n, live) in nodes {
                 let count = eps.iter().filter(|e| e.node == n.name).count();
                 let (status, since) = match live {
@@ -31,7 +31,8 @@ pub async fn run(args: NodeCmdArgs) -> anyhow::Result<()> {
                     Liveness::Down => ("down", "-".to_string()),
                     Liveness::Unknown => ("-", "(cluster file)".to_string()),
                 };
-                println!("{:<20} {:<15} {:<10} {:<6} {:>9}  {}", n.name, n.vtep, n.underlay.as_deref().unwrap_or("-"), status, count, since);
+                let datapath = n.datapath.as_deref().unwrap_or("-");
+                println!("{:<20} {:<15} {:<10} {:<8} {:<6} {:>9}  {}", n.name, n.vtep, n.underlay.as_deref().unwrap_or("-"), datapath, status, count, since);
             }
         }
     }

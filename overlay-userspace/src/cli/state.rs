@@ -163,7 +163,7 @@ impl State {
             State::File(_, c) => Ok(c
                 .nodes
                 .iter()
-                .map(|n| (NodeRecord { name: n.name.clone(), vtep: n.vtep.to_string(), underlay: n.underlay.clone() }, Liveness::Unknown))
+                .map(|n| (NodeRecord::of(n), Liveness::Unknown))
                 .collect()),
         }
     }

@@ -109,17 +109,15 @@ impl<'a, K: Ord + Clone, V: Clone> IntoIterator for &'a PerVni<K, V> {
     }
 }
 
-/// What a network's parts of the tables are built from, endpoint by endpoint in cluster order:
-/// name, aliases, address, MAC, the VTEP it is behind (`None`: this node), its service.
-type Source = Vec<(String, Vec<String>, Ipv4Addr, Mac, Option<Ipv4Addr>, Option<String>)>;
-
-/// A network's parts of the tables and what they were built from, reused while that stays the
-/// same.
+/// A network's parts of the tables, reused while what they were built from stays the same: the
+/// network, its services, and its endpoint list (by generation: the list is not visited).
 #[derive(Debug)]
 struct CachedNetwork {
     network: Network,
     services: Vec<Service>,
-    source: Source,
+    generation: u64,
+    /// Where this node's endpoints are in the network's list.
+    local_at: Vec<usize>,
     fdb: Arc<BTreeMap<FdbKey, FdbEntry>>,
     neigh: Arc<BTreeMap<NeighKey, NeighEntry>>,
     names: Arc<BTreeMap<NameKey, NameEntry>>,
@@ -131,6 +129,10 @@ struct CachedNetwork {
 pub struct Planner {
     /// By VNI.
     networks: HashMap<u32, CachedNetwork>,
+    /// The node planned for and every node's VTEP when the parts were built: a remote
+    /// endpoint's FDB entry names its node's VTEP.
+    node: String,
+    vteps: HashMap<String, Ipv4Addr>,
 }
 
 /// `name` in DNS wire format (length-prefixed labels, final zero), lowercased, zero-padded; `None`
@@ -328,17 +330,10 @@ pub fn service_names<'a>(services: &'a [Service], eps: &[&'a Endpoint]) -> Vec<(
 }
 
 impl Planner {
-    /// Network `net`'s parts of the FDB, neighbour and name tables, from the cache while its
-    /// endpoints (`eps`, each with the VTEP it is behind, `None` on this node) are the same.
-    fn network_parts(&mut self, net: &Network, services: &[Service], eps: &[(&Endpoint, Option<Ipv4Addr>)]) -> &CachedNetwork {
-        let same = |c: &CachedNetwork| {
-            c.network == *net
-                && c.services == services
-                && c.source.len() == eps.len()
-                && c.source.iter().zip(eps).all(|((n, a, ip, mac, vtep, svc), (e, v))| {
-                    *ip == e.ip && *mac == e.mac && vtep == v && *n == e.name && *a == e.aliases && *svc == e.service
-                })
-        };
+    /// Network `net`'s parts of the FDB, neighbour and name tables, from the cache while the
+    /// network, its services and its endpoints' generation are the same.
+    fn network_parts(&mut self, net: &Network, services: Vec<Service>, members: &[(u64, Endpoint)], generation: u64, node: &str) -> &CachedNetwork {
+        let same = |c: &CachedNetwork| c.generation == generation && c.network == *net && c.services == services;
         if !self.networks.get(&net.vni).is_some_and(same) {
             // The gateway: answered by ARP on every node, its MAC the way out of this node.
             let gw_mac = gateway_mac(net.gateway);
@@ -352,30 +347,41 @@ impl Planner {
                 neigh.insert(NeighKey { vni: net.vni, ip: ip_to_map(vip.octets()) }, NeighEntry { mac: mac.0, _pad: [0; 2] });
                 fdb.insert(FdbKey::new(net.vni, mac.0), FdbEntry::service());
             }
-            for (ep, vtep) in eps {
+            let mut local_at = Vec::new();
+            for (i, (_, ep)) in members.iter().enumerate() {
                 neigh.insert(NeighKey { vni: net.vni, ip: ip_to_map(ep.ip.octets()) }, NeighEntry { mac: ep.mac.0, _pad: [0; 2] });
-                if let Some(vtep) = vtep {
+                if ep.node == node {
+                    local_at.push(i);
+                } else {
+                    let vtep = self.vteps.get(ep.node.as_str()).expect("validated: an endpoint's node is in the cluster");
                     fdb.insert(FdbKey::new(net.vni, ep.mac.0), FdbEntry::remote(ip_to_map(vtep.octets())));
                 }
             }
-            let bare: Vec<&Endpoint> = eps.iter().map(|(e, _)| *e).collect();
-            let cached = CachedNetwork {
-                network: net.clone(),
-                services: services.to_vec(),
-                source: eps.iter().map(|(e, v)| (e.name.clone(), e.aliases.clone(), e.ip, e.mac, *v, e.service.clone())).collect(),
-                fdb: Arc::new(fdb),
-                neigh: Arc::new(neigh),
-                names: Arc::new(name_table(net, &bare, services)),
-            };
+            let bare: Vec<&Endpoint> = members.iter().map(|(_, e)| e).collect();
+            let names = Arc::new(name_table(net, &bare, &services));
+            let cached = CachedNetwork { network: net.clone(), services, generation, local_at, fdb: Arc::new(fdb), neigh: Arc::new(neigh), names };
             self.networks.insert(net.vni, cached);
         }
         &self.networks[&net.vni]
     }
 
-    /// Computes the plan of `node` in `cluster`.
+    /// Each network's FDB part as held now (for tests of what is reused).
+    #[cfg(test)]
+    pub(crate) fn cached_fdb(&self) -> Vec<(u32, Arc<BTreeMap<FdbKey, FdbEntry>>)> {
+        self.networks.iter().map(|(vni, c)| (*vni, c.fdb.clone())).collect()
+    }
+
+    /// Computes the plan of `node` in `cluster`. Visits the nodes, networks and services, and
+    /// the endpoints of networks whose endpoint list changed since the last plan only.
     pub fn plan(&mut self, cluster: &Cluster, node: &str) -> Result<NodePlan, PlanError> {
         let me = cluster.node(node).ok_or_else(|| PlanError::UnknownNode(node.to_string()))?;
-        let vtep_of: HashMap<&str, Ipv4Addr> = cluster.nodes.iter().map(|n| (n.name.as_str(), n.vtep)).collect();
+        // Another node, or a node's VTEP changed: nothing built before holds.
+        if self.node != me.name || cluster.nodes.iter().any(|n| self.vteps.get(&n.name).is_some_and(|v| *v != n.vtep)) {
+            self.networks.clear();
+            self.node = me.name.clone();
+        }
+        self.vteps.clear();
+        self.vteps.extend(cluster.nodes.iter().map(|n| (n.name.clone(), n.vtep)));
         let mut base = MapState {
             config: NodeConfig {
                 vtep: ip_to_map(me.vtep.octets()),
@@ -404,33 +410,29 @@ impl Planner {
                 base.members.insert(ip_to_map(n.vtep.octets()), MemberInfo { node_id: i as u32, _pad: 0 });
             }
         }
+        // Each network's parts of the FDB, neighbour and name tables, and where this node's
+        // endpoints are: (place in the cluster order, network index, endpoint).
+        let vnis: std::collections::HashSet<u32> = cluster.networks.iter().map(|n| n.vni).collect();
+        self.networks.retain(|vni, _| vnis.contains(vni));
+        let mut mine: Vec<(u64, usize, &Endpoint)> = Vec::new();
+        for (ni, net) in cluster.networks.iter().enumerate() {
+            let services: Vec<Service> = cluster.services.iter().filter(|s| s.network == net.name).cloned().collect();
+            let members = cluster.endpoints.of(&net.name);
+            let parts = self.network_parts(net, services, members, cluster.endpoints.generation(&net.name), &me.name);
+            base.fdb.0.insert(net.vni, parts.fdb.clone());
+            base.neigh.0.insert(net.vni, parts.neigh.clone());
+            base.names.0.insert(net.vni, parts.names.clone());
+            mine.extend(parts.local_at.iter().map(|&i| (members[i].0, ni, &members[i].1)));
+        }
+        mine.sort_unstable_by_key(|(at, _, _)| *at);
         let mut local = Vec::new();
         let mut unwired = Vec::new();
         // Namespaces whose default route is taken (by their first non-internal network), and whose
         // resolver is (by their first network).
         let mut routed: std::collections::HashSet<&str> = Default::default();
         let mut resolved: std::collections::HashSet<&str> = Default::default();
-        // Networks by name, and each network's endpoints in cluster order.
         let net_index: HashMap<&str, usize> = cluster.networks.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
-        let mut members_of: Vec<Vec<(&Endpoint, Option<Ipv4Addr>)>> = vec![Vec::new(); cluster.networks.len()];
-        // This scan is the one step of a plan that visits every endpoint (each network's tables
-        // are rebuilt only when its endpoints changed): kept to a comparison or two and one
-        // lookup per endpoint. Endpoints of one network mostly come together, so the last
-        // network's index is tried first.
-        let mut last_net: (&str, usize) = ("", 0);
-        for ep in &cluster.endpoints {
-            let ni = if ep.network == last_net.0 {
-                last_net.1
-            } else {
-                let ni = *net_index.get(ep.network.as_str()).expect("validated: endpoint network exists");
-                last_net = (ep.network.as_str(), ni);
-                ni
-            };
-            let remote = ep.node != me.name;
-            members_of[ni].push((ep, remote.then(|| vtep_of[ep.node.as_str()])));
-            if remote {
-                continue;
-            }
+        for (_, ni, ep) in mine {
             let net = &cluster.networks[ni];
             if let Some(ns) = &ep.netns {
                 let default_route = !net.internal && routed.insert(ns.as_str());
@@ -490,16 +492,6 @@ impl Planner {
                 base.balancing.insert(slot, Arc::new(Balancing { backends, maglev }));
                 slot += 1;
             }
-        }
-        // Each network's parts of the FDB, neighbour and name tables.
-        let vnis: std::collections::HashSet<u32> = cluster.networks.iter().map(|n| n.vni).collect();
-        self.networks.retain(|vni, _| vnis.contains(vni));
-        for (net, eps) in cluster.networks.iter().zip(&members_of) {
-            let services: Vec<Service> = cluster.services.iter().filter(|s| s.network == net.name).cloned().collect();
-            let parts = self.network_parts(net, &services, eps);
-            base.fdb.0.insert(net.vni, parts.fdb.clone());
-            base.neigh.0.insert(net.vni, parts.neigh.clone());
-            base.names.0.insert(net.vni, parts.names.clone());
         }
         Ok(NodePlan {
             node: me.name.clone(),
@@ -598,9 +590,12 @@ endpoints:
         ];
         let mut text = FILE.to_string();
         let mut prev = first;
+        let mut last = c;
         for (from, to, b_changes, a_changes) in edits {
             text = text.replace(from, to).replace("network: b,", if b_changes { "network: bb," } else { "network: b," });
-            let c = parse(&text).unwrap_or_else(|e| panic!("{to}: {e}"));
+            let mut c = parse(&text).unwrap_or_else(|e| panic!("{to}: {e}"));
+            // As the sources do: a network whose endpoints are the same keeps its generation.
+            c.endpoints.keep_generations(&last.endpoints);
             let next = planner.plan(&c, "node1").expect("plans");
             assert_eq!(next, plan(&c, "node1").expect("plans"), "after {to}: the same plan as from scratch");
             for (vni, changed) in [(10, a_changes), (11, b_changes)] {
@@ -610,6 +605,7 @@ endpoints:
                 assert_eq!(same, !changed, "after {to}: VNI {vni}'s parts {}", if changed { "rebuilt" } else { "reused" });
             }
             prev = next;
+            last = c;
         }
         let k1 = FdbKey::new(10, [0x02, 0x42, 10, 0, 1, 3]);
         assert_eq!(prev.base.fdb.get(10, &k1), Some(&FdbEntry::remote(ip_to_map([192, 168, 50, 9]))), "a2 is behind the kernel node now");

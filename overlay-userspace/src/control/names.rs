@@ -70,7 +70,7 @@ impl NameView {
         // Services: their names and `tasks.NAME`, after the endpoints' (as in the datapath's
         // table: one list, `desired::service_names`).
         for n in &c.networks {
-            let eps: Vec<&crate::model::Endpoint> = c.endpoints.iter().filter(|e| e.network == n.name).collect();
+            let eps: Vec<&crate::model::Endpoint> = c.endpoints.of(&n.name).iter().map(|(_, e)| e).collect();
             let services: Vec<crate::model::Service> = c.services.iter().filter(|s| s.network == n.name).cloned().collect();
             for (_, name, ip) in super::desired::service_names(&services, &eps) {
                 v.names.entry(n.name.clone()).or_default().entry(key(&name)).or_default().push(ip);

@@ -61,7 +61,7 @@ impl Shared {
         }
         let mut g = self.view.write().unwrap_or_else(|e| e.into_inner());
         g.get_or_insert_with(|| {
-            let empty = || Arc::new(Cluster { vxlan_port: 0, nodes: vec![], networks: vec![], endpoints: vec![], services: vec![] });
+            let empty = || Arc::new(Cluster { vxlan_port: 0, nodes: vec![], networks: vec![], endpoints: Default::default(), services: vec![] });
             Arc::new(NameView::build(&(self.cluster)().unwrap_or_else(empty)))
         })
         .clone()

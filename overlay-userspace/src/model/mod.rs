@@ -20,7 +20,7 @@ pub struct Cluster {
     pub vxlan_port: u16,
     pub nodes: Vec<Node>,
     pub networks: Vec<Network>,
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Endpoints,
     /// Services (swarm's): each on one network, with its tasks the endpoints naming it.
     pub services: Vec<Service>,
 }
@@ -311,8 +311,125 @@ impl Cluster {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }
-    /// The tasks of service `name`, in cluster order.
+    /// The tasks of service `name`, in cluster order (they are on the service's network).
     pub fn tasks<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
-        self.endpoints.iter().filter(move |e| e.service.as_deref() == Some(name))
+        let net = self.service(name).map_or("", |s| s.network.as_str());
+        self.endpoints.of(net).iter().map(|(_, e)| e).filter(move |e| e.service.as_deref() == Some(name))
     }
 }
+
+/// A fresh generation: unique in the process, so a network's (name, generation) names one
+/// content of its endpoint list whichever cluster (or copy) it is read from.
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The cluster's endpoints, kept by network: a change touches one network's list, and a
+/// planner reuses every network whose generation it has seen (at 100,000 endpoints, visiting
+/// them all on each change was what a change cost). Each endpoint keeps its place in the
+/// cluster order (oldest first), which decides between a container's networks.
+#[derive(Clone, Debug, Default)]
+pub struct Endpoints {
+    by_network: std::collections::HashMap<String, Members>,
+    /// The next place in the cluster order.
+    next: u64,
+    len: usize,
+}
+
+/// One network's endpoints in cluster order, each with its place in that order.
+#[derive(Clone, Debug, Default)]
+pub struct Members {
+    pub list: Vec<(u64, Endpoint)>,
+    /// Changes whenever `list` does (see [`Endpoints::keep_generations`]).
+    pub generation: u64,
+}
+
+impl Endpoints {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds an endpoint at the end of the cluster order.
+    pub fn push(&mut self, e: Endpoint) {
+        let m = self.by_network.entry(e.network.clone()).or_default();
+        m.list.push((self.next, e));
+        m.generation = next_generation();
+        self.next += 1;
+        self.len += 1;
+    }
+
+    /// Removes endpoint `name` of `network`; whether it was there.
+    pub fn remove(&mut self, network: &str, name: &str) -> bool {
+        let Some(m) = self.by_network.get_mut(network) else { return false };
+        let Some(i) = m.list.iter().position(|(_, e)| e.name == name) else { return false };
+        m.list.remove(i);
+        m.generation = next_generation();
+        self.len -= 1;
+        if m.list.is_empty() {
+            self.by_network.remove(network);
+        }
+        true
+    }
+
+    /// Network `network`'s endpoints in cluster order.
+    pub fn of(&self, network: &str) -> &[(u64, Endpoint)] {
+        self.by_network.get(network).map_or(&[], |m| &m.list)
+    }
+
+    /// The generation of `network`'s list (0: no endpoints).
+    pub fn generation(&self, network: &str) -> u64 {
+        self.by_network.get(network).map_or(0, |m| m.generation)
+    }
+
+    /// Every endpoint in cluster order.
+    pub fn iter(&self) -> impl Iterator<Item = &Endpoint> {
+        let mut all: Vec<&(u64, Endpoint)> = self.by_network.values().flat_map(|m| &m.list).collect();
+        all.sort_unstable_by_key(|(at, _)| *at);
+        all.into_iter().map(|(_, e)| e)
+    }
+
+    /// Gives each network whose endpoints are the same as in `old` (a cluster built again from
+    /// scratch after a change elsewhere) `old`'s generation, so what was planned from them is
+    /// reused.
+    pub fn keep_generations(&mut self, old: &Endpoints) {
+        for (net, m) in &mut self.by_network {
+            if let Some(o) = old.by_network.get(net) {
+                if o.list.len() == m.list.len() && o.list.iter().zip(&m.list).all(|((_, a), (_, b))| a == b) {
+                    m.generation = o.generation;
+                }
+            }
+        }
+    }
+}
+
+impl FromIterator<Endpoint> for Endpoints {
+    fn from_iter<I: IntoIterator<Item = Endpoint>>(iter: I) -> Self {
+        let mut out = Endpoints::default();
+        for e in iter {
+            out.push(e);
+        }
+        out
+    }
+}
+
+impl<'a> IntoIterator for &'a Endpoints {
+    type Item = &'a Endpoint;
+    type IntoIter = std::vec::IntoIter<&'a Endpoint>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter().collect::<Vec<_>>().into_iter()
+    }
+}
+
+/// The same endpoints in the same order (places and generations are bookkeeping).
+impl PartialEq for Endpoints {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Endpoints {}

@@ -22,29 +22,70 @@ fn conflict(field: &'static str, message: String) -> Result<(), Conflict> {
     Err(Conflict { field, message })
 }
 
+/// Maps keyed by strings hash with foldhash (hashbrown's default: several times faster than
+/// SipHash on short keys, still seeded per process); at 100,000 endpoints admission is most of
+/// a full build.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = HashSet<K, foldhash::fast::RandomState>;
+
+/// Per network (or node, namespace): the inner maps are looked up by `&str`, without building
+/// an owned key, and each network's name is held once, not once per endpoint.
+type Nested<V> = Map<String, V>;
+
+/// Inserts `v` under `outer`/`k`.
+fn nest<K: std::hash::Hash + Eq, V>(m: &mut Nested<Map<K, V>>, outer: &str, k: K, v: V) {
+    match m.get_mut(outer) {
+        Some(inner) => {
+            inner.insert(k, v);
+        }
+        None => {
+            m.entry(outer.to_string()).or_default().insert(k, v);
+        }
+    }
+}
+
+/// Removes `outer`/`k`, and `outer` once empty.
+fn unnest<K: std::hash::Hash + Eq + std::borrow::Borrow<Q>, Q: std::hash::Hash + Eq + ?Sized, V>(m: &mut Nested<Map<K, V>>, outer: &str, k: &Q) {
+    if let Some(inner) = m.get_mut(outer) {
+        inner.remove(k);
+        if inner.is_empty() {
+            m.remove(outer);
+        }
+    }
+}
+
+fn nested<'a, K: std::hash::Hash + Eq + std::borrow::Borrow<Q>, Q: std::hash::Hash + Eq + ?Sized, V>(m: &'a Nested<Map<K, V>>, outer: &str, k: &Q) -> Option<&'a V> {
+    m.get(outer)?.get(k)
+}
+
 /// The admitted entries, indexed by everything that must stay unique.
 #[derive(Clone, Debug, Default)]
 pub struct Rules {
-    nodes: HashSet<String>,
-    vteps: HashMap<Ipv4Addr, String>,
-    networks: HashMap<String, Network>,
-    vnis: HashMap<u32, String>,
-    /// (network, endpoint name)
-    names: HashSet<(String, String)>,
-    /// (network, IP) -> endpoint
-    ips: HashMap<(String, Ipv4Addr), String>,
-    /// (network, MAC) -> endpoint
-    macs: HashMap<(String, Mac), String>,
-    /// (node, netns, network) -> endpoint: a container joins a network once.
-    attached: HashMap<(String, String, String), String>,
-    /// (node, netns, interface) -> (endpoint, network): interface names within a container.
-    interfaces: HashMap<(String, String, String), (String, String)>,
+    nodes: Set<String>,
+    vteps: Map<Ipv4Addr, String>,
+    networks: Map<String, Network>,
+    vnis: Map<u32, String>,
+    /// network -> endpoint name -> ()
+    names: Nested<Map<String, ()>>,
+    /// network -> IP -> endpoint
+    ips: Nested<Map<Ipv4Addr, String>>,
+    /// network -> MAC -> endpoint
+    macs: Nested<Map<Mac, String>>,
+    /// (node, netns) -> network -> endpoint: a container joins a network once.
+    attached: Nested<Map<String, String>>,
+    /// (node, netns) -> interface -> (endpoint, network): interface names within a container.
+    interfaces: Nested<Map<String, (String, String)>>,
     /// Service name -> its network (names are unique across the cluster, as in a swarm).
-    services: HashMap<String, String>,
+    services: Map<String, String>,
     /// (network, VIP) -> service.
-    vips: HashMap<(String, Ipv4Addr), String>,
+    vips: Map<(String, Ipv4Addr), String>,
     /// (protocol, published port) -> service: the routing mesh answers each on every node.
-    published: HashMap<(Protocol, u16), String>,
+    published: Map<(Protocol, u16), String>,
+}
+
+/// The key of a container: its node and namespace (a namespace name holds no NUL).
+fn container(node: &str, netns: &str) -> String {
+    format!("{node}\0{netns}")
 }
 
 impl Rules {
@@ -104,20 +145,23 @@ impl Rules {
             return conflict("network", format!("unknown network {:?}", e.network));
         }
         if let Some(ns) = &e.netns {
-            if let Some(o) = self.attached.get(&(e.node.clone(), ns.clone(), e.network.clone())) {
+            let c = container(&e.node, ns);
+            if let Some(o) = nested(&self.attached, &c, e.network.as_str()) {
                 return conflict("netns", format!("namespace {ns} on node {} is already attached to network {} (endpoint {o})", e.node, e.network));
             }
             if let Some(i) = &e.interface {
-                if let Some((o, on)) = self.interfaces.get(&(e.node.clone(), ns.clone(), i.clone())) {
+                if let Some((o, on)) = nested(&self.interfaces, &c, i.as_str()) {
                     return conflict("interface", format!("interface {i} of namespace {ns} on node {} is already endpoint {o}'s (network {on})", e.node));
                 }
             }
         }
-        if let Some(o) = self.ips.get(&(e.network.clone(), e.ip)) {
+        if let Some(o) = nested(&self.ips, &e.network, &e.ip) {
             return conflict("ip", format!("IP {} in network {} is in use by endpoint {o}", e.ip, e.network));
         }
-        if let Some(o) = self.vips.get(&(e.network.clone(), e.ip)) {
-            return conflict("ip", format!("IP {} in network {} is the VIP of service {o}", e.ip, e.network));
+        if !self.vips.is_empty() {
+            if let Some(o) = self.vips.get(&(e.network.clone(), e.ip)) {
+                return conflict("ip", format!("IP {} in network {} is the VIP of service {o}", e.ip, e.network));
+            }
         }
         if let Some(s) = &e.service {
             match self.services.get(s) {
@@ -129,36 +173,43 @@ impl Rules {
         if self.services.get(&e.name) == Some(&e.network) {
             return conflict("name", format!("{:?} is the name of a service on network {}", e.name, e.network));
         }
-        if let Some(o) = self.macs.get(&(e.network.clone(), e.mac)) {
+        if let Some(o) = nested(&self.macs, &e.network, &e.mac) {
             return conflict("mac", format!("MAC {} in network {} is in use by endpoint {o}", e.mac, e.network));
         }
-        if self.names.contains(&(e.network.clone(), e.name.clone())) {
+        if self.has_endpoint(&e.network, &e.name) {
             return conflict("name", format!("an endpoint named {:?} already exists in network {}", e.name, e.network));
         }
         Ok(())
     }
 
     pub fn add_endpoint(&mut self, e: &Endpoint) {
-        self.names.insert((e.network.clone(), e.name.clone()));
-        self.ips.insert((e.network.clone(), e.ip), e.name.clone());
-        self.macs.insert((e.network.clone(), e.mac), e.name.clone());
+        nest(&mut self.names, &e.network, e.name.clone(), ());
+        nest(&mut self.ips, &e.network, e.ip, e.name.clone());
+        nest(&mut self.macs, &e.network, e.mac, e.name.clone());
         if let Some(ns) = &e.netns {
-            self.attached.insert((e.node.clone(), ns.clone(), e.network.clone()), e.name.clone());
+            let c = container(&e.node, ns);
+            nest(&mut self.attached, &c, e.network.clone(), e.name.clone());
             if let Some(i) = &e.interface {
-                self.interfaces.insert((e.node.clone(), ns.clone(), i.clone()), (e.name.clone(), e.network.clone()));
+                nest(&mut self.interfaces, &c, i.clone(), (e.name.clone(), e.network.clone()));
             }
         }
     }
 
+    /// Whether endpoint `name` of `network` is admitted.
+    pub fn has_endpoint(&self, network: &str, name: &str) -> bool {
+        nested(&self.names, network, name).is_some()
+    }
+
     /// Forgets an admitted endpoint (it must be the one admitted under its keys).
     pub fn remove_endpoint(&mut self, e: &Endpoint) {
-        self.names.remove(&(e.network.clone(), e.name.clone()));
-        self.ips.remove(&(e.network.clone(), e.ip));
-        self.macs.remove(&(e.network.clone(), e.mac));
+        unnest(&mut self.names, &e.network, e.name.as_str());
+        unnest(&mut self.ips, &e.network, &e.ip);
+        unnest(&mut self.macs, &e.network, &e.mac);
         if let Some(ns) = &e.netns {
-            self.attached.remove(&(e.node.clone(), ns.clone(), e.network.clone()));
+            let c = container(&e.node, ns);
+            unnest(&mut self.attached, &c, e.network.as_str());
             if let Some(i) = &e.interface {
-                self.interfaces.remove(&(e.node.clone(), ns.clone(), i.clone()));
+                unnest(&mut self.interfaces, &c, i.as_str());
             }
         }
     }
@@ -172,11 +223,11 @@ impl Rules {
         if let Some(n) = self.services.get(&s.name) {
             return conflict("name", format!("a service named {:?} already exists (on network {n})", s.name));
         }
-        if self.names.contains(&(s.network.clone(), s.name.clone())) {
+        if self.has_endpoint(&s.network, &s.name) {
             return conflict("name", format!("{:?} is the name of an endpoint on network {}", s.name, s.network));
         }
         if let Some(vip) = s.vip {
-            if let Some(o) = self.ips.get(&(s.network.clone(), vip)) {
+            if let Some(o) = nested(&self.ips, &s.network, &vip) {
                 return conflict("vip", format!("{vip} in network {} is the address of endpoint {o}", s.network));
             }
             if let Some(o) = self.vips.get(&(s.network.clone(), vip)) {
@@ -207,15 +258,14 @@ impl Rules {
 
     /// Whether `ip` of `network` is taken by an endpoint or a VIP.
     pub fn ip_taken(&self, network: &str, ip: Ipv4Addr) -> bool {
-        let k = (network.to_string(), ip);
-        self.ips.contains_key(&k) || self.vips.contains_key(&k)
+        nested(&self.ips, network, &ip).is_some() || self.vips.contains_key(&(network.to_string(), ip))
     }
 
     /// The first `ethN` not yet used in namespace `netns` of `node`.
     pub fn next_interface(&self, node: &str, netns: &str) -> String {
         (0..)
             .map(|i| format!("eth{i}"))
-            .find(|n| !self.interfaces.contains_key(&(node.to_string(), netns.to_string(), n.clone())))
+            .find(|n| nested(&self.interfaces, &container(node, netns), n.as_str()).is_none())
             .expect("some ethN is free")
     }
 }

@@ -13,7 +13,7 @@ use tracing::warn;
 use crate::{
     defaults::FILE_POLL,
     model::{
-        Cluster, ConfigError, Endpoint, EndpointSpec, NetworkSpec, Node, PortSpec, Rules, ServiceSpec, endpoint_entry, invalid, network_entry,
+        Cluster, ConfigError, EndpointSpec, Endpoints, NetworkSpec, Node, PortSpec, Rules, ServiceSpec, endpoint_entry, invalid, network_entry,
         node_entry, service_entry,
     },
 };
@@ -144,7 +144,7 @@ fn validate(raw: RawCluster) -> Result<Cluster, ConfigError> {
         rules.add_service(&svc);
         services.push(svc);
     }
-    let mut endpoints: Vec<Endpoint> = Vec::new();
+    let mut endpoints = Endpoints::default();
     for (i, e) in raw.endpoints.into_iter().enumerate() {
         let entry = label("endpoints", i, &e.name);
         let net = rules.network(&e.network).ok_or_else(|| invalid(&entry, "network", format!("unknown network {:?}", e.network)))?.clone();
@@ -184,7 +184,10 @@ pub async fn watch(node: String, file: PathBuf, tx: tokio::sync::watch::Sender<O
         if bytes.is_some() && bytes != last_seen {
             last_seen = bytes;
             match load(&file).and_then(|c| check_node(&c, &node).map(|()| c)) {
-                Ok(c) => {
+                Ok(mut c) => {
+                    if let Some(old) = &*tx.borrow() {
+                        c.endpoints.keep_generations(&old.endpoints);
+                    }
                     let _ = tx.send(Some(Arc::new(c)));
                 }
                 Err(e) => warn!(file = %file.display(), "cluster file rejected, datapath keeps the last good state: {e}"),
@@ -229,9 +232,10 @@ endpoints:
         assert_eq!(c.vxlan_port, 4789, "default VXLAN port");
         assert_eq!(c.nodes[1].underlay, None);
         assert_eq!(c.networks[1].mtu, None);
-        assert_eq!(c.endpoints[0].mac.to_string(), "02:42:0a:00:01:02", "MAC derived as Docker does");
-        assert_eq!(c.endpoints[1].mac.to_string(), "02:42:0a:00:01:99");
-        assert_eq!(c.endpoints[0].netns.as_deref(), Some("c1"));
+        let eps: Vec<_> = c.endpoints.iter().collect();
+        assert_eq!(eps[0].mac.to_string(), "02:42:0a:00:01:02", "MAC derived as Docker does");
+        assert_eq!(eps[1].mac.to_string(), "02:42:0a:00:01:99");
+        assert_eq!(eps[0].netns.as_deref(), Some("c1"));
     }
 
     #[test]
@@ -384,7 +388,7 @@ endpoints:
         let c = parse(MULTI).expect("valid");
         let ifs: Vec<(&str, Option<&str>)> = c.endpoints.iter().map(|e| (e.network.as_str(), e.interface.as_deref())).collect();
         assert_eq!(ifs, [("front", Some("eth0")), ("back", Some("eth1")), ("db", Some("data0")), ("back", Some("eth0"))], "file order per node and namespace");
-        assert_eq!(c.endpoints[1].aliases, ["web"]);
+        assert_eq!(c.endpoints.iter().nth(1).expect("a second endpoint").aliases, ["web"]);
         let back = c.network("back").expect("back");
         assert!(back.internal);
         assert_eq!(back.gateway.to_string(), "10.0.2.254");

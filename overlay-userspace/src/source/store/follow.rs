@@ -186,7 +186,7 @@ async fn register(store: &Store, reg: &Registration) -> Result<i64, Registered> 
         }
     }
     let lease = store.lease_grant(reg.ttl).await?;
-    let rec = NodeRecord { name: me.name.clone(), vtep: me.vtep.to_string(), underlay: me.underlay.clone() };
+    let rec = NodeRecord::of(me);
     let alive = AliveRecord { since: now_secs(), ttl: reg.ttl };
     let txn = Txn::new().and_then([
         TxnOp::put(node_key(&me.name), serde_json::to_vec(&rec).expect("records serialise"), None),
@@ -201,7 +201,11 @@ async fn register(store: &Store, reg: &Registration) -> Result<i64, Registered> 
 /// Rebuilds the cluster from the mirror and hands it to the reconcile loop.
 fn publish(mirror: &mut Mirror, me: &Node, tx: &watch::Sender<Option<Arc<Cluster>>>) -> bool {
     let t0 = Instant::now();
-    let (cluster, warnings) = mirror.cluster(me);
+    let (mut cluster, warnings) = mirror.cluster(me);
+    // What did not change keeps its generation: the planner rebuilds only the rest.
+    if let Some(old) = &*tx.borrow() {
+        cluster.endpoints.keep_generations(&old.endpoints);
+    }
     debug!(revision = mirror.revision, took_us = t0.elapsed().as_micros() as u64, "cluster rebuilt from the mirror");
     for w in warnings {
         warn!("store entry {w}");
@@ -216,26 +220,33 @@ pub fn apply_steps(c: &mut Cluster, steps: Vec<Step>) {
         match s {
             Step::Add(ep) => c.endpoints.push(ep),
             Step::Remove { network, name } => {
-                if let Some(i) = c.endpoints.iter().position(|e| e.name == name && e.network == network) {
-                    c.endpoints.remove(i);
-                }
+                c.endpoints.remove(&network, &name);
             }
             Step::Nothing | Step::Rebuild => {}
         }
     }
 }
 
-/// Reads every key again into an empty mirror.
+/// Reads every key the cluster is built from again into an empty mirror: the kinds the mirror
+/// keeps, each at the first one's revision (one snapshot), page by page (the allocations'
+/// keys, as many again as the endpoints, are not read).
 async fn resync(store: &Store, mirror: &mut Mirror) -> Result<(), StoreError> {
-    let snap = store.snapshot(PREFIX, 0).await?;
     mirror.clear();
-    for kv in &snap.kvs {
-        if let Some(bad) = mirror.put(&String::from_utf8_lossy(kv.key()), kv.value(), kv.create_revision()) {
-            warn!("store entry {bad}; skipped");
-        }
+    let (mut revision, mut keys) = (0, 0);
+    for prefix in Mirror::PREFIXES {
+        revision = store
+            .pages(prefix, revision, |page| {
+                keys += page.len();
+                for kv in &page {
+                    if let Some(bad) = mirror.put(&String::from_utf8_lossy(kv.key()), kv.value(), kv.create_revision()) {
+                        warn!("store entry {bad}; skipped");
+                    }
+                }
+            })
+            .await?;
     }
-    mirror.revision = snap.revision;
-    info!(keys = snap.kvs.len(), revision = snap.revision, "read the whole store");
+    mirror.revision = revision;
+    info!(keys, revision, "read the whole store");
     Ok(())
 }
 
@@ -454,7 +465,7 @@ mod incremental {
     use crate::{
         control::desired::{self, Planner},
         model::Mac,
-        source::store::records::{alive_key, endpoint_key, network_key, node_key},
+        source::store::records::{alive_key, endpoint_key, network_key, node_key, service_key},
     };
 
     fn me() -> Node {
@@ -546,6 +557,95 @@ mod incremental {
             drop(held);
         }
         assert!(kinds[1] > 50 && kinds[2] > 20, "the sequence exercises adds and removes: {kinds:?}");
+    }
+
+    /// The agent's path for any sequence of changes (endpoints, networks, nodes coming and
+    /// going, services): the mirror's step applied in place or a full build that keeps the
+    /// generations of unchanged networks, planned by one planner that visits only changed
+    /// networks, always plans exactly what a fresh plan of a full build does.
+    #[test]
+    fn random_changes_of_every_kind_plan_what_a_fresh_plan_does() {
+        let me = me();
+        let mut m = mirror(7, 5, 40);
+        let (c, _) = m.cluster(&me);
+        let (tx, _rx) = watch::channel(Some(Arc::new(c)));
+        let mut planner = Planner::default();
+        planner.plan(tx.borrow().as_ref().expect("published"), &me.name).expect("plans");
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let mut rev = m.revision;
+        let mut kinds = [0usize; 4];
+        let mut reused = 0;
+        for round in 0..600 {
+            rev += 1;
+            let (key, value): (String, Option<Vec<u8>>) = match next(10) {
+                // Endpoints, most often (on networks that may not exist, nodes that may be down).
+                0..=5 => {
+                    let (net, host, node) = (next(6), 2 + next(60), format!("s{}", next(8)));
+                    let (key, value) = endpoint(net, host, &node, next(2) == 0);
+                    (key, (next(3) != 0).then_some(value))
+                }
+                // A network created or deleted (n5 is not in the initial mirror).
+                6 => {
+                    let n = next(6);
+                    let v = format!(r#"{{"name":"n{n}","vni":{},"subnet":"10.10.{n}.0/24","gateway":"10.10.{n}.1"}}"#, 100 + n);
+                    (network_key(&format!("n{n}")), (next(3) != 0).then(|| v.into_bytes()))
+                }
+                // A node up or down, or its VTEP changed.
+                7 => {
+                    let i = 1 + next(7);
+                    if next(2) == 0 {
+                        (alive_key(&format!("s{i}")), (next(2) == 0).then(|| br#"{"since":1,"ttl":10}"#.to_vec()))
+                    } else {
+                        let v = format!(r#"{{"name":"s{i}","vtep":"172.16.{}.10"}}"#, i + 10 * next(2));
+                        (node_key(&format!("s{i}")), Some(v.into_bytes()))
+                    }
+                }
+                // A service on network n0, with or without a VIP; its tasks are endpoints naming
+                // it (while it is gone they conflict, and the mirror rebuilds on every change).
+                8 => {
+                    let vip = if next(2) == 0 { r#""mode":"vip","vip":"10.10.0.250""# } else { r#""mode":"dnsrr""# };
+                    let v = format!(r#"{{"name":"svc","network":"n0",{vip},"ports":[{{"port":80,"target":8080,"protocol":"tcp"}}],"created":1}}"#);
+                    (service_key("svc"), (next(6) != 0).then(|| v.into_bytes()))
+                }
+                // A task of that service.
+                _ => {
+                    let (key, value) = endpoint(0, 2 + next(60), &format!("s{}", next(8)), false);
+                    let value = String::from_utf8(value).expect("utf-8").replace(r#","mac""#, r#","service":"svc","mac""#);
+                    (key, (next(3) != 0).then(|| value.into_bytes()))
+                }
+            };
+            let (step, _) = m.event(&key, value.as_deref(), rev);
+            kinds[match &step {
+                Step::Nothing => 0,
+                Step::Add(_) => 1,
+                Step::Remove { .. } => 2,
+                Step::Rebuild => 3,
+            }] += 1;
+            match step {
+                Step::Rebuild => assert!(publish(&mut m, &me, &tx), "published"),
+                Step::Nothing => {}
+                s => {
+                    tx.send_modify(|c| apply_steps(Arc::make_mut(c.as_mut().expect("published")), vec![s]));
+                }
+            }
+            let published = tx.borrow().clone().expect("published");
+            let fresh = m.cluster(&me).0;
+            assert_eq!(*published, fresh, "round {round} ({key}): the published cluster equals a full build");
+            let before = planner.cached_fdb();
+            let got = planner.plan(&published, &me.name).expect("plans");
+            let want = desired::plan(&fresh, &me.name).expect("plans");
+            assert_eq!(got, want, "round {round} ({key}): the incremental plan equals one from scratch");
+            reused += before.iter().filter(|(vni, p)| got.base.fdb.0.get(vni).is_some_and(|f| Arc::ptr_eq(f, p))).count();
+        }
+        eprintln!("steps (nothing, add, remove, rebuild): {kinds:?}; parts reused {reused} times");
+        assert!(kinds[1] > 20 && kinds[2] > 10 && kinds[3] > 50, "the sequence exercises in-place steps and rebuilds: {kinds:?}");
+        assert!(reused > 1000, "unchanged networks' parts are reused ({reused})");
     }
 
     /// Where one change spends its time at scale (release build):

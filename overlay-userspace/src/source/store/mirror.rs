@@ -5,7 +5,7 @@
 //! Unlike a cluster file, the store is never rejected whole: a malformed or conflicting entry is
 //! skipped with a warning naming its key, and everything else is used. Entries are taken in the
 //! order they were created, so when two conflict (same VNI, same IP) the older one wins.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use overlay_common::wire::VXLAN_PORT;
 
@@ -58,13 +58,13 @@ pub struct Mirror {
     index: Option<Index>,
 }
 
-/// What the last build admitted: the one rule book's index, plus the live nodes.
+/// What the last build admitted: the one rule book's index, plus the live nodes. (Which
+/// endpoints are admitted is the rule book's: their names are unique per network, as their keys
+/// are; no copy of them is kept here.)
 #[derive(Default)]
 struct Index {
     live: HashSet<String>,
     rules: Rules,
-    /// Admitted endpoints by key suffix.
-    included: HashMap<String, Endpoint>,
     /// Some endpoint lost a uniqueness conflict: removing another could admit it, which only a
     /// full build gets right.
     conflicted: bool,
@@ -97,19 +97,16 @@ impl Index {
         }
     }
 
-    fn insert(&mut self, suffix: &str, ep: &Endpoint) {
-        self.rules.add_endpoint(ep);
-        self.included.insert(suffix.to_string(), ep.clone());
-    }
-
-    fn remove(&mut self, suffix: &str) -> bool {
-        match self.included.remove(suffix) {
-            Some(ep) => {
-                self.rules.remove_endpoint(&ep);
-                true
-            }
-            None => false,
+    /// Forgets the endpoint of record `p` if it was admitted (it is rebuilt from its record as
+    /// admission built it: its network has not changed since, or the index would be new).
+    fn remove(&mut self, key: &str, p: &Parsed) -> bool {
+        let r = &p.rec;
+        if !self.rules.has_endpoint(&r.network, &r.name) {
+            return false;
         }
+        let Some(ep) = self.rules.network(&r.network).and_then(|net| r.to_endpoint(key, net).ok()) else { return false };
+        self.rules.remove_endpoint(&ep);
+        true
     }
 }
 
@@ -217,7 +214,7 @@ impl Mirror {
                     Err(_) => Step::Nothing,
                     Ok(p) => match index.admit(key, p) {
                         Admit::Yes(ep) => {
-                            index.insert(name, &ep);
+                            index.rules.add_endpoint(&ep);
                             Step::Add(ep)
                         }
                         Admit::Out => Step::Nothing,
@@ -228,8 +225,8 @@ impl Mirror {
                 (step, bad)
             }
             None => {
-                self.endpoints.remove(name);
-                if index.remove(name) {
+                let removed = self.endpoints.remove(name);
+                if removed.and_then(|e| e.value.ok()).is_some_and(|p| index.remove(key, &p)) {
                     let (network, ep) = name.split_once('/').unwrap_or(("", name));
                     (Step::Remove { network: network.to_string(), name: ep.to_string() }, None)
                 } else {
@@ -239,9 +236,12 @@ impl Mirror {
         }
     }
 
-    /// Whether a key is one the cluster is built from (others, like IPAM's, are not).
+    /// The kinds of keys the cluster is built from (others, like IPAM's, are not).
+    pub const PREFIXES: [&str; 5] = [NETWORKS, SERVICES, NODES, ALIVE, ENDPOINTS];
+
+    /// Whether a key is one the cluster is built from.
     pub fn relevant(key: &str) -> bool {
-        [NETWORKS, SERVICES, NODES, ALIVE, ENDPOINTS].iter().any(|p| key.starts_with(p))
+        Self::PREFIXES.iter().any(|p| key.starts_with(p))
     }
 
     /// The cluster as node `me` sees it: every network, the live nodes (always including `me`,
@@ -307,12 +307,12 @@ impl Mirror {
             }
         }
         let mut index = Index { live: nodes.iter().map(|n| n.name.clone()).collect(), rules, ..Default::default() };
-        let mut endpoints = Vec::with_capacity(self.endpoints.len());
+        let mut endpoints = crate::model::Endpoints::default();
         let mut conflicts = Vec::new();
         for (suffix, p) in by_age(&self.endpoints) {
             match index.admit(&format!("{ENDPOINTS}{suffix}"), p) {
                 Admit::Yes(ep) => {
-                    index.insert(suffix, &ep);
+                    index.rules.add_endpoint(&ep);
                     endpoints.push(ep);
                 }
                 Admit::Out => {}

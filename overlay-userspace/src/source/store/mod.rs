@@ -378,9 +378,17 @@ impl Store {
 
     /// Every key under `prefix` at one revision (`revision` 0: the newest), page by page.
     pub async fn snapshot(&self, prefix: &str, revision: i64) -> Result<Snapshot> {
+        let mut kvs = Vec::new();
+        let revision = self.pages(prefix, revision, |page| kvs.extend(page)).await?;
+        Ok(Snapshot { revision, kvs })
+    }
+
+    /// Reads every key under `prefix` at `revision` (0: the current one) page by page, handing
+    /// each page to `f` as it arrives (a large prefix is never held whole). Returns the
+    /// revision read.
+    pub async fn pages(&self, prefix: &str, revision: i64, mut f: impl FnMut(Vec<KeyValue>)) -> Result<i64> {
         let end = range_end(prefix);
         let mut from = prefix.as_bytes().to_vec();
-        let mut kvs = Vec::new();
         let mut rev = revision;
         loop {
             let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
@@ -406,12 +414,12 @@ impl Store {
                 from.push(0);
             }
             let empty = page.is_empty();
-            kvs.extend(page);
+            f(page);
             if !more || empty {
                 break;
             }
         }
-        Ok(Snapshot { revision: rev, kvs })
+        Ok(rev)
     }
 
     async fn get_one(&self, key: &str) -> Result<(Option<KeyValue>, i64)> {
@@ -691,7 +699,7 @@ impl Store {
                 Ok(n) => {
                     let a = alive.kvs.iter().find(|a| str_of(a) == alive_key(&n.name));
                     let a = a.map(|a| AliveRecord::parse(&str_of(a), a.value()).unwrap_or(AliveRecord { since: 0, ttl: 0 }));
-                    out.push((NodeRecord { name: n.name, vtep: n.vtep.to_string(), underlay: n.underlay }, a));
+                    out.push((NodeRecord::of(&n), a));
                 }
                 Err(e) => bad.push(e),
             }

@@ -101,6 +101,10 @@ pub struct NodeRecord {
     pub vtep: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub underlay: Option<String>,
+    /// `tc` or `xdp`, as the agent's `--datapath` says; absent (older agents, or no
+    /// `--datapath`): unset, which is tc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<String>,
 }
 
 /// Written under the agent's lease: the node is up while this key exists.
@@ -260,7 +264,11 @@ impl NodeRecord {
     pub fn parse(key: &str, value: &[u8]) -> Result<Node, Malformed> {
         let r: NodeRecord = json(key, value)?;
         check_name(key, NODES, &r.name)?;
-        checked(key, model::node_entry("node", r.name, &r.vtep, r.underlay, None))
+        checked(key, model::node_entry("node", r.name, &r.vtep, r.underlay, r.datapath.as_deref()))
+    }
+
+    pub fn of(n: &Node) -> NodeRecord {
+        NodeRecord { name: n.name.clone(), vtep: n.vtep.to_string(), underlay: n.underlay.clone(), datapath: n.datapath.map(|d| d.name().to_string()) }
     }
 }
 
@@ -307,6 +315,20 @@ mod tests {
     fn range_end_is_the_prefix_successor() {
         assert_eq!(range_end("/overlay/"), b"/overlay0".to_vec());
         assert_eq!(range_end(&ipam_prefix("a")), b"/overlay/ipam/a0".to_vec());
+    }
+
+    #[test]
+    fn a_node_record_carries_its_datapath_and_older_records_without_one_still_read() {
+        let k = node_key("n1");
+        let old = NodeRecord::parse(&k, br#"{"name":"n1","vtep":"192.168.50.1"}"#).expect("a record without datapath");
+        assert_eq!(old.datapath, None, "absent: unset (tc)");
+        let xdp = NodeRecord::parse(&k, br#"{"name":"n1","vtep":"192.168.50.1","datapath":"xdp"}"#).expect("valid");
+        assert_eq!(xdp.datapath, Some(model::Datapath::Xdp));
+        let bad = NodeRecord::parse(&k, br#"{"name":"n1","vtep":"192.168.50.1","datapath":"dpdk"}"#).expect_err("not a datapath");
+        assert_eq!(bad.to_string(), "/overlay/nodes/n1: datapath: \"dpdk\" is not a datapath (tc or xdp)");
+        // Written back as read; an unset datapath is left out, as older agents wrote it.
+        assert_eq!(serde_json::to_string(&NodeRecord::of(&xdp)).expect("json"), r#"{"name":"n1","vtep":"192.168.50.1","datapath":"xdp"}"#);
+        assert_eq!(serde_json::to_string(&NodeRecord::of(&old)).expect("json"), r#"{"name":"n1","vtep":"192.168.50.1"}"#);
     }
 
     #[test]
