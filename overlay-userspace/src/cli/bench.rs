@@ -51,6 +51,20 @@ pub struct BenchArgs {
     /// VIP (uses --rounds, --seconds, --json).
     #[arg(long, conflicts_with_all = ["control_plane", "way_out", "dns"])]
     pub services: bool,
+    /// Measure the programs alone instead: ns per packet of encapsulation, decapsulation and
+    /// the pass-through floor under BPF_PROG_TEST_RUN (no namespaces; 100,000 packets each with
+    /// --quick, 500,000 without). With --fdb-scale, both.
+    #[arg(long, conflicts_with_all = ["control_plane", "way_out", "dns", "services"])]
+    pub prog_cost: bool,
+    /// Measure the data plane's scale instead: ns per packet of encapsulation and decapsulation
+    /// under BPF_PROG_TEST_RUN with 1,000 and with 1,000,000 FDB entries over 4,000 VNIs, and
+    /// the ratio (issue 14: at most 1.3).
+    #[arg(long, conflicts_with_all = ["control_plane", "way_out", "dns", "services"])]
+    pub fdb_scale: bool,
+    /// FDB scale: different frames cycled through (the same for both tables). The default hits
+    /// far more entries than the caches hold; a few hundred show the lookups with warm caches.
+    #[arg(long, default_value_t = bench::fdbscale::FRAMES, requires = "fdb_scale")]
+    pub fdb_frames: u32,
     /// Control plane: convergence samples of each kind (after `endpoint add`, after
     /// `endpoint add --no-wait`).
     #[arg(long, default_value_t = 100, requires = "control_plane")]
@@ -89,6 +103,9 @@ fn run_blocking(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.services {
         return run_services(args);
+    }
+    if args.prog_cost || args.fdb_scale {
+        return run_programs(args);
     }
     if args.dns || args.tests.iter().any(|t| t == "dns") {
         if args.tests.iter().any(|t| t != "dns") && !args.dns {
@@ -175,6 +192,42 @@ fn run_dns(args: BenchArgs) -> anyhow::Result<()> {
     let mut progress = |line: &str| println!("{line}");
     let report = bench::dns::run(&cfg, &exe, &mut progress)?;
     finish(&bench::dns::table(&report), &report, args.json.as_deref(), t0)
+}
+
+/// What `--prog-cost` and `--fdb-scale` found (either may be absent).
+#[derive(serde::Serialize)]
+struct ProgramsReport {
+    machine: bench::Machine,
+    prog_cost: Option<bench::progcost::ProgCosts>,
+    fdb_scale: Option<bench::fdbscale::FdbScale>,
+}
+
+fn run_programs(args: BenchArgs) -> anyhow::Result<()> {
+    let packets: u64 = if args.quick { 100_000 } else { 500_000 };
+    let t0 = std::time::Instant::now();
+    let busy = bench::traffic::wait_quiet(std::time::Duration::from_secs(10));
+    if busy >= 0.10 {
+        println!("note: the machine is {:.0}% busy", busy * 100.0);
+    }
+    let mut table = String::new();
+    let prog_cost = if args.prog_cost {
+        println!("program cost: BPF_PROG_TEST_RUN, {packets} packets per program");
+        let pc = bench::traffic::on_cpu(0, || bench::progcost::measure(packets, 10))?;
+        table.push_str(&bench::report::prog_cost_table(&pc));
+        Some(pc)
+    } else {
+        None
+    };
+    let fdb_scale = if args.fdb_scale {
+        println!("FDB scale: BPF_PROG_TEST_RUN, {packets} packets per program and table");
+        let r = bench::traffic::on_cpu(0, || bench::fdbscale::measure(packets, 10, args.fdb_frames, &mut |l: &str| println!("{l}")))?;
+        table.push_str(&bench::fdbscale::table(&r));
+        Some(r)
+    } else {
+        None
+    };
+    let report = ProgramsReport { machine: bench::Machine::here(), prog_cost, fdb_scale };
+    finish(&table, &report, args.json.as_deref(), t0)
 }
 
 fn run_services(args: BenchArgs) -> anyhow::Result<()> {

@@ -645,6 +645,14 @@ impl Stats {
     }
 }
 
+/// How [`Dataplane::load_with`] sizes the maps it creates.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// FDB entries instead of [`overlay_common::MAX_FDB`] (benchmarks only: pins so made are
+    /// not the layout agents share).
+    pub fdb_entries: Option<u32>,
+}
+
 /// The datapath of one node.
 pub struct Dataplane {
     ebpf: Option<Ebpf>,
@@ -737,6 +745,13 @@ impl Dataplane {
     /// Pins of another layout, or any pinned map that differs from the object's, are refused
     /// ([`DataplaneError::IncompatiblePins`]) before anything in `dir` is touched.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, &LoadOptions::default())
+    }
+
+    /// [`Dataplane::load`] with `opts` (for benchmarks: a larger FDB in a pin directory of
+    /// its own; a directory loaded so is refused by the agent's [`Dataplane::load`], its FDB
+    /// differing from the object's).
+    pub fn load_with(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let state = check_pins(dir)?;
         fs::create_dir_all(dir.join(LINKS_SUBDIR)).map_err(io_err("creating pin directory", dir))?;
         // The maps decide where every container's traffic goes: root only (the pins in bpffs
@@ -745,7 +760,12 @@ impl Dataplane {
             use std::os::unix::fs::PermissionsExt as _;
             fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).map_err(io_err("restricting pin directory", &d))?;
         }
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(dir).load(EBPF_OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(dir);
+        if let Some(n) = opts.fdb_entries {
+            loader.map_max_entries(MAP_FDB, n);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
             tracing::debug!("eBPF logger not started: {e}");
         }

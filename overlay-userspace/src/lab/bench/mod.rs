@@ -6,6 +6,7 @@
 //! ratio is taken round by round inside the same run.
 pub mod control;
 pub mod dns;
+pub mod fdbscale;
 pub mod inplace;
 pub mod progcost;
 pub mod report;

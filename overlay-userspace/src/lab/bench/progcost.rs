@@ -8,7 +8,7 @@
 //! program; the floor is measured the same way, so the fixed cost of the harness is in both.
 use std::{net::Ipv4Addr, path::PathBuf};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use serde::Serialize;
 
 use crate::{
@@ -21,7 +21,7 @@ use overlay_common::wire::{TC_ACT_OK, TC_ACT_REDIRECT};
 
 /// The node the programs play (node2), with its local endpoint on loopback's ifindex, which is
 /// where test-run packets arrive.
-const CLUSTER: &str = "
+pub(super) const CLUSTER: &str = "
 nodes:
   - {name: node1, vtep: 192.168.50.1}
   - {name: node2, vtep: 192.168.50.2}
@@ -31,11 +31,11 @@ endpoints:
   - {name: c1, network: bench-net, node: node1, ip: 10.0.1.2}
   - {name: c2, network: bench-net, node: node2, ip: 10.0.1.3, netns: c2}
 ";
-const TEST_RUN_IFINDEX: u32 = 1;
-const C1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
-const C2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 3);
-const VTEP1: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
-const VTEP2: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
+pub(super) const TEST_RUN_IFINDEX: u32 = 1;
+pub(super) const C1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+pub(super) const C2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 3);
+pub(super) const VTEP1: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+pub(super) const VTEP2: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
 /// UDP payload of the measured packets, as in the traffic benchmark.
 pub const PAYLOAD: usize = 64;
 
@@ -64,7 +64,7 @@ pub struct ProgCosts {
     pub floor_repeat_ns: f64,
 }
 
-fn mac(ip: Ipv4Addr) -> [u8; 6] {
+pub(super) fn mac(ip: Ipv4Addr) -> [u8; 6] {
     model::Mac::from_ip(ip).0
 }
 
@@ -87,9 +87,9 @@ pub fn decap_frame() -> Vec<u8> {
 }
 
 /// A loaded datapath in its own pin directory, removed on drop.
-struct Loaded {
-    dp: Dataplane,
-    dir: PathBuf,
+pub(super) struct Loaded {
+    pub(super) dp: Dataplane,
+    pub(super) dir: PathBuf,
 }
 
 impl Drop for Loaded {
@@ -100,10 +100,25 @@ impl Drop for Loaded {
     }
 }
 
+impl Loaded {
+    /// Loads the datapath into `dir` (with `opts`); a failed load removes what it pinned there.
+    pub(super) fn load(dir: PathBuf, opts: &dataplane::LoadOptions) -> anyhow::Result<Self> {
+        match Dataplane::load_with(&dir, opts) {
+            Ok(dp) => Ok(Loaded { dp, dir }),
+            Err(e) => {
+                if let Err(c) = dataplane::remove_pins(&dir) {
+                    eprintln!("cleanup of {}: {c:?}", dir.display());
+                }
+                Err(anyhow::Error::new(e).context("loading the datapath for test runs"))
+            }
+        }
+    }
+}
+
 /// Measures the three programs with `packets` packets each, in `batches` batches.
 pub fn measure(packets: u64, batches: u32) -> anyhow::Result<ProgCosts> {
     let dir = dataplane::host_bpffs()?.join("overlay").join(format!("bench-progcost-{}", std::process::id()));
-    let mut l = Loaded { dp: Dataplane::load(&dir).context("loading the datapath for test runs")?, dir };
+    let mut l = Loaded::load(dir, &Default::default())?;
     let cluster = crate::source::file::parse(CLUSTER)?;
     let plan = desired::plan(&cluster, "node2")?;
     let state = plan.map_state(TEST_RUN_IFINDEX, &[(&plan.local[0], TEST_RUN_IFINDEX)]);
@@ -142,7 +157,7 @@ pub fn measure(packets: u64, batches: u32) -> anyhow::Result<ProgCosts> {
 }
 
 /// Mean kernel-measured ns of `n` single-packet runs of `prog`, checking every verdict.
-fn batch(dp: &mut Dataplane, prog: &'static str, frame: &[u8], want: i32, n: u64) -> anyhow::Result<f64> {
+pub(super) fn batch(dp: &mut Dataplane, prog: &'static str, frame: &[u8], want: i32, n: u64) -> anyhow::Result<f64> {
     let mut total = 0u128;
     for _ in 0..n {
         let (v, _, d) = dp.test_run(prog, frame, 1)?;
@@ -169,7 +184,7 @@ pub fn dns_frame() -> Vec<u8> {
 /// `BPF_PROG_TEST_RUN`, `packets` each in `batches` batches (medians): (answer, floor).
 pub fn dns_answer_cost(packets: u64, batches: u32) -> anyhow::Result<(super::stats::Summary, super::stats::Summary)> {
     let dir = dataplane::host_bpffs()?.join("overlay").join(format!("bench-dnscost-{}", std::process::id()));
-    let mut l = Loaded { dp: Dataplane::load(&dir).context("loading the datapath for test runs")?, dir };
+    let mut l = Loaded::load(dir, &Default::default())?;
     let cluster = crate::source::file::parse(CLUSTER)?;
     let plan = desired::plan(&cluster, "node2")?;
     l.dp.apply(&plan.map_state(TEST_RUN_IFINDEX, &[(&plan.local[0], TEST_RUN_IFINDEX)]))?;

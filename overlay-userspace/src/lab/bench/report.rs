@@ -8,7 +8,7 @@ use plotters::{
     style::text_anchor::{HPos, Pos, VPos},
 };
 
-use super::{Metric, Mode, Report};
+use super::{Metric, Mode, Report, progcost};
 
 fn cell(s: Option<&super::Summary>, m: Metric) -> String {
     match s {
@@ -61,16 +61,8 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(out, "TCP 1-stream retransmissions per round: {}", retrans.join(", "));
     let lost: Vec<String> = modes.iter().map(|m| format!("{} {:?}", m.name(), r.results[m].latency_lost)).collect();
     let _ = writeln!(out, "ping-pongs without an answer per round: {}", lost.join(", "));
-    let pc = &r.prog_cost;
-    let _ = writeln!(out, "\nBPF_PROG_TEST_RUN, ns per packet (median of 10 batches, {} packets per program):", pc.packets_per_program);
-    for c in [&pc.floor, &pc.encap, &pc.decap] {
-        let _ = writeln!(
-            out,
-            "  {:<16} {:>7.1} ns ({:.1}-{:.1})  {:>5.2}x floor   {}",
-            c.program, c.ns_per_packet, c.min_ns, c.max_ns, c.vs_floor, c.path
-        );
-    }
-    let _ = writeln!(out, "  (the floor alone with repeat=1000000 in one call: {:.0} ns)", pc.floor_repeat_ns);
+    out.push('\n');
+    out.push_str(&prog_cost_table(&r.prog_cost));
     for (m, res) in r.results.iter().filter(|(_, x)| !x.in_place_ns_per_run.is_empty()) {
         let _ = writeln!(out, "In place during the UDP test ({}, kernel run-time statistics), ns per run, median (min-max) over rounds:", m.name());
         for (prog, v) in &res.in_place_ns_per_run {
@@ -276,4 +268,19 @@ mod tests {
         assert!(t.contains("failed"), "metrics without samples are marked in the table");
         assert!(t.contains("[ -- ]"), "targets without data are not reported as met or missed");
     }
+}
+
+/// The program costs under `BPF_PROG_TEST_RUN` (also printed alone by `overlay bench --prog-cost`).
+pub fn prog_cost_table(pc: &progcost::ProgCosts) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "BPF_PROG_TEST_RUN, ns per packet (median of 10 batches, {} packets per program):", pc.packets_per_program);
+    for c in [&pc.floor, &pc.encap, &pc.decap] {
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>7.1} ns ({:.1}-{:.1})  {:>5.2}x floor   {}",
+            c.program, c.ns_per_packet, c.min_ns, c.max_ns, c.vs_floor, c.path
+        );
+    }
+    let _ = writeln!(out, "  (the floor alone with repeat=1000000 in one call: {:.0} ns)", pc.floor_repeat_ns);
+    out
 }
