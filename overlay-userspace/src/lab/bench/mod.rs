@@ -576,6 +576,7 @@ mod tests {
             floor: cost(100.0, 100.0),
             encap: cost(199.0, 100.0),
             decap: cost(200.0, 100.0),
+            monitor_idle: cost(101.0, 100.0),
             floor_repeat_ns: 1.0,
         };
         let t = targets(&results, &r, &pc);

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::{
     model,
-    dataplane::{self, Dataplane, PROG_EGRESS, PROG_INGRESS, PROG_PASS},
+    dataplane::{self, Dataplane, PROG_EGRESS, PROG_INGRESS, PROG_MONITOR_IDLE, PROG_PASS},
     control::desired, lab::frames,
 };
 
@@ -59,6 +59,9 @@ pub struct ProgCosts {
     pub floor: ProgCost,
     pub encap: ProgCost,
     pub decap: ProgCost,
+    /// The floor plus the monitor's check with nobody listening (`overlay_monitor_idle`): what
+    /// the drop monitor's hook costs every packet when no `overlay monitor` runs.
+    pub monitor_idle: ProgCost,
     /// The floor run with a large repeat count inside one call (the program alone, without the
     /// per-call harness), for reference.
     pub floor_repeat_ns: f64,
@@ -115,7 +118,8 @@ impl Loaded {
     }
 }
 
-/// Measures the three programs with `packets` packets each, in `batches` batches.
+/// Measures the programs (and the idle monitor hook) with `packets` packets each, in `batches`
+/// batches.
 pub fn measure(packets: u64, batches: u32) -> anyhow::Result<ProgCosts> {
     let dir = dataplane::host_bpffs()?.join("overlay").join(format!("bench-progcost-{}", std::process::id()));
     let mut l = Loaded::load(dir, &Default::default())?;
@@ -127,14 +131,18 @@ pub fn measure(packets: u64, batches: u32) -> anyhow::Result<ProgCosts> {
     let enc = encap_frame();
     let dec = decap_frame();
     let per_batch = (packets / batches as u64).max(1);
-    // The three programs take turns batch by batch, so that drift hits all of them.
-    let progs: [(&'static str, &[u8], i32); 3] =
-        [(PROG_PASS, &enc, TC_ACT_OK), (PROG_EGRESS, &enc, TC_ACT_REDIRECT), (PROG_INGRESS, &dec, TC_ACT_REDIRECT)];
+    // The programs take turns batch by batch, so that drift hits all of them.
+    let progs: [(&'static str, &[u8], i32); 4] = [
+        (PROG_PASS, &enc, TC_ACT_OK),
+        (PROG_EGRESS, &enc, TC_ACT_REDIRECT),
+        (PROG_INGRESS, &dec, TC_ACT_REDIRECT),
+        (PROG_MONITOR_IDLE, &enc, TC_ACT_OK),
+    ];
     for (prog, frame, want) in progs {
         // Warm caches and the branch predictor.
         batch(&mut l.dp, prog, frame, want, 1000)?;
     }
-    let mut means: [Vec<f64>; 3] = Default::default();
+    let mut means: [Vec<f64>; 4] = Default::default();
     for _ in 0..batches {
         for (i, (prog, frame, want)) in progs.iter().enumerate() {
             means[i].push(batch(&mut l.dp, prog, frame, *want, per_batch)?);
@@ -144,16 +152,17 @@ pub fn measure(packets: u64, batches: u32) -> anyhow::Result<ProgCosts> {
         let s = super::stats::Summary::of(&means[i]);
         ProgCost { program: progs[i].0, path: "", ns_per_packet: s.median, min_ns: s.min, max_ns: s.max, vs_floor: 0.0 }
     };
-    let (mut floor, mut encap, mut decap) = (cost(0), cost(1), cost(2));
+    let (mut floor, mut encap, mut decap, mut monitor_idle) = (cost(0), cost(1), cost(2), cost(3));
     let f = floor.ns_per_packet;
-    for c in [&mut floor, &mut encap, &mut decap] {
+    for c in [&mut floor, &mut encap, &mut decap, &mut monitor_idle] {
         c.vs_floor = c.ns_per_packet / f;
     }
     floor.path = "pass-through (TC_ACT_OK)";
     encap.path = "encapsulate 64-byte UDP, redirect_neigh";
     decap.path = "decapsulate 64-byte UDP, redirect_peer";
+    monitor_idle.path = "pass-through + the monitor's check, nobody listening";
     let (_, _, d) = l.dp.test_run(PROG_PASS, &enc, 1_000_000)?;
-    Ok(ProgCosts { packets_per_program: per_batch * batches as u64, floor, encap, decap, floor_repeat_ns: d.as_nanos() as f64 })
+    Ok(ProgCosts { packets_per_program: per_batch * batches as u64, floor, encap, decap, monitor_idle, floor_repeat_ns: d.as_nanos() as f64 })
 }
 
 /// Mean kernel-measured ns of `n` single-packet runs of `prog`, checking every verdict.

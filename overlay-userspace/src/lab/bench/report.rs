@@ -246,7 +246,7 @@ mod tests {
             results.insert(mode, r);
         }
         let ratios = crate::lab::bench::ratios(&results);
-        let prog_cost = progcost::ProgCosts { packets_per_program: 1, floor: cost(100.0), encap: cost(300.0), decap: cost(250.0), floor_repeat_ns: 30.0 };
+        let prog_cost = progcost::ProgCosts { packets_per_program: 1, floor: cost(100.0), encap: cost(300.0), decap: cost(250.0), monitor_idle: cost(101.0), floor_repeat_ns: 30.0 };
         let targets = crate::lab::bench::targets(&results, &ratios, &prog_cost);
         let report = Report {
             version: 1,
@@ -274,7 +274,7 @@ mod tests {
 pub fn prog_cost_table(pc: &progcost::ProgCosts) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "BPF_PROG_TEST_RUN, ns per packet (median of 10 batches, {} packets per program):", pc.packets_per_program);
-    for c in [&pc.floor, &pc.encap, &pc.decap] {
+    for c in [&pc.floor, &pc.encap, &pc.decap, &pc.monitor_idle] {
         let _ = writeln!(
             out,
             "  {:<16} {:>7.1} ns ({:.1}-{:.1})  {:>5.2}x floor   {}",
@@ -282,5 +282,10 @@ pub fn prog_cost_table(pc: &progcost::ProgCosts) -> String {
         );
     }
     let _ = writeln!(out, "  (the floor alone with repeat=1000000 in one call: {:.0} ns)", pc.floor_repeat_ns);
+    let _ = writeln!(
+        out,
+        "  the drop monitor's hook with nobody listening: {:+.1} ns per packet over the floor",
+        pc.monitor_idle.ns_per_packet - pc.floor.ns_per_packet
+    );
     out
 }
