@@ -35,7 +35,13 @@ struct Mapping {
 
 /// The store endpoint of a Docker endpoint.
 pub fn endpoint_name(endpoint_id: &str) -> String {
-    format!("dk-{}", &endpoint_id[..endpoint_id.len().min(20)])
+    format!("dk-{}", head(endpoint_id, 20))
+}
+
+/// The first `n` characters of an ID (Docker's are hex; a byte slice would panic inside any
+/// other character).
+fn head(id: &str, n: usize) -> &str {
+    id.char_indices().nth(n).map_or(id, |(i, _)| &id[..i])
 }
 
 pub struct Plugin {
@@ -172,7 +178,7 @@ impl CreateNetwork {
             || generic_option(req, "internal").is_some_and(|v| v == "true" || v == "1");
         let (name, adopt) = match generic_option(req, "network") {
             Some(n) => (n.to_string(), true),
-            None => (format!("docker-{}", &id[..id.len().min(12)]), false),
+            None => (format!("docker-{}", head(id, 12)), false),
         };
         Ok(CreateNetwork { network_id: id.to_string(), pool: pool.to_string(), gateway, vni, mtu, internal, name, adopt })
     }
@@ -370,4 +376,23 @@ pub async fn serve(plugin: Plugin, socket: PathBuf, stop: impl std::future::Futu
     let r = axum::serve(listener, app).with_graceful_shutdown(stop).await;
     let _ = std::fs::remove_file(&socket);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_cut_at_characters_not_bytes() {
+        // Found by the docker_request fuzz target: a 2-byte character across byte 12 panicked.
+        let body = r#"{"NetworkID": "3f2b07a6b\u02dc\u02d6e2f1a0b", "IPv4Data": [{"Pool": "172.18.0.0/16"}]}"#;
+        let Ok(Request::CreateNetwork(r)) = Request::parse("NetworkDriver.CreateNetwork", body.as_bytes()) else {
+            panic!("expected a CreateNetwork request")
+        };
+        assert_eq!(r.name, "docker-3f2b07a6b\u{2dc}\u{2d6}e", "the first 12 characters of the ID");
+        let body = r#"{"NetworkID": "n", "EndpointID": "0123456789abcdef012\u00e9\u00e9", "SandboxKey": "/k"}"#;
+        let Ok(Request::Join { endpoint, .. }) = Request::parse("NetworkDriver.Join", body.as_bytes()) else { panic!("expected a Join request") };
+        assert_eq!(endpoint, "dk-0123456789abcdef012\u{e9}", "the first 20 characters of the ID");
+        assert_eq!(endpoint_name("abc"), "dk-abc", "a short ID whole");
+    }
 }
