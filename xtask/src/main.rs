@@ -18,13 +18,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing need: nightly rust-src, bpf-linker (against the
-    /// nightly's own libLLVM), and the Debian tools the tests and demo use. Idempotent.
+    /// nightly's own libLLVM), cargo-fuzz, and the Debian tools the tests and demo use.
+    /// Idempotent.
     Setup,
     /// Build everything, then run all tests (unit, BPF_PROG_TEST_RUN, network namespaces) as
-    /// root, serially: they share kernel state.
+    /// root, serially: they share kernel state. Then a short smoke run of each fuzz target.
     Test {
-        /// Extra arguments for the test binaries (e.g. a test name filter).
+        /// Extra arguments for the test binaries (e.g. a test name filter); with any, the fuzz
+        /// smoke run is left out.
         args: Vec<String>,
+    },
+    /// Run each fuzz target (the parsers of outside input, overlay-userspace/fuzz) for a bounded
+    /// time, starting from its seeds; fails if one panics, hangs or runs out of memory.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run [default: all].
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(FUZZ_TARGETS))]
+        targets: Vec<String>,
     },
     /// Build in release mode and run `overlay demo` (a simulated 3-host cluster).
     Demo,
@@ -78,6 +90,15 @@ const PACKAGES: &[(&str, &str)] = &[
     // Podman 4.3 with its CNI backend (no netavark here), for one container through our plugin.
     ("podman", "podman"),
 ];
+
+/// The fuzz targets of overlay-userspace/fuzz, each a parser of outside input.
+const FUZZ_TARGETS: &[&str] = &["cluster_file", "cni_config", "docker_request", "store_records", "dns_question"];
+/// Seconds per target of the smoke run in `test`.
+const FUZZ_SMOKE_SECONDS: u64 = 10;
+/// An input taking longer than this is a hang.
+const FUZZ_INPUT_TIMEOUT_SECONDS: u64 = 10;
+/// An input making the process hold more than this is unbounded allocation.
+const FUZZ_RSS_LIMIT_MB: u64 = 2048;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
@@ -141,7 +162,12 @@ fn setup() -> anyhow::Result<()> {
             .env("LLVM_PREFIX", &prefix)
             .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", lib.display())))?;
     }
-    // 3. Tools the tests and the demo run.
+    // 3. cargo-fuzz for the fuzz targets (it drives the nightly's libFuzzer instrumentation).
+    let works = Command::new(cargo_home_bin().join("cargo-fuzz")).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !works {
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    // 4. Tools the tests and the demo run.
     let missing: Vec<&str> = PACKAGES.iter().filter(|(_, bin)| !have(bin)).map(|(p, _)| *p).collect();
     if !missing.is_empty() {
         run(Command::new("apt-get").args(["update", "-q"]))?;
@@ -149,6 +175,48 @@ fn setup() -> anyhow::Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    Ok(())
+}
+
+/// Builds the fuzz targets once, then runs each of `targets` for `seconds` from its committed
+/// seeds (overlay-userspace/fuzz/corpus/TARGET, read only) and what earlier runs found
+/// (target/fuzz/corpus/TARGET). Runs them all; fails naming every target that found a problem.
+fn fuzz(targets: &[String], seconds: u64) -> anyhow::Result<()> {
+    let crate_dir = root().join("overlay-userspace");
+    let target_dir = root().join("target").join("fuzz");
+    // No sanitizer: the parsers are safe Rust, and ASan would double the build and slow every
+    // run; debug assertions (-a) turn overflows into crashes. AYA_BUILD_SKIP: the targets
+    // need no eBPF programs (build.rs then embeds an empty object).
+    let cargo_fuzz = |sub: &str| {
+        let mut c = Command::new("cargo");
+        c.current_dir(&crate_dir)
+            .args(["+nightly", "fuzz", sub, "--sanitizer", "none", "--debug-assertions", "--target-dir"])
+            .arg(&target_dir)
+            .env("AYA_BUILD_SKIP", "1");
+        c
+    };
+    run(&mut cargo_fuzz("build"))?;
+    let mut failed = Vec::new();
+    for t in targets {
+        let found = target_dir.join("corpus").join(t);
+        std::fs::create_dir_all(&found).with_context(|| format!("creating {}", found.display()))?;
+        let r = run(cargo_fuzz("run")
+            .arg(t)
+            .arg(&found)
+            .arg(crate_dir.join("fuzz").join("corpus").join(t))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg(format!("-timeout={FUZZ_INPUT_TIMEOUT_SECONDS}"))
+            .arg(format!("-rss_limit_mb={FUZZ_RSS_LIMIT_MB}"))
+            .arg("-print_final_stats=1"));
+        if let Err(e) = r {
+            eprintln!("fuzz target {t}: {e:#}");
+            failed.push(t.as_str());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("fuzz targets {} found problems; the inputs are in overlay-userspace/fuzz/artifacts/", failed.join(", "));
     }
     Ok(())
 }
@@ -165,10 +233,25 @@ fn main() -> anyhow::Result<()> {
                 bail!("the tests load eBPF programs and create network namespaces: run as root");
             }
             run(Command::new("cargo").current_dir(root()).args(["build"]))?;
-            run(Command::new("cargo")
+            let tests = run(Command::new("cargo")
                 .current_dir(root())
                 .args(["test", "--no-fail-fast", "--", "--test-threads=1"])
-                .args(&args))
+                .args(&args));
+            // The fuzz smoke run, even after a failed test: its result is worth having too.
+            let smoke = if args.is_empty() {
+                fuzz(&FUZZ_TARGETS.iter().map(|t| t.to_string()).collect::<Vec<_>>(), FUZZ_SMOKE_SECONDS)
+            } else {
+                Ok(())
+            };
+            match (tests, smoke) {
+                (Err(t), Err(s)) => bail!("{t:#}; and the fuzz smoke run: {s:#}"),
+                (t, s) => t.and(s),
+            }
+        }
+        Task::Fuzz { seconds, targets } => {
+            setup()?;
+            let targets = if targets.is_empty() { FUZZ_TARGETS.iter().map(|t| t.to_string()).collect() } else { targets };
+            fuzz(&targets, seconds)
         }
         Task::Demo => {
             setup()?;

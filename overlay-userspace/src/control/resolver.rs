@@ -159,32 +159,55 @@ async fn serve_tcp(mut stream: TcpStream, asker: Ipv4Addr, gw: Ipv4Addr, s: &Sha
 
 /// The reply to one question (`None`: dropped, as for an unparsable header).
 async fn handle(q: &[u8], asker: Ipv4Addr, gw: Ipv4Addr, s: &Shared) -> Option<Vec<u8>> {
+    match decide(q, asker, gw, || s.view(), rand_u64()) {
+        Decision::Drop => None,
+        Decision::Reply(r) => Some(r),
+        Decision::Forward(query) => match forward(q, &s.upstreams).await {
+            Some(r) => Some(r),
+            None => servfail(&query),
+        },
+    }
+}
+
+/// What to do with one question, decided from its bytes alone (no I/O).
+#[derive(Debug)]
+pub enum Decision {
+    /// No reply (a response, or a header too short to answer).
+    Drop,
+    /// Send these bytes back.
+    Reply(Vec<u8>),
+    /// Not an overlay name: relay the question upstream ([`servfail`] if none answers).
+    Forward(Message),
+}
+
+/// Reads one question from a datagram (or a TCP frame) and answers it from the names of `view`
+/// (built only when the question is a parsable query), sent by `asker` to `gw`. `shuffle` picks
+/// the order of several addresses. This is every step that reads the asker's bytes.
+pub fn decide(q: &[u8], asker: Ipv4Addr, gw: Ipv4Addr, view: impl FnOnce() -> Arc<NameView>, shuffle: u64) -> Decision {
     let query = match Message::from_vec(q) {
         Ok(m) => m,
         Err(e) => {
             debug!(%asker, "malformed DNS query: {e}");
-            return form_err(q);
+            return form_err(q).map_or(Decision::Drop, Decision::Reply);
         }
     };
     if query.metadata.message_type != MessageType::Query {
-        return None;
+        return Decision::Drop;
     }
-    let view = s.view();
-    let shuffle = rand_u64();
-    match view.answer(&query, asker, gw, shuffle) {
-        Answer::Local(m) => m.to_vec().ok(),
-        Answer::Forward => match forward(q, &s.upstreams).await {
-            Some(r) => Some(r),
-            None => {
-                let mut m = Message::response(query.metadata.id, query.metadata.op_code);
-                m.metadata.recursion_desired = query.metadata.recursion_desired;
-                m.metadata.recursion_available = true;
-                m.metadata.response_code = ResponseCode::ServFail;
-                m.add_queries(query.queries.clone());
-                m.to_vec().ok()
-            }
-        },
+    match view().answer(&query, asker, gw, shuffle) {
+        Answer::Local(m) => m.to_vec().map_or(Decision::Drop, Decision::Reply),
+        Answer::Forward => Decision::Forward(query),
     }
+}
+
+/// SERVFAIL for a forwarded question no upstream answered.
+pub fn servfail(query: &Message) -> Option<Vec<u8>> {
+    let mut m = Message::response(query.metadata.id, query.metadata.op_code);
+    m.metadata.recursion_desired = query.metadata.recursion_desired;
+    m.metadata.recursion_available = true;
+    m.metadata.response_code = ResponseCode::ServFail;
+    m.add_queries(query.queries.clone());
+    m.to_vec().ok()
 }
 
 /// FORMERR for a query whose header (id) can at least be read.

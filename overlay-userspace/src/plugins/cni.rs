@@ -128,14 +128,23 @@ impl Env {
     }
 }
 
+/// The network configuration on stdin, decoded and checked, and the credential files it names
+/// read.
 fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
+    let conf = decode_conf(stdin)?;
+    conf.store_access().check().map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid store credentials", e))?;
+    Ok(conf)
+}
+
+/// The network configuration on stdin, decoded and checked without reading any file (the
+/// runtime's bytes, the part of [`parse_conf`] a fuzz target can call).
+pub fn decode_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
     let v: Value = serde_json::from_slice(stdin).map_err(|e| CniError::new(code::DECODE, "network configuration is not valid JSON", e))?;
     let conf: NetConf = serde_json::from_value(v).map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid network configuration", e))?;
     if !SUPPORTED.contains(&conf.cni_version.as_str()) {
         return Err(CniError::new(code::INCOMPATIBLE_VERSION, format!("CNI version {} is not supported", conf.cni_version), format!("supported: {}", SUPPORTED.join(", "))));
     }
     crate::source::store::parse_url(&conf.store).map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid \"store\"", e))?;
-    conf.store_access().check().map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid store credentials", e))?;
     Ok(conf)
 }
 
@@ -178,19 +187,30 @@ fn delegate_ipam(env: &Env, conf_bytes: &[u8], ipam: &Value, command: &str) -> R
         .map_err(|e| CniError::new(code::IO, format!("running {}", bin.display()), e))?;
     child.stdin.take().expect("piped").write_all(conf_bytes).map_err(|e| CniError::new(code::IO, "writing to the IPAM plugin", e))?;
     let out = child.wait_with_output().map_err(|e| CniError::new(code::IO, "waiting for the IPAM plugin", e))?;
-    if !out.status.success() {
-        // Pass the delegate's own error on.
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!({}));
+    ipam_output(kind, out.status.success(), &out.stdout, &out.stderr)
+}
+
+/// What a delegated IPAM plugin printed: its result (`None`: nothing, as DEL and CHECK print),
+/// or, when it failed, its own error passed on.
+pub fn ipam_output(kind: &str, success: bool, stdout: &[u8], stderr: &[u8]) -> Result<Option<Value>, CniError> {
+    if !success {
+        let v: Value = serde_json::from_slice(stdout).unwrap_or(json!({}));
         return Err(CniError::new(
-            v.get("code").and_then(Value::as_u64).unwrap_or(code::REFUSED as u64) as u32,
+            v.get("code").and_then(Value::as_u64).and_then(|c| u32::try_from(c).ok()).unwrap_or(code::REFUSED),
             format!("IPAM plugin {kind}: {}", v.get("msg").and_then(Value::as_str).unwrap_or("failed")),
-            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(stderr),
         ));
     }
-    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+    if stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(&out.stdout).map(Some).map_err(|e| CniError::new(code::DECODE, format!("IPAM plugin {kind} returned invalid JSON"), e))
+    serde_json::from_slice(stdout).map(Some).map_err(|e| CniError::new(code::DECODE, format!("IPAM plugin {kind} returned invalid JSON"), e))
+}
+
+/// The address an IPAM result gives the container (its first `ips` entry).
+pub fn ipam_address(result: &Value) -> Result<Ipv4Addr, CniError> {
+    let addr = result["ips"][0]["address"].as_str().ok_or_else(|| CniError::new(code::REFUSED, "the IPAM plugin returned no address", result.to_string()))?;
+    addr.split('/').next().unwrap_or("").parse().map_err(|_| CniError::new(code::REFUSED, format!("the IPAM plugin returned {addr:?}, not an IPv4 address"), ""))
 }
 
 /// Runs one invocation; returns what to print on success.
@@ -230,9 +250,7 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
                 None => None,
                 Some(ipam) => {
                     let r = delegate_ipam(env, stdin, ipam, "ADD")?.ok_or_else(|| CniError::new(code::REFUSED, "the IPAM plugin returned no result", ""))?;
-                    let addr = r["ips"][0]["address"].as_str().ok_or_else(|| CniError::new(code::REFUSED, "the IPAM plugin returned no address", r.to_string()))?;
-                    let ip: Ipv4Addr = addr.split('/').next().unwrap_or("").parse().map_err(|_| CniError::new(code::REFUSED, format!("the IPAM plugin returned {addr:?}, not an IPv4 address"), ""))?;
-                    Some(ip)
+                    Some(ipam_address(&r)?)
                 }
             };
             let spec = EndpointSpec {

@@ -35,7 +35,13 @@ struct Mapping {
 
 /// The store endpoint of a Docker endpoint.
 pub fn endpoint_name(endpoint_id: &str) -> String {
-    format!("dk-{}", &endpoint_id[..endpoint_id.len().min(20)])
+    format!("dk-{}", head(endpoint_id, 20))
+}
+
+/// The first `n` characters of an ID (Docker's are hex; a byte slice would panic inside any
+/// other character).
+fn head(id: &str, n: usize) -> &str {
+    id.char_indices().nth(n).map_or(id, |(i, _)| &id[..i])
 }
 
 pub struct Plugin {
@@ -50,8 +56,10 @@ pub struct Plugin {
 
 type Shared = Arc<Plugin>;
 
-#[derive(Debug)]
-struct DriverError(String);
+/// A refusal, sent to Docker as `{"Err": ...}`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DriverError(pub String);
 
 impl From<StoreError> for DriverError {
     fn from(e: StoreError) -> Self {
@@ -70,14 +78,88 @@ fn generic_option<'a>(req: &'a Value, key: &str) -> Option<&'a str> {
     req.get("Options")?.get("com.docker.network.generic")?.get(key)?.as_str()
 }
 
-impl Plugin {
-    async fn mapping(&self, network_id: &str) -> Result<Mapping, DriverError> {
-        let raw = self.store.get_raw(&mapping_key(network_id)).await?;
-        let raw = raw.ok_or_else(|| DriverError(format!("network {network_id} is not an overlay network of this store (was it created with another plugin?)")))?;
-        serde_json::from_slice(&raw).map_err(|e| DriverError(format!("{}: malformed: {e}", mapping_key(network_id))))
-    }
+/// One call of the protocol as read from Docker's request body: everything the plugin takes from
+/// those bytes, checked before the store is asked anything.
+#[derive(Debug)]
+pub enum Request {
+    Activate,
+    GetCapabilities,
+    CreateNetwork(CreateNetwork),
+    DeleteNetwork { network_id: String },
+    CreateEndpoint(CreateEndpoint),
+    DeleteEndpoint { network_id: String, endpoint: String },
+    EndpointOperInfo,
+    Join { network_id: String, endpoint: String, sandbox: String },
+    Leave { network_id: String, endpoint: String },
+    /// Calls acknowledged with `{}` (discovery, external connectivity, swarm allocation).
+    Acknowledge,
+}
 
-    async fn create_network(&self, req: &Value) -> Reply {
+/// `CreateNetwork`: the IPv4 pool Docker's IPAM chose and the `-o` options.
+#[derive(Debug)]
+pub struct CreateNetwork {
+    pub network_id: String,
+    pub pool: String,
+    pub gateway: Option<Ipv4Addr>,
+    pub vni: Option<u32>,
+    pub mtu: Option<u32>,
+    pub internal: bool,
+    /// The overlay network: `-o network=NAME` (adopted), else `docker-<id prefix>` (created).
+    pub name: String,
+    pub adopt: bool,
+}
+
+/// `CreateEndpoint`: the address Docker's IPAM chose, and the MAC if the user gave one.
+#[derive(Debug)]
+pub struct CreateEndpoint {
+    pub network_id: String,
+    /// The store endpoint ([`endpoint_name`]).
+    pub endpoint: String,
+    pub ip: Option<Ipv4Addr>,
+    /// Empty: Docker takes the MAC from the reply.
+    pub mac: String,
+}
+
+impl Request {
+    /// Reads the body of a call to `method` (libnetwork's path without the slash). A body that
+    /// is not JSON reads as `{}`, as libnetwork sends no body for some calls.
+    pub fn parse(method: &str, body: &[u8]) -> Result<Request, DriverError> {
+        let req: Value = if body.is_empty() { json!({}) } else { serde_json::from_slice(body).unwrap_or(json!({})) };
+        tracing::debug!(method, request = %req, "call");
+        let req = &req;
+        Ok(match method {
+            "Plugin.Activate" => Request::Activate,
+            "NetworkDriver.GetCapabilities" => Request::GetCapabilities,
+            "NetworkDriver.CreateNetwork" => Request::CreateNetwork(CreateNetwork::parse(req)?),
+            "NetworkDriver.DeleteNetwork" => Request::DeleteNetwork { network_id: field(req, "NetworkID")?.to_string() },
+            "NetworkDriver.CreateEndpoint" => Request::CreateEndpoint(CreateEndpoint::parse(req)?),
+            "NetworkDriver.DeleteEndpoint" => {
+                let endpoint = endpoint_name(field(req, "EndpointID")?);
+                Request::DeleteEndpoint { network_id: field(req, "NetworkID")?.to_string(), endpoint }
+            }
+            "NetworkDriver.EndpointOperInfo" => Request::EndpointOperInfo,
+            "NetworkDriver.Join" => Request::Join {
+                endpoint: endpoint_name(field(req, "EndpointID")?),
+                sandbox: field(req, "SandboxKey")?.to_string(),
+                network_id: field(req, "NetworkID")?.to_string(),
+            },
+            "NetworkDriver.Leave" => {
+                let endpoint = endpoint_name(field(req, "EndpointID")?);
+                Request::Leave { network_id: field(req, "NetworkID")?.to_string(), endpoint }
+            }
+            "NetworkDriver.DiscoverNew"
+            | "NetworkDriver.DiscoverDelete"
+            | "NetworkDriver.ProgramExternalConnectivity"
+            | "NetworkDriver.RevokeExternalConnectivity"
+            | "NetworkDriver.AllocateNetwork"
+            | "NetworkDriver.FreeNetwork" => Request::Acknowledge,
+            other => return Err(DriverError(format!("{other} is not implemented by the overlay plugin"))),
+        })
+    }
+}
+
+impl CreateNetwork {
+    fn parse(req: &Value) -> Result<CreateNetwork, DriverError> {
         let id = field(req, "NetworkID")?;
         let v4 = req.get("IPv4Data").and_then(|d| d.get(0)).ok_or_else(|| DriverError("no IPv4 pool: the overlay needs an IPv4 subnet".into()))?;
         let pool = v4.get("Pool").and_then(Value::as_str).ok_or_else(|| DriverError("no IPv4 pool".into()))?;
@@ -96,8 +178,35 @@ impl Plugin {
             || generic_option(req, "internal").is_some_and(|v| v == "true" || v == "1");
         let (name, adopt) = match generic_option(req, "network") {
             Some(n) => (n.to_string(), true),
-            None => (format!("docker-{}", &id[..id.len().min(12)]), false),
+            None => (format!("docker-{}", head(id, 12)), false),
         };
+        Ok(CreateNetwork { network_id: id.to_string(), pool: pool.to_string(), gateway, vni, mtu, internal, name, adopt })
+    }
+}
+
+impl CreateEndpoint {
+    fn parse(req: &Value) -> Result<CreateEndpoint, DriverError> {
+        let network_id = field(req, "NetworkID")?.to_string();
+        let endpoint = endpoint_name(field(req, "EndpointID")?);
+        let iface = req.get("Interface").unwrap_or(&Value::Null);
+        let ip = match iface.get("Address").and_then(Value::as_str).filter(|a| !a.is_empty()) {
+            Some(a) => Some(a.split('/').next().unwrap_or(a).parse::<Ipv4Addr>().map_err(|_| DriverError(format!("address {a:?} is not IPv4")))?),
+            None => None,
+        };
+        let mac = iface.get("MacAddress").and_then(Value::as_str).unwrap_or("").to_string();
+        Ok(CreateEndpoint { network_id, endpoint, ip, mac })
+    }
+}
+
+impl Plugin {
+    async fn mapping(&self, network_id: &str) -> Result<Mapping, DriverError> {
+        let raw = self.store.get_raw(&mapping_key(network_id)).await?;
+        let raw = raw.ok_or_else(|| DriverError(format!("network {network_id} is not an overlay network of this store (was it created with another plugin?)")))?;
+        serde_json::from_slice(&raw).map_err(|e| DriverError(format!("{}: malformed: {e}", mapping_key(network_id))))
+    }
+
+    async fn create_network(&self, req: CreateNetwork) -> Reply {
+        let CreateNetwork { network_id: id, pool, gateway, vni, mtu, internal, name, adopt } = req;
         let owned = match self.store.network(&name).await {
             Ok((existing, _)) if adopt => {
                 if existing.subnet != pool {
@@ -107,7 +216,7 @@ impl Plugin {
             }
             Ok(_) => return Err(DriverError(format!("overlay network {name} already exists"))),
             Err(StoreError::UnknownNetwork(_)) => {
-                let spec = NetworkSpec { name: name.clone(), vni, subnet: Some(pool.to_string()), gateway, mtu, attachable: true, internal };
+                let spec = NetworkSpec { name: name.clone(), vni, subnet: Some(pool.clone()), gateway, mtu, attachable: true, internal };
                 let r = self.store.network_create(&spec).await?;
                 info!(network = %name, vni = r.vni, subnet = %r.subnet, docker_id = id, "created overlay network for Docker");
                 true
@@ -115,12 +224,11 @@ impl Plugin {
             Err(e) => return Err(e.into()),
         };
         let m = serde_json::to_vec(&Mapping { network: name, owned }).expect("serialises");
-        self.store.put_raw(&mapping_key(id), m).await?;
+        self.store.put_raw(&mapping_key(&id), m).await?;
         Ok(json!({}))
     }
 
-    async fn delete_network(&self, req: &Value) -> Reply {
-        let id = field(req, "NetworkID")?;
+    async fn delete_network(&self, id: &str) -> Reply {
         let m = match self.mapping(id).await {
             Ok(m) => m,
             Err(_) => return Ok(json!({})),
@@ -135,18 +243,13 @@ impl Plugin {
         Ok(json!({}))
     }
 
-    async fn create_endpoint(&self, req: &Value) -> Reply {
-        let m = self.mapping(field(req, "NetworkID")?).await?;
-        let name = endpoint_name(field(req, "EndpointID")?);
-        let iface = req.get("Interface").cloned().unwrap_or(Value::Null);
-        let ip = match iface.get("Address").and_then(Value::as_str).filter(|a| !a.is_empty()) {
-            Some(a) => Some(a.split('/').next().unwrap_or(a).parse::<Ipv4Addr>().map_err(|_| DriverError(format!("address {a:?} is not IPv4")))?),
-            None => None,
-        };
+    async fn create_endpoint(&self, req: CreateEndpoint) -> Reply {
+        let m = self.mapping(&req.network_id).await?;
+        let (name, ip) = (req.endpoint, req.ip);
         // The interface is named by Docker (DstPrefix eth: eth0, eth1, ... in the container).
         let spec = EndpointSpec { name: name.clone(), network: m.network.clone(), node: self.node.clone(), netns: None, ip, interface: None, aliases: vec![], service: None };
         let r = self.store.endpoint_add(&spec).await?;
-        let given_mac = iface.get("MacAddress").and_then(Value::as_str).unwrap_or("");
+        let given_mac = req.mac.as_str();
         if !given_mac.is_empty() && !given_mac.eq_ignore_ascii_case(&r.mac) {
             let _ = self.store.endpoint_rm(&m.network, &name).await;
             return Err(DriverError(format!("MAC address {given_mac} is not supported: the overlay derives it from the IP ({})", r.mac)));
@@ -157,10 +260,9 @@ impl Plugin {
         Ok(json!({"Interface": interface}))
     }
 
-    async fn delete_endpoint(&self, req: &Value) -> Reply {
-        let name = endpoint_name(field(req, "EndpointID")?);
-        let Ok(m) = self.mapping(field(req, "NetworkID")?).await else { return Ok(json!({})) };
-        match self.store.endpoint_rm(&m.network, &name).await {
+    async fn delete_endpoint(&self, network_id: &str, name: &str) -> Reply {
+        let Ok(m) = self.mapping(network_id).await else { return Ok(json!({})) };
+        match self.store.endpoint_rm(&m.network, name).await {
             Ok(_) | Err(StoreError::UnknownEndpoint(_)) => Ok(json!({})),
             Err(e) => Err(e.into()),
         }
@@ -182,10 +284,8 @@ impl Plugin {
         Ok(underlay.saturating_sub(OVERLAY_OVERHEAD))
     }
 
-    async fn join(&self, req: &Value) -> Reply {
-        let name = endpoint_name(field(req, "EndpointID")?);
-        let sandbox = field(req, "SandboxKey")?.to_string();
-        let m = self.mapping(field(req, "NetworkID")?).await?;
+    async fn join(&self, network_id: &str, name: String, sandbox: String) -> Reply {
+        let m = self.mapping(network_id).await?;
         let (r, _) = self.store.endpoint(&m.network, &name).await?;
         let (net, _) = self.store.network(&m.network).await?;
         let mtu = self.mtu(&r.network).await?;
@@ -216,10 +316,9 @@ impl Plugin {
         Ok(reply)
     }
 
-    async fn leave(&self, req: &Value) -> Reply {
-        let name = endpoint_name(field(req, "EndpointID")?);
-        let Ok(m) = self.mapping(field(req, "NetworkID")?).await else { return Ok(json!({})) };
-        match self.store.endpoint_set_netns(&m.network, &name, None).await {
+    async fn leave(&self, network_id: &str, name: &str) -> Reply {
+        let Ok(m) = self.mapping(network_id).await else { return Ok(json!({})) };
+        match self.store.endpoint_set_netns(&m.network, name, None).await {
             Ok(_) | Err(StoreError::UnknownEndpoint(_)) => Ok(json!({})),
             Err(e) => Err(e.into()),
         }
@@ -227,25 +326,18 @@ impl Plugin {
 
     /// Handles one call of the protocol by its path.
     pub async fn call(&self, method: &str, body: &[u8]) -> Value {
-        let req: Value = if body.is_empty() { json!({}) } else { serde_json::from_slice(body).unwrap_or(json!({})) };
-        tracing::debug!(method, request = %req, "call");
-        let r = match method {
-            "Plugin.Activate" => Ok(json!({"Implements": ["NetworkDriver"]})),
-            "NetworkDriver.GetCapabilities" => Ok(json!({"Scope": self.scope, "ConnectivityScope": "global"})),
-            "NetworkDriver.CreateNetwork" => self.create_network(&req).await,
-            "NetworkDriver.DeleteNetwork" => self.delete_network(&req).await,
-            "NetworkDriver.CreateEndpoint" => self.create_endpoint(&req).await,
-            "NetworkDriver.DeleteEndpoint" => self.delete_endpoint(&req).await,
-            "NetworkDriver.EndpointOperInfo" => Ok(json!({"Value": {}})),
-            "NetworkDriver.Join" => self.join(&req).await,
-            "NetworkDriver.Leave" => self.leave(&req).await,
-            "NetworkDriver.DiscoverNew"
-            | "NetworkDriver.DiscoverDelete"
-            | "NetworkDriver.ProgramExternalConnectivity"
-            | "NetworkDriver.RevokeExternalConnectivity"
-            | "NetworkDriver.AllocateNetwork"
-            | "NetworkDriver.FreeNetwork" => Ok(json!({})),
-            other => Err(DriverError(format!("{other} is not implemented by the overlay plugin"))),
+        let r = match Request::parse(method, body) {
+            Err(e) => Err(e),
+            Ok(Request::Activate) => Ok(json!({"Implements": ["NetworkDriver"]})),
+            Ok(Request::GetCapabilities) => Ok(json!({"Scope": self.scope, "ConnectivityScope": "global"})),
+            Ok(Request::CreateNetwork(r)) => self.create_network(r).await,
+            Ok(Request::DeleteNetwork { network_id }) => self.delete_network(&network_id).await,
+            Ok(Request::CreateEndpoint(r)) => self.create_endpoint(r).await,
+            Ok(Request::DeleteEndpoint { network_id, endpoint }) => self.delete_endpoint(&network_id, &endpoint).await,
+            Ok(Request::EndpointOperInfo) => Ok(json!({"Value": {}})),
+            Ok(Request::Join { network_id, endpoint, sandbox }) => self.join(&network_id, endpoint, sandbox).await,
+            Ok(Request::Leave { network_id, endpoint }) => self.leave(&network_id, &endpoint).await,
+            Ok(Request::Acknowledge) => Ok(json!({})),
         };
         match r {
             Ok(v) => v,
@@ -284,4 +376,23 @@ pub async fn serve(plugin: Plugin, socket: PathBuf, stop: impl std::future::Futu
     let r = axum::serve(listener, app).with_graceful_shutdown(stop).await;
     let _ = std::fs::remove_file(&socket);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_cut_at_characters_not_bytes() {
+        // Found by the docker_request fuzz target: a 2-byte character across byte 12 panicked.
+        let body = r#"{"NetworkID": "3f2b07a6b\u02dc\u02d6e2f1a0b", "IPv4Data": [{"Pool": "172.18.0.0/16"}]}"#;
+        let Ok(Request::CreateNetwork(r)) = Request::parse("NetworkDriver.CreateNetwork", body.as_bytes()) else {
+            panic!("expected a CreateNetwork request")
+        };
+        assert_eq!(r.name, "docker-3f2b07a6b\u{2dc}\u{2d6}e", "the first 12 characters of the ID");
+        let body = r#"{"NetworkID": "n", "EndpointID": "0123456789abcdef012\u00e9\u00e9", "SandboxKey": "/k"}"#;
+        let Ok(Request::Join { endpoint, .. }) = Request::parse("NetworkDriver.Join", body.as_bytes()) else { panic!("expected a Join request") };
+        assert_eq!(endpoint, "dk-0123456789abcdef012\u{e9}", "the first 20 characters of the ID");
+        assert_eq!(endpoint_name("abc"), "dk-abc", "a short ID whole");
+    }
 }
