@@ -30,10 +30,15 @@ enum Task {
     },
     /// Run each fuzz target (the parsers of outside input, overlay-userspace/fuzz) for a bounded
     /// time, starting from its seeds; fails if one panics, hangs or runs out of memory.
+    /// Then (as root) the programs against the reference model with many random cases.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Random cases of the datapath against its reference model (tests/model.rs), with a
+        /// seed of its own each run; 0 leaves it out. Needs root (BPF_PROG_TEST_RUN).
+        #[arg(long, default_value_t = 1_000_000)]
+        model_cases: u64,
         /// Targets to run [default: all].
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(FUZZ_TARGETS))]
         targets: Vec<String>,
@@ -182,7 +187,9 @@ fn setup() -> anyhow::Result<()> {
 /// Builds the fuzz targets once, then runs each of `targets` for `seconds` from its committed
 /// seeds (overlay-userspace/fuzz/corpus/TARGET, read only) and what earlier runs found
 /// (target/fuzz/corpus/TARGET). Runs them all; fails naming every target that found a problem.
-fn fuzz(targets: &[String], seconds: u64) -> anyhow::Result<()> {
+/// `dev`: an unoptimised build (the smoke run: building is most of its time, and a few seconds
+/// of inputs need no speed).
+fn fuzz(targets: &[String], seconds: u64, dev: bool) -> anyhow::Result<()> {
     let crate_dir = root().join("overlay-userspace");
     let target_dir = root().join("target").join("fuzz");
     // No sanitizer: the parsers are safe Rust, and ASan would double the build and slow every
@@ -191,7 +198,9 @@ fn fuzz(targets: &[String], seconds: u64) -> anyhow::Result<()> {
     let cargo_fuzz = |sub: &str| {
         let mut c = Command::new("cargo");
         c.current_dir(&crate_dir)
-            .args(["+nightly", "fuzz", sub, "--sanitizer", "none", "--debug-assertions", "--target-dir"])
+            .args(["+nightly", "fuzz", sub, "--sanitizer", "none", "--debug-assertions"])
+            .args(if dev { &["--dev"][..] } else { &[] })
+            .arg("--target-dir")
             .arg(&target_dir)
             .env("AYA_BUILD_SKIP", "1");
         c
@@ -239,7 +248,7 @@ fn main() -> anyhow::Result<()> {
                 .args(&args));
             // The fuzz smoke run, even after a failed test: its result is worth having too.
             let smoke = if args.is_empty() {
-                fuzz(&FUZZ_TARGETS.iter().map(|t| t.to_string()).collect::<Vec<_>>(), FUZZ_SMOKE_SECONDS)
+                fuzz(&FUZZ_TARGETS.iter().map(|t| t.to_string()).collect::<Vec<_>>(), FUZZ_SMOKE_SECONDS, true)
             } else {
                 Ok(())
             };
@@ -248,10 +257,29 @@ fn main() -> anyhow::Result<()> {
                 (t, s) => t.and(s),
             }
         }
-        Task::Fuzz { seconds, targets } => {
+        Task::Fuzz { seconds, model_cases, targets } => {
             setup()?;
             let targets = if targets.is_empty() { FUZZ_TARGETS.iter().map(|t| t.to_string()).collect() } else { targets };
-            fuzz(&targets, seconds)
+            let parsers = fuzz(&targets, seconds, false);
+            let model = if model_cases == 0 {
+                Ok(())
+            } else if !is_root {
+                eprintln!("the datapath against its reference model left out: it loads eBPF programs, run as root");
+                Ok(())
+            } else {
+                // A new seed each run, printed by the test: a longer run explores new cases.
+                let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+                println!("the datapath against its reference model: {model_cases} cases, seed {seed}");
+                run(Command::new("cargo")
+                    .current_dir(root())
+                    .args(["test", "-p", "overlay-userspace", "--test", "model", "--", "--nocapture"])
+                    .env("OVERLAY_MODEL_CASES", model_cases.to_string())
+                    .env("OVERLAY_MODEL_SEED", seed.to_string()))
+            };
+            match (parsers, model) {
+                (Err(p), Err(m)) => bail!("{p:#}; and the model: {m:#}"),
+                (p, m) => p.and(m),
+            }
         }
         Task::Demo => {
             setup()?;
