@@ -512,6 +512,18 @@ mod incremental {
 
     /// Random endpoint adds and removes, each applied the agent's way (the mirror's step on the
     /// published cluster, planned by the agent's one planner that reuses unchanged networks),
+    /// A small xorshift from `seed`, the same sequence every run: each call gives a number
+    /// below its argument.
+    fn below(seed: u64) -> impl FnMut(usize) -> usize {
+        let mut x = seed;
+        move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        }
+    }
+
     /// always plan exactly what a full rebuild planned from scratch does.
     #[test]
     fn incremental_plans_equal_full_rebuilds() {
@@ -520,14 +532,7 @@ mod incremental {
         let mut published = Arc::new(m.cluster(&me).0);
         let mut planner = Planner::default();
         planner.plan(&published, &me.name).expect("plans");
-        // A small xorshift: the same sequence every run.
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n as u64) as usize
-        };
+        let mut next = below(0x9e37_79b9_7f4a_7c15);
         let mut rev = m.revision;
         let mut kinds = [0usize; 4];
         for round in 0..400 {
@@ -571,13 +576,7 @@ mod incremental {
         let (tx, _rx) = watch::channel(Some(Arc::new(c)));
         let mut planner = Planner::default();
         planner.plan(tx.borrow().as_ref().expect("published"), &me.name).expect("plans");
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n as u64) as usize
-        };
+        let mut next = below(0x2545_f491_4f6c_dd1d);
         let mut rev = m.revision;
         let mut kinds = [0usize; 4];
         let mut reused = 0;
