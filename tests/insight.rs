@@ -264,6 +264,16 @@ fn monitor_shows_a_spoofed_drop_with_its_reason_within_a_second() {
         .expect("monitor");
     assert!(!rate.status.success());
     assert!(text(&rate).contains("--network no-such-net: give its VNI, or pass --store or --cluster"), "{}", text(&rate));
+    // Without --node: the only node pinned, or a clear refusal when there are several.
+    let o = Command::new(OVERLAY_BIN)
+        .args(["monitor", "--count", "1"])
+        .env("OVERLAY_PIN_ROOT", &pin_root)
+        .env_remove("OVERLAY_NODE")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("monitor");
+    assert!(!o.status.success());
+    assert!(text(&o).contains("several nodes are pinned on this machine (node1, node2): pass --node"), "{}", text(&o));
 
     // --type all shows sampled forwards too (every one with --sample 1).
     let (child, lines, _) = monitor(&pin_root, &["--type", "all", "--sample", "1", "--count", "3"]);

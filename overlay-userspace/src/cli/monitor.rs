@@ -11,9 +11,12 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 
-use super::{NodeArgs, state::StateArgs};
+use super::state::StateArgs;
 use crate::{
-    dataplane::events::{Ask, Events},
+    dataplane::{
+        self,
+        events::{Ask, Events},
+    },
     insight::monitor::{self, Filter},
 };
 
@@ -28,8 +31,12 @@ pub enum EventType {
 
 #[derive(Args, Debug)]
 pub struct MonitorArgs {
-    #[command(flatten)]
-    pub node: NodeArgs,
+    /// The node whose datapath to watch [default: the only node pinned on this machine].
+    #[arg(long, env = "OVERLAY_NODE")]
+    pub node: Option<String>,
+    /// Directory holding one pin directory per node [default: <bpffs>/overlay].
+    #[arg(long, env = "OVERLAY_PIN_ROOT")]
+    pub pin_root: Option<std::path::PathBuf>,
     /// What to show.
     #[arg(long = "type", value_enum, default_value = "drop")]
     pub kind: EventType,
@@ -73,7 +80,16 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
     };
     let vni = network.as_ref().map(|(v, _)| *v);
     let name = network.and_then(|(_, n)| n);
-    let mut events = Events::open(&args.node.pin_dir()?).context("opening the node's event ring")?;
+    let node = match &args.node {
+        Some(n) => n.clone(),
+        None => match dataplane::pinned_nodes(args.pin_root.as_deref())?.as_slice() {
+            [one] => one.clone(),
+            [] => bail!("no node's datapath is pinned on this machine (has an agent run here?); pass --node"),
+            many => bail!("several nodes are pinned on this machine ({}): pass --node", many.join(", ")),
+        },
+    };
+    let dir = dataplane::node_pin_dir(args.pin_root.as_deref(), &node)?;
+    let mut events = Events::open(&dir).with_context(|| format!("opening the event ring of node {node}"))?;
     let ask = Ask { drops: true, forwards: args.kind == EventType::All, sample_every: args.sample, max_per_sec: args.rate };
     let filter = Filter { all: args.kind == EventType::All, vni };
     let stop = Arc::new(AtomicBool::new(false));

@@ -368,6 +368,27 @@ pub fn node_pin_dir(root: Option<&Path>, node: &str) -> Result<PathBuf> {
     Ok(root.join(node))
 }
 
+/// The nodes whose datapath is pinned under `root` (default: `<bpffs>/overlay`): the
+/// directories that hold a layout record, sorted.
+pub fn pinned_nodes(root: Option<&Path>) -> Result<Vec<String>> {
+    let root = match root {
+        Some(r) => r.to_path_buf(),
+        None => host_bpffs()?.join(PIN_SUBDIR),
+    };
+    let entries = match fs::read_dir(&root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("reading pin root", &root)(e)),
+    };
+    let mut nodes: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(MAP_LAYOUT).exists())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    nodes.sort();
+    Ok(nodes)
+}
+
 /// What a pin directory holds, as far as adopting it goes.
 #[derive(Debug, PartialEq, Eq)]
 enum PinState {
