@@ -277,7 +277,7 @@ pub fn prog_cost_table(pc: &progcost::ProgCosts) -> String {
     for c in [&pc.floor, &pc.encap, &pc.decap, &pc.monitor_idle] {
         let _ = writeln!(
             out,
-            "  {:<16} {:>7.1} ns ({:.1}-{:.1})  {:>5.2}x floor   {}",
+            "  {:<20} {:>7.1} ns ({:.1}-{:.1})  {:>5.2}x floor   {}",
             c.program, c.ns_per_packet, c.min_ns, c.max_ns, c.vs_floor, c.path
         );
     }
