@@ -250,7 +250,7 @@ fn monitor_shows_a_spoofed_drop_with_its_reason_within_a_second() {
     assert!(took < Duration::from_secs(1), "the event came {took:?} after the packet");
     // The event's own time is the program's decision: after the packet was sent, within the wait.
     let shown = ev["time"].as_str().expect("time").to_string();
-    let sent_text = overlay::cli::state::rfc3339(sent_wall.duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs());
+    let sent_text = overlay::timefmt::rfc3339(sent_wall.duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs());
     assert!(shown.ends_with('Z') && shown.contains('.'), "RFC 3339 with a fraction: {shown}");
     assert!(shown[..19] >= sent_text[..19], "event time {shown} not before the packet was sent ({sent_text})");
 

@@ -10,6 +10,7 @@
 //! - [`dataplane`]: the only owner of the loaded programs, maps and pins.
 //! - [`host`]: the node's kernel outside BPF: netlink links/addresses/routes, namespaces.
 //! - [`insight`]: watching a node: Prometheus metrics, the live stream of datapath events.
+//! - [`timefmt`]: timestamps as people read them (RFC 3339, UTC).
 //! - [`lab`]: simulated clusters, frames and benchmarks (demo, tests, `overlay bench`).
 pub mod cli;
 pub mod control;
@@ -21,3 +22,4 @@ pub mod lab;
 pub mod model;
 pub mod plugins;
 pub mod source;
+pub mod timefmt;

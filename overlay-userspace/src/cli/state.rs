@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+pub use crate::timefmt::rfc3339;
 use crate::{
     model,
     source::store::{self, AliveRecord, EndpointRecord, NetworkRecord, NodeRecord, Store},
@@ -203,35 +204,7 @@ where
     Ok(())
 }
 
-/// `2026-11-22T10:00:00Z` from seconds since the epoch (UTC, no time-zone database needed).
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 /// Parses an IPv4 flag value with the flag's name in the error.
 pub fn parse_ip(flag: &str, v: &str) -> anyhow::Result<std::net::Ipv4Addr> {
     v.parse().with_context(|| format!("--{flag} {v:?} is not an IPv4 address"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(super::rfc3339(1_795_305_600 + 3661), "2026-11-22T01:01:01Z");
-    }
 }

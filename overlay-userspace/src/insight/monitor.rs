@@ -7,7 +7,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use overlay_common::{Direction, MONITOR_CAPTURE, MonitorEvent, Reason};
@@ -113,13 +113,6 @@ fn headers(b: &[u8]) -> Headers {
     h
 }
 
-/// The RFC 3339 form of a wall-clock time, with microseconds.
-fn rfc3339_micros(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = crate::cli::state::rfc3339(d.as_secs());
-    format!("{}.{:06}Z", secs.trim_end_matches('Z'), d.subsec_micros())
-}
-
 /// Reads one event. `vxlan_port`: the node's, to recognise VXLAN on the underlay;
 /// `endpoint_vni`: the VNI of the endpoint behind the event's interface, if it is one.
 pub fn decode(ev: &MonitorEvent, vxlan_port: u16, endpoint_vni: Option<u32>, now_wall: SystemTime, now_mono_ns: u64) -> Line {
@@ -144,7 +137,7 @@ pub fn decode(ev: &MonitorEvent, vxlan_port: u16, endpoint_vni: Option<u32>, now
     let vni = if ev.vni != 0 { Some(ev.vni) } else { vni.or(endpoint_vni) };
     let age = Duration::from_nanos(now_mono_ns.saturating_sub(ev.ts_ns));
     Line {
-        time: rfc3339_micros(now_wall.checked_sub(age).unwrap_or(now_wall)),
+        time: crate::timefmt::rfc3339_micros(now_wall.checked_sub(age).unwrap_or(now_wall)),
         hook: hook.map_or("?", |d| d.name()),
         verdict: if reason.is_some_and(|r| r.is_drop()) { "drop" } else { "forward" },
         reason: reason.map_or_else(|| format!("reason {}", ev.reason), |r| r.name().to_string()),
@@ -258,6 +251,8 @@ pub fn follow(
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use crate::lab::frames;
 

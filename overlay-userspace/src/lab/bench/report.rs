@@ -224,6 +224,26 @@ where
     Ok(())
 }
 
+/// The program costs under `BPF_PROG_TEST_RUN` (also printed alone by `overlay bench --prog-cost`).
+pub fn prog_cost_table(pc: &progcost::ProgCosts) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "BPF_PROG_TEST_RUN, ns per packet (median of 10 batches, {} packets per program):", pc.packets_per_program);
+    for c in [&pc.floor, &pc.encap, &pc.decap, &pc.monitor_idle] {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>7.1} ns ({:.1}-{:.1})  {:>5.2}x floor   {}",
+            c.program, c.ns_per_packet, c.min_ns, c.max_ns, c.vs_floor, c.path
+        );
+    }
+    let _ = writeln!(out, "  (the floor alone with repeat=1000000 in one call: {:.0} ns)", pc.floor_repeat_ns);
+    let _ = writeln!(
+        out,
+        "  the drop monitor's hook with nobody listening: {:+.1} ns per packet over the floor",
+        pc.monitor_idle.ns_per_packet - pc.floor.ns_per_packet
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -268,24 +288,4 @@ mod tests {
         assert!(t.contains("failed"), "metrics without samples are marked in the table");
         assert!(t.contains("[ -- ]"), "targets without data are not reported as met or missed");
     }
-}
-
-/// The program costs under `BPF_PROG_TEST_RUN` (also printed alone by `overlay bench --prog-cost`).
-pub fn prog_cost_table(pc: &progcost::ProgCosts) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "BPF_PROG_TEST_RUN, ns per packet (median of 10 batches, {} packets per program):", pc.packets_per_program);
-    for c in [&pc.floor, &pc.encap, &pc.decap, &pc.monitor_idle] {
-        let _ = writeln!(
-            out,
-            "  {:<20} {:>7.1} ns ({:.1}-{:.1})  {:>5.2}x floor   {}",
-            c.program, c.ns_per_packet, c.min_ns, c.max_ns, c.vs_floor, c.path
-        );
-    }
-    let _ = writeln!(out, "  (the floor alone with repeat=1000000 in one call: {:.0} ns)", pc.floor_repeat_ns);
-    let _ = writeln!(
-        out,
-        "  the drop monitor's hook with nobody listening: {:+.1} ns per packet over the floor",
-        pc.monitor_idle.ns_per_packet - pc.floor.ns_per_packet
-    );
-    out
 }

@@ -512,6 +512,16 @@ mod incremental {
 
     /// Random endpoint adds and removes, each applied the agent's way (the mirror's step on the
     /// published cluster, planned by the agent's one planner that reuses unchanged networks),
+    /// Which of the four kinds of step this is (an index for counting them).
+    fn kind(step: &Step) -> usize {
+        match step {
+            Step::Nothing => 0,
+            Step::Add(_) => 1,
+            Step::Remove { .. } => 2,
+            Step::Rebuild => 3,
+        }
+    }
+
     /// A small xorshift from `seed`, the same sequence every run: each call gives a number
     /// below its argument.
     fn below(seed: u64) -> impl FnMut(usize) -> usize {
@@ -541,12 +551,7 @@ mod incremental {
             let (key, value) = endpoint(net, host, &node, next(2) == 0);
             let put = next(3) != 0;
             let (step, _) = m.event(&key, put.then_some(value.as_slice()), rev);
-            kinds[match &step {
-                Step::Nothing => 0,
-                Step::Add(_) => 1,
-                Step::Remove { .. } => 2,
-                Step::Rebuild => 3,
-            }] += 1;
+            kinds[kind(&step)] += 1;
             // A reader holds the last cluster, as the reconcile loop and the resolver do.
             let held = published.clone();
             match step {
@@ -620,12 +625,7 @@ mod incremental {
                 }
             };
             let (step, _) = m.event(&key, value.as_deref(), rev);
-            kinds[match &step {
-                Step::Nothing => 0,
-                Step::Add(_) => 1,
-                Step::Remove { .. } => 2,
-                Step::Rebuild => 3,
-            }] += 1;
+            kinds[kind(&step)] += 1;
             match step {
                 Step::Rebuild => assert!(publish(&mut m, &me, &tx), "published"),
                 Step::Nothing => {}
