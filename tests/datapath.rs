@@ -10,7 +10,7 @@ use overlay::{
     dataplane::{PROG_EGRESS, PROG_INGRESS, PROG_PASS, PROG_XDP},
     control::desired,
 };
-use overlay_common::{Direction, Reason};
+use overlay_common::{Direction, NODE_F_MESH_DIRECT, Reason};
 use support::*;
 
 use overlay_common::wire::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT};
@@ -888,7 +888,13 @@ fn tcp_frame(dmac: [u8; 6], smac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: 
 
 /// A VXLAN frame of the routing mesh: `mark` in the header's reserved byte.
 fn mesh_frame(from: Ipv4Addr, mark: u8, inner: &[u8]) -> Vec<u8> {
+    mesh_frame_port(from, mark, 0, inner)
+}
+
+/// A mesh frame that also carries the published port (a `MESH_IN` frame from a current node).
+fn mesh_frame_port(from: Ipv4Addr, mark: u8, port: u16, inner: &[u8]) -> Vec<u8> {
     let mut f = vxlan_frame(from, VTEP2, 4789, 0x08, 4097, inner);
+    f[14 + 20 + 8 + 2..14 + 20 + 8 + 4].copy_from_slice(&port.to_be_bytes());
     f[14 + 20 + 8 + 7] = mark;
     f
 }
@@ -917,7 +923,7 @@ fn a_published_port_forwards_with_the_clients_address_and_replies_leave_from_the
     assert_eq!(out[26..30], VTEP2.octets(), "outer source: this node");
     assert_eq!(out[30..34], VTEP1.octets(), "outer destination: the tasks' node");
     assert_eq!(u16::from_be_bytes([out[36], out[37]]), 4789, "VXLAN");
-    assert_eq!(out[42..50], [0x08, 0, 0, 0, 0, 0x10, 0x01, 1], "I flag, VNI 4097, marked MESH_IN");
+    assert_eq!(out[42..50], [0x08, 0, 0x75, 0x80, 0, 0x10, 0x01, 1], "I flag, published port 30080, VNI 4097, marked MESH_IN");
     let inner = &out[50..];
     let task = Ipv4Addr::new(inner[30], inner[31], inner[32], inner[33]);
     assert!(tasks.contains(&task), "sent to {task}, not a task");
@@ -974,6 +980,31 @@ fn a_published_port_forwards_with_the_clients_address_and_replies_leave_from_the
     let (v, out) = run(&mut t, PROG_EGRESS, &tcp_frame(GW_MAC, WEB2, IP2, CLIENT, 8080, 40555, 0x12));
     assert_eq!(v, TC_ACT_OK, "handed to the node's stack");
     assert_eq!(out.len(), answer.len(), "not encapsulated");
+
+    // Direct return (`--mesh-return direct`): the task's reply leaves from this node by the
+    // underlay with the receiving node's address and the published port its request carried.
+    state.config.flags |= NODE_F_MESH_DIRECT;
+    t.dp.apply(&state).expect("apply");
+    let direct_in = tcp_frame(WEB2, GW_MAC, CLIENT, IP2, 40002, 8080, 0x02);
+    let (v, _) = run(&mut t, PROG_INGRESS, &mesh_frame_port(VTEP1, 1, 30080, &direct_in));
+    assert_eq!(v, TC_ACT_REDIRECT, "delivered into the task");
+    let (v, out) = run(&mut t, PROG_EGRESS, &tcp_frame(GW_MAC, WEB2, IP2, CLIENT, 8080, 40002, 0x12));
+    assert_eq!(v, TC_ACT_REDIRECT, "the reply leaves by the underlay");
+    let mut want = tcp_frame(GW_MAC, WEB2, VTEP1, CLIENT, 30080, 40002, 0x12);
+    want[0..12].copy_from_slice(&out[0..12]);
+    assert_eq!(out, want, "not encapsulated: from the receiving node's address and published port");
+    // A request that did not carry its port (from a node of an older version): back through it.
+    let (v, out) = run(&mut t, PROG_EGRESS, &answer);
+    assert_eq!(v, TC_ACT_REDIRECT, "the task's reply is encapsulated");
+    assert_eq!((out[30..34].to_vec(), out[49]), (VTEP1.octets().to_vec(), 2), "back to node1, marked MESH_OUT");
+    // A client that is the receiving node itself: back through it too (its own address as
+    // source would be a martian there).
+    let from_node1 = tcp_frame(WEB2, GW_MAC, VTEP1, IP2, 40003, 8080, 0x02);
+    let (v, _) = run(&mut t, PROG_INGRESS, &mesh_frame_port(VTEP1, 1, 30080, &from_node1));
+    assert_eq!(v, TC_ACT_REDIRECT, "delivered into the task");
+    let (v, out) = run(&mut t, PROG_EGRESS, &tcp_frame(GW_MAC, WEB2, IP2, VTEP1, 8080, 40003, 0x12));
+    assert_eq!(v, TC_ACT_REDIRECT, "the task's reply is encapsulated");
+    assert_eq!((out[30..34].to_vec(), out[49]), (VTEP1.octets().to_vec(), 2), "back to node1, marked MESH_OUT");
 }
 
 /// A UDP datagram from web2 (port `sport`) to the VIP's port 53, checksum 0 (none).

@@ -414,3 +414,83 @@ fn published_ports_answer_on_every_node_with_the_clients_address() {
         s.join().expect("server");
     }
 }
+
+/// Forwards counted as `reason` by `hook` on `node`'s datapath.
+fn forwarded(sim: &Sim, node: &str, reason: overlay_common::Reason, hook: overlay_common::Direction) -> u64 {
+    let stats = overlay::dataplane::Dataplane::open_pinned(&sim.pin_dir(node)).and_then(|d| d.stats()).expect("stats");
+    stats.get(reason, hook).packets
+}
+
+/// `--mesh-return direct` (direct server return): a task's replies to an outside client that
+/// came through node 4 (no task) leave from the task's node with node 4's address and the
+/// published port as source, straight to the client: node 4 carries the requests only. The
+/// client sees answers from the address it asked, the task sees the client's address, and the
+/// node's own connections to its published port still get their replies back through it.
+#[test]
+fn with_direct_return_replies_leave_from_the_tasks_node_with_the_published_address() {
+    require_root();
+    let mut sim = Sim::new("md", Path::new(OVERLAY_BIN)).expect("simulation");
+    sim.build_underlay(4).expect("underlay");
+    let outside = sim.add_outside(4, 1500).expect("outside");
+    for (t, _, _) in TASKS {
+        sim.add_ns(t).expect("ns");
+    }
+    let all: Vec<&str> = TASKS.iter().map(|t| t.0).collect();
+    let file = sim.write_file("cluster.yaml", &mesh_yaml(&sim, &all)).expect("file");
+    for i in 1..=4 {
+        let h = sim.host_ns(i);
+        sim.spawn_agent_extra(&format!("node{i}"), &h, &file, &["--mesh-return", "direct"]).expect("agent");
+    }
+    let wired = wait_for(Duration::from_secs(20), || TASKS.iter().all(|(t, _, ip)| sim.has_address(&sim.ns_name(t), *ip)));
+    assert!(wired, "wired:\n{}", sim.agent_logs(4));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut servers: Vec<_> = TASKS.iter().map(|(t, _, _)| serve(&sim.ns_name(t), t, stop.clone())).collect();
+    servers.extend(TASKS.iter().map(|(t, _, _)| serve_udp(&sim.ns_name(t), t, stop.clone())));
+    let outside_addr = overlay::lab::sim::OUTSIDE_HOST.to_string();
+    let node4 = host_vtep(4);
+
+    // TCP and UDP through node 4: answered from node 4's address and published port.
+    let tcp = in_netns(&outside, move || {
+        (0..50)
+            .map(|_| {
+                let (mut s, name, saw) = hello((node4, PUBLISHED_TCP).into())?;
+                let ok = echo(&mut s, "more-data");
+                Ok::<_, std::io::Error>((name, saw, ok, s.peer_addr()?))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .join()
+    .expect("client")
+    .unwrap_or_else(|e| panic!("{node4}:{PUBLISHED_TCP}/tcp answers: {e}\n{}", sim.agent_logs(4)));
+    for (name, saw, ok, peer) in &tcp {
+        assert!(all.contains(&name.as_str()) && *saw == outside_addr && *ok, "task {name} saw {saw}, echo {ok}");
+        assert_eq!(*peer, SocketAddr::from((node4, PUBLISHED_TCP)), "connected to the published address");
+    }
+    assert!(tcp.iter().map(|t| &t.0).collect::<std::collections::BTreeSet<_>>().len() > 1, "spread over the tasks: {tcp:?}");
+    let (name, saw, from) = in_netns(&outside, move || ask_udp((node4, PUBLISHED_UDP).into(), 0)).join().expect("client").unwrap_or_else(|e| {
+        panic!("{node4}:{PUBLISHED_UDP}/udp answers: {e}\n{}", sim.agent_logs(4))
+    });
+    assert!(all.contains(&name.as_str()) && saw == outside_addr, "udp: task {name} saw {saw}");
+    assert_eq!(from, SocketAddr::from((node4, PUBLISHED_UDP)), "the answer comes from the published address");
+
+    // Node 4 forwarded the requests and sent none of the replies: the tasks' nodes did.
+    let in4 = forwarded(&sim, "node4", overlay_common::Reason::FwdMeshIn, overlay_common::Direction::Ingress);
+    let out4 = forwarded(&sim, "node4", overlay_common::Reason::FwdMeshOut, overlay_common::Direction::Ingress);
+    let direct: u64 = (1..=3).map(|i| forwarded(&sim, &format!("node{i}"), overlay_common::Reason::FwdMeshOut, overlay_common::Direction::Egress)).sum();
+    assert!(in4 >= 150, "node 4 forwarded the requests ({in4})");
+    assert_eq!(out4, 0, "no reply went back through node 4");
+    assert!(direct >= 150, "the tasks' nodes sent the replies out themselves ({direct})");
+
+    // The node itself on its own address: its replies come back through it (they would carry
+    // its own address as source otherwise).
+    let (_, name, saw) = in_netns(&sim.host_ns(4), move || hello((node4, PUBLISHED_TCP).into())).join().expect("client").unwrap_or_else(|e| {
+        panic!("node4 reaches its own published port: {e}\n{}", sim.agent_logs(4))
+    });
+    assert!(all.contains(&name.as_str()) && saw == node4.to_string(), "node4: task {name} saw {saw}");
+    assert!(forwarded(&sim, "node4", overlay_common::Reason::FwdMeshOut, overlay_common::Direction::Ingress) > 0, "node 4's own connection returned through it");
+
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        s.join().expect("server");
+    }
+}

@@ -19,8 +19,10 @@ pub use reason::{Direction, Reason};
 /// History: 1, the maps of `overlay-ebpf/src/maps.rs` when the record was introduced; 2, the
 /// XDP mode (`STATS` grew a third direction, [`Direction::Xdp`], and the devmap `XDP_TARGETS`)
 /// and FDB, NEIGH and NAMES grown from 65,536 to 262,144 entries (100,000 endpoints and their
-/// names), in one step; 3, the monitor's maps (`EVENTS`, `MONITOR`, `MONITOR_RATE`).
-pub const PIN_LAYOUT: u32 = 3;
+/// names), in one step; 3, the monitor's maps (`EVENTS`, `MONITOR`, `MONITOR_RATE`); 4, the
+/// value of `MESH_RETURN` from a node address alone to a [`RevEntry`] (node address and the
+/// published port, for replies sent straight back: [`NODE_F_MESH_DIRECT`]).
+pub const PIN_LAYOUT: u32 = 4;
 
 /// Value of the layout record `LAYOUT` (array[1]) that the agent pins beside the maps. Its own
 /// shape never changes (it is how every version tells the others apart): `layout` is
@@ -235,8 +237,13 @@ pub struct PublishedEntry {
 /// mesh. `MESH_IN`: a client's frame for a task, with the client's own (outside) address;
 /// `MESH_OUT`: a task's reply to such a client, back to the node that received the request.
 /// Only accepted from member VTEPs; other VXLAN peers never set it (RFC 7348: reserved, zero).
+/// A `MESH_IN` frame also carries the published port the client asked (network order) in the
+/// header's 2nd and 3rd reserved bytes ([`VXLAN_MESH_PORT_OFF`]): the task's node needs it to
+/// send replies straight back ([`NODE_F_MESH_DIRECT`]); 0 from a node that does not say it.
 pub const VXLAN_MESH_IN: u8 = 1;
 pub const VXLAN_MESH_OUT: u8 = 2;
+/// Offset in the VXLAN header of a `MESH_IN` frame's published port (2 bytes, network order).
+pub const VXLAN_MESH_PORT_OFF: usize = 2;
 
 /// Key of the per-task service counters: one task of one VIP port.
 #[repr(C)]
@@ -348,6 +355,11 @@ pub const NODE_F_SERVICES: u16 = 1;
 /// this node's address is checked against the published-port table, and replies of tasks to
 /// addresses outside the overlay against the mesh's return table.
 pub const NODE_F_MESH: u16 = 2;
+/// `NodeConfig::flags`: the node's underlay lets it send packets with another node's address
+/// as source (`overlay agent --mesh-return direct`): its tasks' replies to mesh clients that
+/// came through another node leave from here, with that node's address and published port as
+/// source, instead of going back through it (direct server return).
+pub const NODE_F_MESH_DIRECT: u16 = 4;
 
 /// One counter: packets and bytes. Per-CPU in the maps; the agent sums over CPUs.
 #[repr(C)]

@@ -212,8 +212,8 @@ pub fn act(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, action: Action) -> 
             service::reverse(ctx, ep.vni)?;
             peer(ep, ifindex, len)
         }
-        Action::Encap { vtep } => encap(ctx, ep.vni, vtep, len, 0, Reason::FwdEncap),
-        Action::MeshReturn { vtep } => encap(ctx, ep.vni, vtep, len, VXLAN_MESH_OUT, Reason::FwdMeshOut),
+        Action::Encap { vtep } => encap(ctx, ep.vni, vtep, len, (0, 0), Reason::FwdEncap),
+        Action::MeshReturn { vtep } => encap(ctx, ep.vni, vtep, len, (VXLAN_MESH_OUT, 0), Reason::FwdMeshOut),
         Action::MeshOut { rev } => {
             let cfg = *CONFIG.get(0).ok_or(Reason::NoConfig)?;
             let action = mesh::send_out(ctx, &cfg, &rev)?;
@@ -233,7 +233,7 @@ pub fn act(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, action: Action) -> 
             service::count(&stats, new, len);
             match next {
                 Next::Peer { ifindex } => peer(ep, ifindex, len),
-                Next::Encap { vtep } => encap(ctx, ep.vni, vtep, len, 0, Reason::FwdEncap),
+                Next::Encap { vtep } => encap(ctx, ep.vni, vtep, len, (0, 0), Reason::FwdEncap),
             }
         }
         Action::DnsReply { question, entry, gw_mac } => {
@@ -272,11 +272,12 @@ fn peer(ep: &EndpointInfo, ifindex: u32, len: u32) -> Result<Verdict, Reason> {
     Ok(Verdict { action, reason: Reason::FwdLocal, vni: ep.vni, inner_len: len })
 }
 
-/// Encapsulates the frame of network `vni` to the remote VTEP `vtep` (`mark`: the VXLAN
-/// header's reserved byte, see [`overlay_common::VXLAN_MESH_IN`]) and sends it out of the underlay; counted as
-/// `reason`.
+/// Encapsulates the frame of network `vni` to the remote VTEP `vtep` and sends it out of the
+/// underlay; counted as `reason`. `mark`: the VXLAN header's low reserved byte and the published
+/// port for its 2nd and 3rd (network order), see [`overlay_common::VXLAN_MESH_IN`]; `(0, 0)`
+/// for plain overlay traffic.
 #[inline(always)]
-pub fn encap(ctx: &TcContext, vni: u32, vtep: u32, len: u32, mark: u8, reason: Reason) -> Result<Verdict, Reason> {
+pub fn encap(ctx: &TcContext, vni: u32, vtep: u32, len: u32, mark: (u8, u16), reason: Reason) -> Result<Verdict, Reason> {
     let cfg = *CONFIG.get(0).ok_or(Reason::NoConfig)?;
     if cfg.vtep == 0 {
         return Err(Reason::NoConfig);
@@ -352,7 +353,7 @@ fn outer_ip_checksum(total_len: u16, src: u32, dst: u32) -> u16 {
 /// Wraps the frame in outer Ethernet/IPv4/UDP/VXLAN, writing the headers straight into the
 /// packet. The outer MACs are left zero for `bpf_redirect_neigh` to fill.
 #[inline(always)]
-fn encapsulate(ctx: &TcContext, cfg: &NodeConfig, vni: u32, vtep: u32, len: u32, hash: u32, mark: u8) -> Result<(), Reason> {
+fn encapsulate(ctx: &TcContext, cfg: &NodeConfig, vni: u32, vtep: u32, len: u32, hash: u32, mark: (u8, u16)) -> Result<(), Reason> {
     let sport = cfg.src_port_min.wrapping_add(((hash as u64 * cfg.src_port_range as u64) >> 32) as u16);
     ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
         .map_err(|_| Reason::AdjustFailed)?;
@@ -385,9 +386,11 @@ fn encapsulate(ctx: &TcContext, cfg: &NodeConfig, vni: u32, vtep: u32, len: u32,
         put::be16(p, UDP + 2, cfg.vxlan_port);
         put::be16(p, UDP + 4, ip_total - IPV4_HLEN as u16);
         put::be16(p, UDP + 6, 0);
-        // VXLAN: I flag, the VNI, and our mark for the routing mesh in the reserved byte.
-        put::raw32(p, VX, (VXLAN_FLAG_I as u32).to_le());
-        put::raw32(p, VX + 4, (vxlan_vni_field(vni) | mark as u32).to_be());
+        // VXLAN: I flag, the VNI, and for the routing mesh our mark in the low reserved byte
+        // and the published port in the 2nd and 3rd (VXLAN_MESH_PORT_OFF).
+        let port = mark.1.to_ne_bytes();
+        put::raw32(p, VX, u32::from_ne_bytes([VXLAN_FLAG_I, 0, port[0], port[1]]));
+        put::raw32(p, VX + 4, (vxlan_vni_field(vni) | mark.0 as u32).to_be());
     }
     Ok(())
 }

@@ -164,6 +164,6 @@ fn mesh_in(ctx: &TcContext, m: &Inbound) -> Result<Verdict, Reason> {
             }
             Ok(Verdict { action, reason: Reason::FwdMeshIn, vni: m.vni, inner_len: len })
         }
-        Next::Encap { vtep } => egress::encap(ctx, m.vni, vtep, len, VXLAN_MESH_IN, Reason::FwdMeshIn),
+        Next::Encap { vtep } => egress::encap(ctx, m.vni, vtep, len, (VXLAN_MESH_IN, m.port), Reason::FwdMeshIn),
     }
 }

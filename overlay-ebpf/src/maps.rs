@@ -74,10 +74,11 @@ pub static SERVICE_STATS: PerCpuHashMap<LbStatsKey, LbCounters> = PerCpuHashMap:
 #[map]
 pub static PUBLISHED: HashMap<PublishedKey, PublishedEntry> = HashMap::pinned(MAX_SERVICES, 0);
 /// A mesh flow as its task's replies carry it -> the node that received the request (its VTEP
-/// address), made where the task runs when the request arrives: replies go back through that
-/// node. Written by the datapath.
+/// address, `vip`) and the published port the client asked (`vip_port`), made where the task
+/// runs when the request arrives: replies go back through that node, or straight to the client
+/// with that address and port as source ([`overlay_common::NODE_F_MESH_DIRECT`]). Written by the datapath.
 #[map]
-pub static MESH_RETURN: LruHashMap<RevKey, u32> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+pub static MESH_RETURN: LruHashMap<RevKey, RevEntry> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
 /// The XDP ingress's redirect targets: each local endpoint's host-side veth ifindex -> that
 /// interface (a devmap keyed by ifindex). Written by the agent with the endpoint table.
 #[map]

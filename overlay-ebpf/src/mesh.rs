@@ -16,7 +16,8 @@ use aya_ebpf::{
 };
 use network_types::ip::Ipv4Hdr;
 use overlay_common::{
-    Backend, CtKey, EndpointInfo, LbStatsKey, NODE_F_MESH, NodeConfig, PublishedKey, REV_F_MESH, Reason, RevEntry, RevKey,
+    Backend, CtKey, EndpointInfo, LbStatsKey, NODE_F_MESH, NODE_F_MESH_DIRECT, NodeConfig, PublishedKey, REV_F_MESH, Reason, RevEntry, RevKey,
+    VXLAN_MESH_PORT_OFF,
     wire::{ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN},
 };
 
@@ -25,6 +26,7 @@ use crate::{
     maps::{MEMBERS, MESH_RETURN, PUBLISHED, REVERSE, SERVICES, SUBNETS},
     ptr::ptr_at,
     service::{self, Next},
+    underlay::VXLAN_OFF,
 };
 
 /// The loopback interface: ifindex 1 in every network namespace.
@@ -41,6 +43,8 @@ pub struct Inbound {
     pub next: Next,
     pub stats: LbStatsKey,
     pub new: bool,
+    /// The published port the client asked (network order): told to the task's node.
+    pub port: u16,
 }
 
 /// Whether the node publishes ports at all (no lookup per packet otherwise).
@@ -82,11 +86,11 @@ pub fn published(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> Result<Opti
         if let Next::Peer { .. } = next {
             // The task runs here: its replies are turned back on this node.
             let key = RevKey { vni, backend: backend.ip, client, backend_port: backend.port, client_port: sport, proto, _pad: [0; 3] };
-            let _ = MESH_RETURN.insert(&key, &cfg.vtep, 0);
+            let _ = MESH_RETURN.insert(&key, &rev, 0);
         }
     }
     let stats = LbStatsKey { vni, vip: p.service.vip, task: backend.ip, vip_port: p.service.port, proto, _pad: 0 };
-    Ok(Some(Inbound { vni, proto, backend, mac, gw_mac: p.gw_mac, next, stats, new }))
+    Ok(Some(Inbound { vni, proto, backend, mac, gw_mac: p.gw_mac, next, stats, new, port: dport }))
 }
 
 /// Translates the client's packet to its task: destination address, port and MAC; the source
@@ -122,7 +126,8 @@ fn flow_key(ctx: &TcContext, vni: u32, l3: usize, from_task: bool) -> Option<Rev
 
 /// A frame marked [`VXLAN_MESH_IN`] from VTEP `from`, inner IPv4 at `l3`: a member's mesh
 /// client for one of our tasks. The client must be outside every overlay (a member cannot
-/// speak for an overlay address this way); the flow's node is noted for the replies.
+/// speak for an overlay address this way); the flow's node, and the published port the frame
+/// carries in its VXLAN header, are noted for the replies.
 #[inline(always)]
 pub fn arrival(ctx: &TcContext, vni: u32, from: u32, l3: usize) -> Result<(), Reason> {
     if unsafe { MEMBERS.get(from) }.is_none() {
@@ -132,9 +137,12 @@ pub fn arrival(ctx: &TcContext, vni: u32, from: u32, l3: usize) -> Result<(), Re
     if SUBNETS.get(Key::new(32, key.client)).is_some() {
         return Err(Reason::SpoofedIp);
     }
+    let port = ptr_at::<[u8; 2]>(ctx, VXLAN_OFF + VXLAN_MESH_PORT_OFF)?;
+    // SAFETY: bounds checked by ptr_at; the port stays in network order.
+    let back = RevEntry { vip: from, vip_port: u16::from_ne_bytes(unsafe { *port }), flags: REV_F_MESH };
     // A lookup first: no bucket lock for every packet of the flow.
-    if unsafe { MESH_RETURN.get(&key) }.copied() != Some(from) {
-        let _ = MESH_RETURN.insert(&key, &from, 0);
+    if unsafe { MESH_RETURN.get(&key) }.copied() != Some(back) {
+        let _ = MESH_RETURN.insert(&key, &back, 0);
     }
     Ok(())
 }
@@ -158,12 +166,17 @@ pub fn reply(ctx: &TcContext, vni: u32, from: u32, l3: usize) -> Result<RevEntry
 pub enum Return {
     /// Back to the node that received the request, encapsulated.
     Node { vtep: u32 },
-    /// That node is this one: restore the source and send it out from here.
+    /// Out from here with the source `rev` (the node that received the request and the
+    /// published port): that node is this one, or this node returns directly.
     Here { rev: RevEntry },
 }
 
 /// A frame the local task `ep` sends to its gateway for an address outside the overlay: the
-/// reply of a mesh flow, or `None` (the way out as usual).
+/// reply of a mesh flow, or `None` (the way out as usual). A reply to a client that came
+/// through another node goes back through it, unless this node returns directly
+/// ([`NODE_F_MESH_DIRECT`]) and knows the published port; a client that is that node itself,
+/// or this one, always gets its replies the long way (a packet with a host's own address as
+/// source would be a martian to it).
 #[inline(always)]
 pub fn returning(ctx: &TcContext, cfg: &NodeConfig, ep: &EndpointInfo) -> Option<Return> {
     if !enabled(cfg) {
@@ -173,8 +186,13 @@ pub fn returning(ctx: &TcContext, cfg: &NodeConfig, ep: &EndpointInfo) -> Option
     if key.backend != ep.ip {
         return None;
     }
-    let node = *unsafe { MESH_RETURN.get(&key) }?;
+    let back = *unsafe { MESH_RETURN.get(&key) }?;
+    let node = back.vip;
     if node != cfg.vtep {
+        let direct = cfg.flags & NODE_F_MESH_DIRECT != 0 && back.vip_port != 0 && key.client != node && key.client != cfg.vtep;
+        if direct {
+            return Some(Return::Here { rev: back });
+        }
         return Some(Return::Node { vtep: node });
     }
     let rev = *unsafe { REVERSE.get(&key) }?;

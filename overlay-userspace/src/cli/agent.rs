@@ -43,6 +43,13 @@ pub struct AgentArgs {
     /// Wins over the node's `datapath:` in the cluster file [default: that, else tc].
     #[arg(long, env = "OVERLAY_DATAPATH")]
     pub datapath: Option<model::Datapath>,
+    /// How this node's tasks answer clients of a published port that came through another
+    /// node: `node` (back through that node, which gives them its address and the published
+    /// port as source) or `direct` (straight to the client with that source, so the receiving
+    /// node carries only the requests). `direct` needs an underlay that lets this node send
+    /// with another node's address as source.
+    #[arg(long, env = "OVERLAY_MESH_RETURN", default_value = "node")]
+    pub mesh_return: model::MeshReturn,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off unless given; bound to exactly
     /// this address: 127.0.0.1:9464 keeps them on the node). docs/metrics.md lists them.
     #[arg(long, env = "OVERLAY_METRICS", value_name = "ADDR:PORT")]
@@ -68,6 +75,7 @@ fn dns_upstreams(given: &[String]) -> anyhow::Result<Vec<std::net::SocketAddr>> 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let pin_dir = args.node.pin_dir()?;
     let dns = dns_upstreams(&args.dns_upstream)?;
+    let opts = crate::control::agent::NodeOptions { datapath: args.datapath, mesh_return: args.mesh_return };
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
@@ -80,7 +88,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         tokio::spawn(crate::insight::metrics::serve(addr, pin_dir.clone()).await?);
     }
     match (&args.cluster, &args.store) {
-        (Some(file), _) => crate::control::agent::run_with_file(&args.node.node, file, &pin_dir, dns, args.datapath, stop).await?,
+        (Some(file), _) => crate::control::agent::run_with_file(&args.node.node, file, &pin_dir, dns, opts, stop).await?,
         (None, Some(url)) => {
             let Some(vtep) = &args.vtep else { bail!("--store needs --vtep: this node's underlay address") };
             if !(1..=3600).contains(&args.lease_ttl) {
@@ -90,7 +98,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             // The node's record says which datapath it runs (`node ls` shows it).
             let node = model::node_entry("agent", args.node.node.clone(), vtep, args.underlay.clone(), args.datapath.map(model::Datapath::name))?;
             let reg = Registration { node, ttl: args.lease_ttl };
-            crate::control::agent::run_with_store(&args.creds.access(url), reg, &pin_dir, dns, args.datapath, stop).await?
+            crate::control::agent::run_with_store(&args.creds.access(url), reg, &pin_dir, dns, opts, stop).await?
         }
         (None, None) => bail!("pass --cluster FILE or --store etcd://HOST:PORT"),
     }

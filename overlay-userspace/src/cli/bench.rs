@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// VIP (uses --rounds, --seconds, --json).
     #[arg(long, conflicts_with_all = ["control_plane", "way_out", "dns"])]
     pub services: bool,
+    /// Services: every agent's `--mesh-return` (`node`: replies go back through the node that
+    /// received the request; `direct`: straight from the task's node to the client).
+    #[arg(long, default_value = "node", requires = "services")]
+    pub mesh_return: crate::model::MeshReturn,
     /// Measure the programs alone instead: ns per packet of encapsulation, decapsulation and
     /// the pass-through floor under BPF_PROG_TEST_RUN (no namespaces; 100,000 packets each with
     /// --quick, 500,000 without). With --fdb-scale, both.
@@ -239,7 +243,7 @@ fn run_services(args: BenchArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the overlay binary")?;
     let t0 = std::time::Instant::now();
     let mut progress = |line: &str| println!("{line}");
-    let report = bench::service::run(&bench::service::ServiceConfig { rounds, secs }, &exe, &mut progress)?;
+    let report = bench::service::run(&bench::service::ServiceConfig { rounds, secs, mesh_return: args.mesh_return }, &exe, &mut progress)?;
     finish(&bench::service::table(&report), &report, args.json.as_deref(), t0)
 }
 

@@ -11,10 +11,10 @@ use std::{
 };
 
 use tracing::{debug, info, warn};
-use overlay_common::NODE_F_MESH;
+use overlay_common::{NODE_F_MESH, NODE_F_MESH_DIRECT};
 
 use crate::{
-    model::{self, Cluster, Datapath},
+    model::{self, Cluster, Datapath, MeshReturn},
     dataplane::{Dataplane, DataplaneError, DiffSummary},
     defaults::{HOST_VETH_PREFIX, RETRY_INTERVAL},
     control::{
@@ -85,8 +85,8 @@ pub struct Agent {
     orphans: HashMap<String, Instant>,
     /// Plans each change, reusing what the last one computed (the unchanged networks' names).
     planner: desired::Planner,
-    /// `--datapath`: wins over the node's `datapath:` in the cluster description.
-    datapath_flag: Option<Datapath>,
+    /// The command line's choices for this node (`--datapath`, `--mesh-return`).
+    opts: NodeOptions,
     /// The datapath mode last applied (`None` before the first apply).
     mode: Option<Datapath>,
 }
@@ -103,9 +103,19 @@ const LOOPBACK: &str = "lo";
 
 type Swept = (Vec<(String, u32)>, Vec<(String, String)>, Vec<(String, u32)>);
 
+/// What the agent's command line decides for this node, beside the cluster description.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeOptions {
+    /// `--datapath`: wins over the node's `datapath:` in the cluster description.
+    pub datapath: Option<Datapath>,
+    /// `--mesh-return`: how this node's tasks answer mesh clients that came through another
+    /// node (default: back through that node).
+    pub mesh_return: MeshReturn,
+}
+
 impl Agent {
     /// `cluster` is where the resolver reads the names from ([`ClusterSource`]).
-    pub fn new(node: &str, pin_dir: &Path, dns_upstreams: Vec<std::net::SocketAddr>, datapath: Option<Datapath>, cluster: ClusterSource) -> Result<Self, AgentError> {
+    pub fn new(node: &str, pin_dir: &Path, dns_upstreams: Vec<std::net::SocketAddr>, opts: NodeOptions, cluster: ClusterSource) -> Result<Self, AgentError> {
         let dataplane = Dataplane::load(pin_dir)?;
         Ok(Agent {
             node: node.to_string(),
@@ -119,7 +129,7 @@ impl Agent {
             dns_gateways: None,
             orphans: HashMap::new(),
             planner: desired::Planner::default(),
-            datapath_flag: datapath,
+            opts,
             mode: None,
         })
     }
@@ -153,7 +163,7 @@ impl Agent {
             None => self.nl.interface_with_address(plan.vtep).await?,
         };
         self.dataplane.attach_ingress(&underlay.name, underlay.index)?;
-        let mode = self.datapath_flag.or(plan.datapath).unwrap_or_default();
+        let mode = self.opts.datapath.or(plan.datapath).unwrap_or_default();
         if self.mode != Some(mode) {
             // Every endpoint is wired again in the new mode (XDP needs GRO on the container side).
             self.wired.clear();
@@ -229,6 +239,9 @@ impl Agent {
         let t0 = Instant::now();
         let mut state = plan.map_state(underlay.index, &wired);
         state.underlay_mtu(underlay.mtu);
+        if self.opts.mesh_return == MeshReturn::Direct {
+            state.config.flags |= NODE_F_MESH_DIRECT;
+        }
         report.diff = self.dataplane.apply(&state)?;
         // The XDP ingress redirects into the wired endpoints' host-side veths (none in tc mode).
         let targets: Vec<u32> = if mode == Datapath::Xdp { wired.iter().map(|(_, i)| *i).collect() } else { Vec::new() };
@@ -398,14 +411,14 @@ pub async fn reconcile(
     node: &str,
     pin_dir: &Path,
     dns: Vec<std::net::SocketAddr>,
-    datapath: Option<Datapath>,
+    opts: NodeOptions,
     mut desired: Desired,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     // The resolver reads the latest cluster when it needs it and holds no copy, so that the
     // source changes the published cluster in place (see `follow::apply_steps`).
     let names_from = desired.clone();
-    let mut agent = Agent::new(node, pin_dir, dns, datapath, Box::new(move || names_from.borrow().clone()))?;
+    let mut agent = Agent::new(node, pin_dir, dns, opts, Box::new(move || names_from.borrow().clone()))?;
     // The resolver has not taken the latest change yet (or failed to).
     let mut names_stale = true;
     info!(node, pin_dir = %pin_dir.display(), "datapath loaded");
@@ -479,12 +492,12 @@ pub async fn run_with_file(
     file: &Path,
     pin_dir: &Path,
     dns: Vec<std::net::SocketAddr>,
-    datapath: Option<Datapath>,
+    opts: NodeOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let (tx, rx) = tokio::sync::watch::channel(None);
     let source = tokio::spawn(crate::source::file::watch(node.to_string(), file.to_path_buf(), tx));
-    let r = reconcile(node, pin_dir, dns, datapath, rx, stop).await;
+    let r = reconcile(node, pin_dir, dns, opts, rx, stop).await;
     source.abort();
     r
 }
@@ -496,7 +509,7 @@ pub async fn run_with_store(
     reg: Registration,
     pin_dir: &Path,
     dns: Vec<std::net::SocketAddr>,
-    datapath: Option<Datapath>,
+    opts: NodeOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     access.check().map_err(|e| AgentError::Store(e.to_string()))?;
@@ -512,7 +525,7 @@ pub async fn run_with_store(
             Ok(Ok(())) => Ok(()),
             Err(e) => Err(AgentError::Store(format!("store task failed: {e}"))),
         },
-        r = reconcile(&node, pin_dir, dns, datapath, rx, stop) => r,
+        r = reconcile(&node, pin_dir, dns, opts, rx, stop) => r,
     };
     source.abort();
     r

@@ -71,6 +71,46 @@ impl std::str::FromStr for Datapath {
     }
 }
 
+/// How a node's tasks answer clients of a published port that came through another node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MeshReturn {
+    /// Back through the node that received the request, which restores its own address and
+    /// the published port as source: works on any underlay.
+    #[default]
+    Node,
+    /// Straight from the task's node to the client, with the receiving node's address and the
+    /// published port as source (direct server return): the receiving node carries only the
+    /// requests. Only for an underlay that lets a host send with another host's address as
+    /// source (no source-address check between the nodes and the clients).
+    Direct,
+}
+
+impl MeshReturn {
+    pub const fn name(self) -> &'static str {
+        match self {
+            MeshReturn::Node => "node",
+            MeshReturn::Direct => "direct",
+        }
+    }
+}
+
+impl std::fmt::Display for MeshReturn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MeshReturn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "node" => Ok(MeshReturn::Node),
+            "direct" => Ok(MeshReturn::Direct),
+            _ => Err(format!("{s:?} is not a mesh return (node or direct)")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Network {
     pub name: String,

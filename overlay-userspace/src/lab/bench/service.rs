@@ -33,6 +33,8 @@ use crate::{
 pub struct ServiceConfig {
     pub rounds: u32,
     pub secs: f64,
+    /// How the task's node answers mesh clients (every agent runs with this `--mesh-return`).
+    pub mesh_return: crate::model::MeshReturn,
 }
 
 /// One path's samples per round.
@@ -48,6 +50,8 @@ pub struct PathResult {
 
 #[derive(Debug, Default, Serialize)]
 pub struct ServiceReport {
+    /// The agents' `--mesh-return` (`node` or `direct`).
+    pub mesh_return: String,
     pub direct: PathResult,
     pub vip: PathResult,
     pub published: PathResult,
@@ -270,6 +274,13 @@ fn measure(sim: &Sim, ns: &str, cfg: &ServiceConfig, paths: [([SocketAddr; 2], &
 pub fn run(cfg: &ServiceConfig, exe: &std::path::Path, progress: &mut dyn FnMut(&str)) -> anyhow::Result<ServiceReport> {
     let mut sim = Sim::new("s", exe)?;
     sim.build_underlay(3)?;
+    // The switch namespace stands for a physical switch, as in the datapath benchmark: it does
+    // not run the host firewall's hooks on bridged frames (br_netfilter, when loaded, enables
+    // them in every namespace). Hosts keep the kernel's defaults.
+    let sw = sim.ns_name("sw");
+    for key in ["iptables", "ip6tables", "arptables"] {
+        let _ = sim.exec(&sw, &["sysctl", "-q", "-w", &format!("net.bridge.bridge-nf-call-{key}=0")]);
+    }
     // The client outside the overlay: a machine on the hosts' network, 192.168.50.200.
     let outside = sim.add_host(200)?;
     let (client, task, sbox) = (sim.add_ns("client")?, sim.add_ns("task")?, sim.add_ns("sbox")?);
@@ -284,7 +295,7 @@ pub fn run(cfg: &ServiceConfig, exe: &std::path::Path, progress: &mut dyn FnMut(
     let file = sim.write_file("cluster.yaml", &yaml)?;
     for i in 1..=3 {
         let h = sim.host_ns(i);
-        sim.spawn_agent(&format!("node{i}"), &h, &file)?;
+        sim.spawn_agent_extra(&format!("node{i}"), &h, &file, &["--mesh-return", cfg.mesh_return.name()])?;
     }
     if !sim::wait_for(Duration::from_secs(20), || sim.has_address(&client, CLIENT) && sim.has_address(&task, TASK) && sim.has_address(&sbox, SANDBOX)) {
         bail!("containers not wired:\n{}", sim.agent_logs(3));
@@ -312,7 +323,7 @@ pub fn run(cfg: &ServiceConfig, exe: &std::path::Path, progress: &mut dyn FnMut(
             bail!("{what} does not answer:\n{}", sim.agent_logs(3));
         }
     }
-    let mut r = ServiceReport::default();
+    let mut r = ServiceReport { mesh_return: cfg.mesh_return.name().to_string(), ..Default::default() };
     let (mut conn_ratio, mut rr_ratio, mut mesh_conn, mut mesh_rr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=cfg.rounds {
         if INTERRUPTED.load(Ordering::Relaxed) {
@@ -364,6 +375,7 @@ pub fn table(r: &ServiceReport) -> String {
         s(&r.conn_ratio),
         s(&r.rr_ratio)
     );
+    o += &format!("published ports: replies of the task's node {}\n", if r.mesh_return == "direct" { "straight to the client (--mesh-return direct)" } else { "back through the receiving node (--mesh-return node)" });
     o += &format!(
         "our mesh / nftables mesh, per round: connections/s {} (target: >= 1.5); mean round trip {}\n",
         s(&r.mesh_conn_ratio),
