@@ -106,9 +106,27 @@ impl CpuTimes {
     }
 }
 
-/// Busy ns of all CPUs together, from /proc/stat.
-pub fn all_busy_ns() -> Option<u64> {
-    (0..ncpus()).map(CpuTimes::now).try_fold(0u64, |acc, c| c.map(|c| acc + c.busy_ns))
+/// Idle ns of all CPUs together: the cpuidle states' residency (kept in microseconds, exact)
+/// where the kernel has a cpuidle driver, else /proc/stat's idle and iowait (kept exactly by the
+/// tickless idle tracking, but read in 10 ms units).
+pub fn all_idle_ns() -> Option<u64> {
+    let mut total = 0u64;
+    let mut found = false;
+    for cpu in 0..ncpus() {
+        for state in 0.. {
+            let Ok(t) = fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/cpuidle/state{state}/time")) else { break };
+            total += t.trim().parse::<u64>().ok()? * 1000;
+            found = true;
+        }
+    }
+    if found {
+        return Some(total);
+    }
+    let s = fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = s.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some((v.get(3)? + v.get(4)?) * 1_000_000_000 / hz)
 }
 
 /// Busy fraction of all CPUs together over `window`.
@@ -337,6 +355,31 @@ pub struct Tcp {
     pub retransmits: u64,
 }
 
+/// Waits for `child` (its stdout piped) at most `limit`, reading its output meanwhile; past the
+/// limit it is ended by its PID and that is the error.
+fn wait_bounded(mut child: Child, limit: Duration) -> anyhow::Result<std::process::Output> {
+    let mut stdout = child.stdout.take().context("the child's stdout")?;
+    let reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("still running after {limit:?}: ended");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = reader.join().map_err(|_| anyhow::anyhow!("reading the child's output"))?;
+    Ok(std::process::Output { status, stdout, stderr: Vec::new() })
+}
+
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
@@ -359,7 +402,7 @@ impl Drop for KillOnDrop {
 /// and the figure is the CPU cost of the whole path per byte, which is what differs between
 /// the modes.
 pub fn iperf3(client_ns: &str, server_ns: &str, server: Ipv4Addr, streams: u32, secs: u32, omit: u32) -> anyhow::Result<Tcp> {
-    iperf3_at(client_ns, server_ns, server, streams, secs, omit, None).map(|(t, _)| t)
+    iperf3_at(client_ns, server_ns, server, streams, secs, omit, None, &mut || None::<()>).map(|(t, _)| t)
 }
 
 /// CPU cost of TCP at a fixed offered rate: busy CPU-seconds of all CPUs per Gbit received.
@@ -371,22 +414,39 @@ pub struct TcpCpu {
     pub cpu_per_gbps: f64,
 }
 
-/// One iperf3 stream paced at `rate_mbps` for `secs`, with the busy time of all CPUs measured
-/// around the client's run.
+/// Seconds of a paced run before the CPU window opens: the processes have started, the
+/// connection is up and the pacing is steady.
+const CPU_WARMUP: Duration = Duration::from_millis(1200);
+
+/// One iperf3 stream paced at `rate_mbps`, with the busy time of all CPUs measured over `secs`
+/// seconds of its steady state: wall time times CPUs minus the idle time the kernel kept
+/// ([`all_idle_ns`]) over a window that starts [`CPU_WARMUP`] into the run and ends before it
+/// does. Starting and ending processes (`ip netns exec`, iperf3's own start) stay outside the
+/// window: at 2 Gbit/s the path itself keeps the CPUs only a few percent busy, and the
+/// processes' start, counted before, made the figure swing tenfold between rounds.
 pub fn tcp_cpu(client_ns: &str, server_ns: &str, server: Ipv4Addr, rate_mbps: u32, secs: u32) -> anyhow::Result<TcpCpu> {
-    let (t, cpu_ns) = iperf3_at(client_ns, server_ns, server, 1, secs, 0, Some(rate_mbps))?;
-    let cpu_ns = cpu_ns.context("reading /proc/stat")?;
+    let window = Duration::from_secs(u64::from(secs.max(1)));
+    let sample = || Some((Instant::now(), all_idle_ns()?));
+    let (t, busy_ns) = iperf3_at(client_ns, server_ns, server, 1, secs + 2, 0, Some(rate_mbps), &mut || {
+        thread::sleep(CPU_WARMUP);
+        let a = sample()?;
+        thread::sleep(window);
+        let b = sample()?;
+        let wall = b.0.duration_since(a.0).as_nanos() as f64 * ncpus() as f64;
+        Some(((wall - b.1.saturating_sub(a.1) as f64).max(0.0), b.0.duration_since(a.0).as_secs_f64()))
+    })?;
+    let (busy_ns, window_s) = busy_ns.context("reading the CPUs' idle time")?;
     if t.gbps <= 0.0 {
         bail!("iperf3 at {rate_mbps} Mbit/s received nothing");
     }
-    // (busy s / run s) / Gbit/s = busy s / Gbit.
-    let gbit = t.gbps * f64::from(secs);
-    Ok(TcpCpu { gbps: t.gbps, cpu_per_gbps: cpu_ns / 1e9 / gbit })
+    // Busy s over the window / Gbit carried in it, at the paced (steady) rate.
+    Ok(TcpCpu { gbps: t.gbps, cpu_per_gbps: busy_ns / 1e9 / (t.gbps * window_s) })
 }
 
-/// iperf3 as [`iperf3`], paced at `rate_mbps` per stream if given; also returns the busy ns of
-/// all CPUs during the client's run.
-fn iperf3_at(
+/// iperf3 as [`iperf3`], paced at `rate_mbps` per stream if given; `during` runs while the
+/// client does (from its start), and what it returns comes back with the figures.
+#[allow(clippy::too_many_arguments)]
+fn iperf3_at<T>(
     client_ns: &str,
     server_ns: &str,
     server: Ipv4Addr,
@@ -394,7 +454,8 @@ fn iperf3_at(
     secs: u32,
     omit: u32,
     rate_mbps: Option<u32>,
-) -> anyhow::Result<(Tcp, Option<f64>)> {
+    during: &mut dyn FnMut() -> Option<T>,
+) -> anyhow::Result<(Tcp, Option<T>)> {
     let port = IPERF_PORT.to_string();
     let affinity = |cpu: usize| if cpu < ncpus() { vec!["-A".to_string(), cpu.to_string()] } else { vec![] };
     let srv = Command::new("ip")
@@ -411,19 +472,20 @@ fn iperf3_at(
     for _ in 0..20 {
         thread::sleep(Duration::from_millis(100));
         let rate = rate_mbps.map(|r| vec!["-b".to_string(), format!("{r}M")]).unwrap_or_default();
-        let busy0 = all_busy_ns();
-        let out = Command::new("ip")
+        let client = Command::new("ip")
             .args(["netns", "exec", client_ns, "iperf3", "-c", &server.to_string(), "-p", &port, "-J"])
             .args(["-t", &secs.to_string(), "-O", &omit.to_string(), "-P", &streams.to_string()])
             .args(rate)
             .args(affinity(TCP_CPU))
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
             .context("running iperf3")?;
-        let busy = match (busy0, all_busy_ns()) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64),
-            _ => None,
-        };
+        let pid = client.id();
+        let seen = during();
+        // Bounded: iperf3 ends on its own after `secs`; if it hangs, it is ended by its PID.
+        let out = wait_bounded(client, Duration::from_secs(u64::from(secs + omit) + 20)).with_context(|| format!("iperf3 client (pid {pid})"))?;
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if let Some(e) = report.get("error").and_then(|e| e.as_str()) {
             last_err = e.to_string();
@@ -435,7 +497,7 @@ fn iperf3_at(
         let end = &report["end"];
         let bps = end["sum_received"]["bits_per_second"].as_f64().context("iperf3 report without end.sum_received")?;
         let retransmits = end["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-        return Ok((Tcp { gbps: bps / 1e9, retransmits }, busy));
+        return Ok((Tcp { gbps: bps / 1e9, retransmits }, seen));
     }
     bail!("iperf3 could not connect to {server}: {last_err}")
 }
