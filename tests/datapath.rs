@@ -981,6 +981,15 @@ fn a_published_port_forwards_with_the_clients_address_and_replies_leave_from_the
     assert_eq!(v, TC_ACT_OK, "handed to the node's stack");
     assert_eq!(out.len(), answer.len(), "not encapsulated");
 
+    // A request that carries its published port, on a node without direct return
+    // (`--mesh-return node`): the reply goes back through the receiving node all the same.
+    let node_in = tcp_frame(WEB2, GW_MAC, CLIENT, IP2, 40004, 8080, 0x02);
+    let (v, _) = run(&mut t, PROG_INGRESS, &mesh_frame_port(VTEP1, 1, 30080, &node_in));
+    assert_eq!(v, TC_ACT_REDIRECT, "delivered into the task");
+    let (v, out) = run(&mut t, PROG_EGRESS, &tcp_frame(GW_MAC, WEB2, IP2, CLIENT, 8080, 40004, 0x12));
+    assert_eq!(v, TC_ACT_REDIRECT, "the task's reply is encapsulated");
+    assert_eq!((out[30..34].to_vec(), out[49]), (VTEP1.octets().to_vec(), 2), "back to node1, marked MESH_OUT");
+
     // Direct return (`--mesh-return direct`): the task's reply leaves from this node by the
     // underlay with the receiving node's address and the published port its request carried.
     state.config.flags |= NODE_F_MESH_DIRECT;

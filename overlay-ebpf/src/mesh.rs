@@ -6,7 +6,10 @@
 //! marked [`VXLAN_MESH_IN`]. The task's node notes which node the flow came through
 //! (`MESH_RETURN`); the task's replies, sent to its gateway for an address outside the overlay,
 //! go back to that node in frames marked [`VXLAN_MESH_OUT`], where the reverse table gives them
-//! the node's address and the published port as source before they leave by the underlay.
+//! the node's address and the published port as source before they leave by the underlay; or,
+//! on a node that returns directly ([`NODE_F_MESH_DIRECT`], `--mesh-return direct`), they get
+//! that source on the task's node (the published port came in the `MESH_IN` frame's VXLAN
+//! header) and leave from there straight to the client.
 //! Nothing is rewritten to a node address on the way in: the task sees the real client.
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, TC_ACT_REDIRECT},

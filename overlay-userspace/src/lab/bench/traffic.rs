@@ -106,27 +106,21 @@ impl CpuTimes {
     }
 }
 
-/// Idle ns of all CPUs together: the cpuidle states' residency (kept in microseconds, exact)
-/// where the kernel has a cpuidle driver, else /proc/stat's idle and iowait (kept exactly by the
-/// tickless idle tracking, but read in 10 ms units).
-pub fn all_idle_ns() -> Option<u64> {
-    let mut total = 0u64;
-    let mut found = false;
-    for cpu in 0..ncpus() {
-        for state in 0.. {
-            let Ok(t) = fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/cpuidle/state{state}/time")) else { break };
-            total += t.trim().parse::<u64>().ok()? * 1000;
-            found = true;
-        }
-    }
-    if found {
-        return Some(total);
-    }
+/// Idle ns of the online CPUs together and how many they are, from /proc/stat's idle and iowait
+/// (kept by the tickless idle tracking, which counts an idle period still going on; read in
+/// 10 ms units). The cpuidle states' residency in sysfs is finer but only grows when a CPU wakes
+/// up, so a CPU asleep through a whole window would show no idle time at all.
+pub fn all_idle_ns() -> Option<(u64, usize)> {
     let s = fs::read_to_string("/proc/stat").ok()?;
-    let v: Vec<u64> = s.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some((v.get(3)? + v.get(4)?) * 1_000_000_000 / hz)
+    let (mut idle, mut cpus) = (0u64, 0usize);
+    for line in s.lines().filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)) {
+        let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        idle += v.get(3)? + v.get(4)?;
+        cpus += 1;
+    }
+    (cpus > 0).then_some((idle * 1_000_000_000 / hz, cpus))
 }
 
 /// Busy fraction of all CPUs together over `window`.
@@ -353,6 +347,8 @@ pub fn udp_latency(client_ns: &str, server_ns: &str, server: Ipv4Addr, payload: 
 pub struct Tcp {
     pub gbps: f64,
     pub retransmits: u64,
+    /// Mean rate of iperf3's one-second intervals after the first (the steady state).
+    pub steady_gbps: f64,
 }
 
 /// Waits for `child` (its stdout piped) at most `limit`, reading its output meanwhile; past the
@@ -366,7 +362,15 @@ fn wait_bounded(mut child: Child, limit: Duration) -> anyhow::Result<std::proces
     });
     let t0 = Instant::now();
     let status = loop {
-        if let Some(st) = child.try_wait()? {
+        let st = match child.try_wait() {
+            Ok(st) => st,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e.into());
+            }
+        };
+        if let Some(st) = st {
             break st;
         }
         if t0.elapsed() > limit {
@@ -402,7 +406,7 @@ impl Drop for KillOnDrop {
 /// and the figure is the CPU cost of the whole path per byte, which is what differs between
 /// the modes.
 pub fn iperf3(client_ns: &str, server_ns: &str, server: Ipv4Addr, streams: u32, secs: u32, omit: u32) -> anyhow::Result<Tcp> {
-    iperf3_at(client_ns, server_ns, server, streams, secs, omit, None, &mut || None::<()>).map(|(t, _)| t)
+    iperf3_at(client_ns, server_ns, server, streams, secs, omit, None, &mut |_: &mut Child| None::<()>).map(|(t, _)| t)
 }
 
 /// CPU cost of TCP at a fixed offered rate: busy CPU-seconds of all CPUs per Gbit received.
@@ -419,28 +423,35 @@ pub struct TcpCpu {
 const CPU_WARMUP: Duration = Duration::from_millis(1200);
 
 /// One iperf3 stream paced at `rate_mbps`, with the busy time of all CPUs measured over `secs`
-/// seconds of its steady state: wall time times CPUs minus the idle time the kernel kept
-/// ([`all_idle_ns`]) over a window that starts [`CPU_WARMUP`] into the run and ends before it
-/// does. Starting and ending processes (`ip netns exec`, iperf3's own start) stay outside the
+/// seconds of its steady state: wall time times the online CPUs minus the idle time the kernel
+/// kept ([`all_idle_ns`]) over a window that starts [`CPU_WARMUP`] into the run and ends before
+/// it does, per Gbit carried at the steady rate. Starting and ending processes (`ip netns exec`, iperf3's own start) stay outside the
 /// window: at 2 Gbit/s the path itself keeps the CPUs only a few percent busy, and the
 /// processes' start, counted before, made the figure swing tenfold between rounds.
 pub fn tcp_cpu(client_ns: &str, server_ns: &str, server: Ipv4Addr, rate_mbps: u32, secs: u32) -> anyhow::Result<TcpCpu> {
     let window = Duration::from_secs(u64::from(secs.max(1)));
     let sample = || Some((Instant::now(), all_idle_ns()?));
-    let (t, busy_ns) = iperf3_at(client_ns, server_ns, server, 1, secs + 2, 0, Some(rate_mbps), &mut || {
+    let (t, busy_ns) = iperf3_at(client_ns, server_ns, server, 1, secs + 2, 0, Some(rate_mbps), &mut |client: &mut Child| {
         thread::sleep(CPU_WARMUP);
+        // A client that already ended (refused: the server was not listening yet) is retried.
+        if !matches!(client.try_wait(), Ok(None)) {
+            return None;
+        }
         let a = sample()?;
         thread::sleep(window);
         let b = sample()?;
-        let wall = b.0.duration_since(a.0).as_nanos() as f64 * ncpus() as f64;
-        Some(((wall - b.1.saturating_sub(a.1) as f64).max(0.0), b.0.duration_since(a.0).as_secs_f64()))
+        if a.1.1 != b.1.1 {
+            return None;
+        }
+        let wall = b.0.duration_since(a.0).as_nanos() as f64 * b.1.1 as f64;
+        Some(((wall - b.1.0.saturating_sub(a.1.0) as f64).max(0.0), b.0.duration_since(a.0).as_secs_f64()))
     })?;
-    let (busy_ns, window_s) = busy_ns.context("reading the CPUs' idle time")?;
-    if t.gbps <= 0.0 {
+    let (busy_ns, window_s) = busy_ns.context("measuring the CPUs' idle time (a CPU went on- or offline?)")?;
+    if t.steady_gbps <= 0.0 {
         bail!("iperf3 at {rate_mbps} Mbit/s received nothing");
     }
-    // Busy s over the window / Gbit carried in it, at the paced (steady) rate.
-    Ok(TcpCpu { gbps: t.gbps, cpu_per_gbps: busy_ns / 1e9 / (t.gbps * window_s) })
+    // Busy s over the window / Gbit carried in it at the steady rate.
+    Ok(TcpCpu { gbps: t.gbps, cpu_per_gbps: busy_ns / 1e9 / (t.steady_gbps * window_s) })
 }
 
 /// iperf3 as [`iperf3`], paced at `rate_mbps` per stream if given; `during` runs while the
@@ -454,7 +465,7 @@ fn iperf3_at<T>(
     secs: u32,
     omit: u32,
     rate_mbps: Option<u32>,
-    during: &mut dyn FnMut() -> Option<T>,
+    during: &mut dyn FnMut(&mut Child) -> Option<T>,
 ) -> anyhow::Result<(Tcp, Option<T>)> {
     let port = IPERF_PORT.to_string();
     let affinity = |cpu: usize| if cpu < ncpus() { vec!["-A".to_string(), cpu.to_string()] } else { vec![] };
@@ -472,7 +483,7 @@ fn iperf3_at<T>(
     for _ in 0..20 {
         thread::sleep(Duration::from_millis(100));
         let rate = rate_mbps.map(|r| vec!["-b".to_string(), format!("{r}M")]).unwrap_or_default();
-        let client = Command::new("ip")
+        let mut client = Command::new("ip")
             .args(["netns", "exec", client_ns, "iperf3", "-c", &server.to_string(), "-p", &port, "-J"])
             .args(["-t", &secs.to_string(), "-O", &omit.to_string(), "-P", &streams.to_string()])
             .args(rate)
@@ -483,7 +494,7 @@ fn iperf3_at<T>(
             .spawn()
             .context("running iperf3")?;
         let pid = client.id();
-        let seen = during();
+        let seen = during(&mut client);
         // Bounded: iperf3 ends on its own after `secs`; if it hangs, it is ended by its PID.
         let out = wait_bounded(client, Duration::from_secs(u64::from(secs + omit) + 20)).with_context(|| format!("iperf3 client (pid {pid})"))?;
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -497,7 +508,12 @@ fn iperf3_at<T>(
         let end = &report["end"];
         let bps = end["sum_received"]["bits_per_second"].as_f64().context("iperf3 report without end.sum_received")?;
         let retransmits = end["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-        return Ok((Tcp { gbps: bps / 1e9, retransmits }, seen));
+        let steady: Vec<f64> = report["intervals"]
+            .as_array()
+            .map(|v| v.iter().filter(|i| i["sum"]["start"].as_f64().is_some_and(|s| s >= 1.0)).filter_map(|i| i["sum"]["bits_per_second"].as_f64()).collect())
+            .unwrap_or_default();
+        let steady_gbps = if steady.is_empty() { bps } else { steady.iter().sum::<f64>() / steady.len() as f64 } / 1e9;
+        return Ok((Tcp { gbps: bps / 1e9, retransmits, steady_gbps }, seen));
     }
     bail!("iperf3 could not connect to {server}: {last_err}")
 }
