@@ -284,21 +284,29 @@ fn mesh_spread(ns: &str, n: usize) -> (BTreeMap<String, usize>, Vec<String>) {
     .expect("client")
 }
 
-#[test]
-fn published_ports_answer_on_every_node_with_the_clients_address() {
-    require_root();
-    let mut sim = Sim::new("m", Path::new(OVERLAY_BIN)).expect("simulation");
+/// The mesh's cluster ([`mesh_yaml`], every task in the service) on four hosts and an outside
+/// client behind a router, agents started with `agent_args`: (simulation, the outside client's
+/// namespace, the tasks, the cluster file).
+fn mesh_cluster(prefix: &str, agent_args: &[&str]) -> (Sim, String, Vec<&'static str>, std::path::PathBuf) {
+    let mut sim = Sim::new(prefix, Path::new(OVERLAY_BIN)).expect("simulation");
     sim.build_underlay(4).expect("underlay");
     let outside = sim.add_outside(4, 1500).expect("outside");
     for (t, _, _) in TASKS {
         sim.add_ns(t).expect("ns");
     }
-    let all: Vec<&str> = TASKS.iter().map(|t| t.0).collect();
+    let all: Vec<&'static str> = TASKS.iter().map(|t| t.0).collect();
     let file = sim.write_file("cluster.yaml", &mesh_yaml(&sim, &all)).expect("file");
     for i in 1..=4 {
         let h = sim.host_ns(i);
-        sim.spawn_agent(&format!("node{i}"), &h, &file).expect("agent");
+        sim.spawn_agent_extra(&format!("node{i}"), &h, &file, agent_args).expect("agent");
     }
+    (sim, outside, all, file)
+}
+
+#[test]
+fn published_ports_answer_on_every_node_with_the_clients_address() {
+    require_root();
+    let (mut sim, outside, all, file) = mesh_cluster("m", &[]);
     let wired = wait_for(Duration::from_secs(20), || TASKS.iter().all(|(t, _, ip)| sim.has_address(&sim.ns_name(t), *ip)));
     assert!(wired, "wired:\n{}", sim.agent_logs(4));
     let stop = Arc::new(AtomicBool::new(false));
@@ -429,18 +437,7 @@ fn forwarded(sim: &Sim, node: &str, reason: overlay_common::Reason, hook: overla
 #[test]
 fn with_direct_return_replies_leave_from_the_tasks_node_with_the_published_address() {
     require_root();
-    let mut sim = Sim::new("md", Path::new(OVERLAY_BIN)).expect("simulation");
-    sim.build_underlay(4).expect("underlay");
-    let outside = sim.add_outside(4, 1500).expect("outside");
-    for (t, _, _) in TASKS {
-        sim.add_ns(t).expect("ns");
-    }
-    let all: Vec<&str> = TASKS.iter().map(|t| t.0).collect();
-    let file = sim.write_file("cluster.yaml", &mesh_yaml(&sim, &all)).expect("file");
-    for i in 1..=4 {
-        let h = sim.host_ns(i);
-        sim.spawn_agent_extra(&format!("node{i}"), &h, &file, &["--mesh-return", "direct"]).expect("agent");
-    }
+    let (sim, outside, all, _) = mesh_cluster("md", &["--mesh-return", "direct"]);
     let wired = wait_for(Duration::from_secs(20), || TASKS.iter().all(|(t, _, ip)| sim.has_address(&sim.ns_name(t), *ip)));
     assert!(wired, "wired:\n{}", sim.agent_logs(4));
     let stop = Arc::new(AtomicBool::new(false));
