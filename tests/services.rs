@@ -250,9 +250,15 @@ const PUBLISHED_UDP: u16 = 30090;
 /// Four hosts: the tasks of [`TASKS`] on hosts 1-3, none on host 4; `web` publishes its TCP
 /// port on 30080 and its UDP port on 30090 of every host; an outside client behind a router.
 fn mesh_yaml(sim: &Sim, in_service: &[&str]) -> String {
+    mesh_yaml_with(sim, in_service, &[])
+}
+
+/// [`mesh_yaml`], the nodes of `direct` (1-4) marked `mesh_return: direct`.
+fn mesh_yaml_with(sim: &Sim, in_service: &[&str], direct: &[usize]) -> String {
     let mut y = String::from("nodes:\n");
     for i in 1..=4 {
-        y += &format!("  - {{name: node{i}, vtep: {}, underlay: eth0}}\n", host_vtep(i));
+        let mode = if direct.contains(&i) { ", mesh_return: direct" } else { "" };
+        y += &format!("  - {{name: node{i}, vtep: {}, underlay: eth0{mode}}}\n", host_vtep(i));
     }
     y += "networks:\n  - {name: front, vni: 4401, subnet: 10.0.1.0/24}\n";
     y += &format!(
@@ -285,9 +291,10 @@ fn mesh_spread(ns: &str, n: usize) -> (BTreeMap<String, usize>, Vec<String>) {
 }
 
 /// The mesh's cluster ([`mesh_yaml`], every task in the service) on four hosts and an outside
-/// client behind a router, agents started with `agent_args`: (simulation, the outside client's
-/// namespace, the tasks, the cluster file).
-fn mesh_cluster(prefix: &str, agent_args: &[&str]) -> (Sim, String, Vec<&'static str>, std::path::PathBuf) {
+/// client behind a router; the nodes of `direct_by_file` return directly by the cluster file's
+/// `mesh_return: direct`, those of `direct_by_flag` by their agent's `--mesh-return direct`:
+/// (simulation, the outside client's namespace, the tasks, the cluster file).
+fn mesh_cluster(prefix: &str, direct_by_file: &[usize], direct_by_flag: &[usize]) -> (Sim, String, Vec<&'static str>, std::path::PathBuf) {
     let mut sim = Sim::new(prefix, Path::new(OVERLAY_BIN)).expect("simulation");
     sim.build_underlay(4).expect("underlay");
     let outside = sim.add_outside(4, 1500).expect("outside");
@@ -295,10 +302,11 @@ fn mesh_cluster(prefix: &str, agent_args: &[&str]) -> (Sim, String, Vec<&'static
         sim.add_ns(t).expect("ns");
     }
     let all: Vec<&'static str> = TASKS.iter().map(|t| t.0).collect();
-    let file = sim.write_file("cluster.yaml", &mesh_yaml(&sim, &all)).expect("file");
+    let file = sim.write_file("cluster.yaml", &mesh_yaml_with(&sim, &all, direct_by_file)).expect("file");
     for i in 1..=4 {
         let h = sim.host_ns(i);
-        sim.spawn_agent_extra(&format!("node{i}"), &h, &file, agent_args).expect("agent");
+        let args: &[&str] = if direct_by_flag.contains(&i) { &["--mesh-return", "direct"] } else { &[] };
+        sim.spawn_agent_extra(&format!("node{i}"), &h, &file, args).expect("agent");
     }
     (sim, outside, all, file)
 }
@@ -306,7 +314,7 @@ fn mesh_cluster(prefix: &str, agent_args: &[&str]) -> (Sim, String, Vec<&'static
 #[test]
 fn published_ports_answer_on_every_node_with_the_clients_address() {
     require_root();
-    let (mut sim, outside, all, file) = mesh_cluster("m", &[]);
+    let (mut sim, outside, all, file) = mesh_cluster("m", &[], &[]);
     let wired = wait_for(Duration::from_secs(20), || TASKS.iter().all(|(t, _, ip)| sim.has_address(&sim.ns_name(t), *ip)));
     assert!(wired, "wired:\n{}", sim.agent_logs(4));
     let stop = Arc::new(AtomicBool::new(false));
@@ -429,7 +437,7 @@ fn forwarded(sim: &Sim, node: &str, reason: overlay_common::Reason, hook: overla
     stats.get(reason, hook).packets
 }
 
-/// `--mesh-return direct` (direct server return): a task's replies to an outside client that
+/// `--mesh-return direct`, or `mesh_return: direct` in the cluster file (direct server return): a task's replies to an outside client that
 /// came through node 4 (no task) leave from the task's node with node 4's address and the
 /// published port as source, straight to the client: node 4 carries the requests only. The
 /// client sees answers from the address it asked, the task sees the client's address, and the
@@ -437,7 +445,8 @@ fn forwarded(sim: &Sim, node: &str, reason: overlay_common::Reason, hook: overla
 #[test]
 fn with_direct_return_replies_leave_from_the_tasks_node_with_the_published_address() {
     require_root();
-    let (sim, outside, all, _) = mesh_cluster("md", &["--mesh-return", "direct"]);
+    // The tasks' nodes: node 1 by its agent's flag, nodes 2 and 3 by the cluster file.
+    let (sim, outside, all, _) = mesh_cluster("md", &[2, 3], &[1]);
     let wired = wait_for(Duration::from_secs(20), || TASKS.iter().all(|(t, _, ip)| sim.has_address(&sim.ns_name(t), *ip)));
     assert!(wired, "wired:\n{}", sim.agent_logs(4));
     let stop = Arc::new(AtomicBool::new(false));

@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The agent's mirror: every entry as a watch event, the cluster built, then the events
     // again (the endpoints' in-place path once a cluster was built) and the cluster again.
-    let me = Node { name: "node1".into(), vtep: [192, 168, 50, 1].into(), underlay: None, datapath: None };
+    let me = Node { name: "node1".into(), vtep: [192, 168, 50, 1].into(), underlay: None, datapath: None, mesh_return: None };
     let mut mirror = Mirror::new();
     for round in 0..2 {
         for (rev, (key, value)) in entries.iter().enumerate() {

@@ -47,9 +47,10 @@ pub struct AgentArgs {
     /// node: `node` (back through that node, which gives them its address and the published
     /// port as source) or `direct` (straight to the client with that source, so the receiving
     /// node carries only the requests). `direct` needs an underlay that lets this node send
-    /// with another node's address as source.
-    #[arg(long, env = "OVERLAY_MESH_RETURN", default_value = "node")]
-    pub mesh_return: model::MeshReturn,
+    /// with another node's address as source. Wins over the node's `mesh_return:` in the
+    /// cluster file [default: that, else node].
+    #[arg(long, env = "OVERLAY_MESH_RETURN")]
+    pub mesh_return: Option<model::MeshReturn>,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off unless given; bound to exactly
     /// this address: 127.0.0.1:9464 keeps them on the node). docs/metrics.md lists them.
     #[arg(long, env = "OVERLAY_METRICS", value_name = "ADDR:PORT")]
@@ -96,7 +97,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
             parse_ip("vtep", vtep)?;
             // The node's record says which datapath it runs (`node ls` shows it).
-            let node = model::node_entry("agent", args.node.node.clone(), vtep, args.underlay.clone(), args.datapath.map(model::Datapath::name))?;
+            let node = model::node_entry("agent", args.node.node.clone(), vtep, args.underlay.clone(), args.datapath.map(model::Datapath::name), args.mesh_return.map(model::MeshReturn::name))?;
             let reg = Registration { node, ttl: args.lease_ttl };
             crate::control::agent::run_with_store(&args.creds.access(url), reg, &pin_dir, dns, opts, stop).await?
         }

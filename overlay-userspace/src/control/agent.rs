@@ -109,8 +109,9 @@ pub struct NodeOptions {
     /// `--datapath`: wins over the node's `datapath:` in the cluster description.
     pub datapath: Option<Datapath>,
     /// `--mesh-return`: how this node's tasks answer mesh clients that came through another
-    /// node (default: back through that node).
-    pub mesh_return: MeshReturn,
+    /// node; wins over the node's `mesh_return:` in the cluster description (default: back
+    /// through that node).
+    pub mesh_return: Option<MeshReturn>,
 }
 
 impl Agent {
@@ -239,7 +240,7 @@ impl Agent {
         let t0 = Instant::now();
         let mut state = plan.map_state(underlay.index, &wired);
         state.underlay_mtu(underlay.mtu);
-        if self.opts.mesh_return == MeshReturn::Direct {
+        if self.opts.mesh_return.or(plan.mesh_return).unwrap_or_default() == MeshReturn::Direct {
             state.config.flags |= NODE_F_MESH_DIRECT;
         }
         report.diff = self.dataplane.apply(&state)?;

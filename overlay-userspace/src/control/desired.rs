@@ -213,6 +213,8 @@ pub struct NodePlan {
     pub underlay: Option<String>,
     /// The node's `datapath:` in the cluster description (the agent's `--datapath` wins).
     pub datapath: Option<crate::model::Datapath>,
+    /// The node's `mesh_return:` in the cluster description (the agent's `--mesh-return` wins).
+    pub mesh_return: Option<crate::model::MeshReturn>,
     pub vxlan_port: u16,
     /// Everything but the local FDB and endpoint entries.
     pub base: MapState,
@@ -498,6 +500,7 @@ impl Planner {
             vtep: me.vtep,
             underlay: me.underlay.clone(),
             datapath: me.datapath,
+            mesh_return: me.mesh_return,
             vxlan_port: cluster.vxlan_port,
             base,
             local,

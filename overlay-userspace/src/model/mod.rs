@@ -32,6 +32,9 @@ pub struct Node {
     pub underlay: Option<String>,
     /// How the node receives overlay traffic; `None`: the agent's `--datapath` (default tc).
     pub datapath: Option<Datapath>,
+    /// How the node's tasks answer mesh clients that came through another node; `None`: the
+    /// agent's `--mesh-return` (default node).
+    pub mesh_return: Option<MeshReturn>,
 }
 
 /// How a node's underlay receives overlay traffic.
@@ -212,7 +215,7 @@ pub fn valid_ifname(name: &str) -> bool {
 }
 
 /// One node entry, checked on its own (`entry` names it in errors).
-pub fn node_entry(entry: &str, name: String, vtep: &str, underlay: Option<String>, datapath: Option<&str>) -> Result<Node, ConfigError> {
+pub fn node_entry(entry: &str, name: String, vtep: &str, underlay: Option<String>, datapath: Option<&str>, mesh_return: Option<&str>) -> Result<Node, ConfigError> {
     check_name(entry, "node", &name)?;
     let vtep: Ipv4Addr = vtep.parse().map_err(|_| invalid(entry, "vtep", format!("{vtep:?} is not an IPv4 address")))?;
     if vtep.is_unspecified() || vtep.is_multicast() || vtep.is_broadcast() {
@@ -224,7 +227,8 @@ pub fn node_entry(entry: &str, name: String, vtep: &str, underlay: Option<String
         }
     }
     let datapath = datapath.map(|d| d.parse::<Datapath>().map_err(|m| invalid(entry, "datapath", m))).transpose()?;
-    Ok(Node { name, vtep, underlay, datapath })
+    let mesh_return = mesh_return.map(|m| m.parse::<MeshReturn>().map_err(|e| invalid(entry, "mesh_return", e))).transpose()?;
+    Ok(Node { name, vtep, underlay, datapath, mesh_return })
 }
 
 /// What a network entry says, before it is checked.

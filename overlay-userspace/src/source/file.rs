@@ -59,6 +59,7 @@ struct RawNode {
     vtep: String,
     underlay: Option<String>,
     datapath: Option<String>,
+    mesh_return: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -115,7 +116,7 @@ fn validate(raw: RawCluster) -> Result<Cluster, ConfigError> {
     let mut nodes: Vec<Node> = Vec::new();
     for (i, n) in raw.nodes.into_iter().enumerate() {
         let entry = label("nodes", i, &n.name);
-        let node = node_entry(&entry, n.name, &n.vtep, n.underlay, n.datapath.as_deref())?;
+        let node = node_entry(&entry, n.name, &n.vtep, n.underlay, n.datapath.as_deref(), n.mesh_return.as_deref())?;
         rules.check_node(&node).map_err(|c| invalid(&entry, c.field, c.message))?;
         rules.add_node(&node);
         nodes.push(node);
@@ -256,6 +257,18 @@ endpoints:
         assert_eq!(c.nodes[0].datapath, Some(Datapath::Tc));
         let e = err(&with("underlay: eth0}", "underlay: eth0, datapath: dpdk}"));
         assert_eq!(e, "nodes[node1].datapath: \"dpdk\" is not a datapath (tc or xdp)");
+    }
+
+    #[test]
+    fn a_node_names_how_its_tasks_answer_mesh_clients() {
+        use crate::model::MeshReturn;
+        assert_eq!(parse(GOOD).expect("valid").nodes[0].mesh_return, None, "no mesh_return: the agent's --mesh-return (default node)");
+        let c = parse(&with("underlay: eth0}", "underlay: eth0, mesh_return: direct}")).expect("mesh_return: direct is valid");
+        assert_eq!(c.nodes[0].mesh_return, Some(MeshReturn::Direct));
+        let c = parse(&with("underlay: eth0}", "underlay: eth0, mesh_return: node}")).expect("mesh_return: node is valid");
+        assert_eq!(c.nodes[0].mesh_return, Some(MeshReturn::Node));
+        let e = err(&with("underlay: eth0}", "underlay: eth0, mesh_return: dsr}"));
+        assert_eq!(e, "nodes[node1].mesh_return: \"dsr\" is not a mesh return (node or direct)");
     }
 
     #[test]

@@ -272,7 +272,7 @@ pub fn scale(cfg: &ControlConfig, bin: &Path, progress: &mut impl FnMut(&str)) -
         // Node 0 is the measured agent: it registers itself.
         for i in 1..nodes {
             let name = node_name(i);
-            let r = NodeRecord { name: name.clone(), vtep: Ipv4Addr::new(172, 16 + (i / 250) as u8, (i % 250) as u8, 10).to_string(), underlay: None, datapath: None };
+            let r = NodeRecord { name: name.clone(), vtep: Ipv4Addr::new(172, 16 + (i / 250) as u8, (i % 250) as u8, 10).to_string(), underlay: None, datapath: None, mesh_return: None };
             ops.push(TxnOp::put(node_key(&name), serde_json::to_vec(&r)?, None));
             let a = AliveRecord { since: now_secs(), ttl: 600 };
             ops.push(TxnOp::put(alive_key(&name), serde_json::to_vec(&a)?, Some(PutOptions::new().with_lease(lease))));

@@ -469,7 +469,7 @@ mod incremental {
     };
 
     fn me() -> Node {
-        Node { name: "s0".into(), vtep: "172.16.0.10".parse().expect("ip"), underlay: None, datapath: None }
+        Node { name: "s0".into(), vtep: "172.16.0.10".parse().expect("ip"), underlay: None, datapath: None, mesh_return: None }
     }
 
     /// A mirror of `nets` networks of up to 250 endpoints over `nodes` nodes, `per_net` endpoints

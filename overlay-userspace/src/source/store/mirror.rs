@@ -336,7 +336,7 @@ mod tests {
     use crate::source::store::records::{alive_key, endpoint_key, network_key, node_key};
 
     fn me() -> Node {
-        Node { name: "a".into(), vtep: "192.168.50.1".parse().expect("ip"), underlay: None, datapath: None }
+        Node { name: "a".into(), vtep: "192.168.50.1".parse().expect("ip"), underlay: None, datapath: None, mesh_return: None }
     }
 
     fn net(m: &mut Mirror, rev: i64, name: &str, vni: u32, subnet: &str) {
@@ -446,7 +446,7 @@ mod fast_path {
     /// A published cluster changed step by step always equals a full build of the same mirror.
     #[test]
     fn in_place_steps_equal_a_full_build() {
-        let me = Node { name: "a".into(), vtep: "192.168.50.1".parse().expect("ip"), underlay: None, datapath: None };
+        let me = Node { name: "a".into(), vtep: "192.168.50.1".parse().expect("ip"), underlay: None, datapath: None, mesh_return: None };
         let mut m = Mirror::new();
         m.put(&network_key("n"), br#"{"name":"n","vni":7,"subnet":"10.0.0.0/24","gateway":"10.0.0.1"}"#, 1);
         m.put(&node_key("b"), br#"{"name":"b","vtep":"192.168.50.2"}"#, 2);

@@ -105,6 +105,10 @@ pub struct NodeRecord {
     /// `--datapath`): unset, which is tc.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datapath: Option<String>,
+    /// `node` or `direct`, as the agent's `--mesh-return` says; absent (older agents, or no
+    /// `--mesh-return`): unset, which is node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_return: Option<String>,
 }
 
 /// Written under the agent's lease: the node is up while this key exists.
@@ -264,11 +268,11 @@ impl NodeRecord {
     pub fn parse(key: &str, value: &[u8]) -> Result<Node, Malformed> {
         let r: NodeRecord = json(key, value)?;
         check_name(key, NODES, &r.name)?;
-        checked(key, model::node_entry("node", r.name, &r.vtep, r.underlay, r.datapath.as_deref()))
+        checked(key, model::node_entry("node", r.name, &r.vtep, r.underlay, r.datapath.as_deref(), r.mesh_return.as_deref()))
     }
 
     pub fn of(n: &Node) -> NodeRecord {
-        NodeRecord { name: n.name.clone(), vtep: n.vtep.to_string(), underlay: n.underlay.clone(), datapath: n.datapath.map(|d| d.name().to_string()) }
+        NodeRecord { name: n.name.clone(), vtep: n.vtep.to_string(), underlay: n.underlay.clone(), datapath: n.datapath.map(|d| d.name().to_string()), mesh_return: n.mesh_return.map(|m| m.name().to_string()) }
     }
 }
 
@@ -328,6 +332,13 @@ mod tests {
         assert_eq!(bad.to_string(), "/overlay/nodes/n1: datapath: \"dpdk\" is not a datapath (tc or xdp)");
         // Written back as read; an unset datapath is left out, as older agents wrote it.
         assert_eq!(serde_json::to_string(&NodeRecord::of(&xdp)).expect("json"), r#"{"name":"n1","vtep":"192.168.50.1","datapath":"xdp"}"#);
+        // The mesh return, the same way.
+        assert_eq!(old.mesh_return, None, "absent: unset (node)");
+        let direct = NodeRecord::parse(&k, br#"{"name":"n1","vtep":"192.168.50.1","mesh_return":"direct"}"#).expect("valid");
+        assert_eq!(direct.mesh_return, Some(model::MeshReturn::Direct));
+        let bad = NodeRecord::parse(&k, br#"{"name":"n1","vtep":"192.168.50.1","mesh_return":"dsr"}"#).expect_err("not a mesh return");
+        assert_eq!(bad.to_string(), "/overlay/nodes/n1: mesh_return: \"dsr\" is not a mesh return (node or direct)");
+        assert_eq!(serde_json::to_string(&NodeRecord::of(&direct)).expect("json"), r#"{"name":"n1","vtep":"192.168.50.1","mesh_return":"direct"}"#);
         assert_eq!(serde_json::to_string(&NodeRecord::of(&old)).expect("json"), r#"{"name":"n1","vtep":"192.168.50.1"}"#);
     }
 
