@@ -983,10 +983,14 @@ fn a_published_port_forwards_with_the_clients_address_and_replies_leave_from_the
 
     // A request that carries its published port, on a node without direct return
     // (`--mesh-return node`): the reply goes back through the receiving node all the same.
-    let node_in = tcp_frame(WEB2, GW_MAC, CLIENT, IP2, 40004, 8080, 0x02);
-    let (v, _) = run(&mut t, PROG_INGRESS, &mesh_frame_port(VTEP1, 1, 30080, &node_in));
-    assert_eq!(v, TC_ACT_REDIRECT, "delivered into the task");
-    let (v, out) = run(&mut t, PROG_EGRESS, &tcp_frame(GW_MAC, WEB2, IP2, CLIENT, 8080, 40004, 0x12));
+    // (`client`:`sport`'s request through node1 with the published port 30080, then web2's reply.)
+    let through_node1 = |t: &mut TestDataplane, client: Ipv4Addr, sport: u16| {
+        let request = tcp_frame(WEB2, GW_MAC, client, IP2, sport, 8080, 0x02);
+        let (v, _) = run(t, PROG_INGRESS, &mesh_frame_port(VTEP1, 1, 30080, &request));
+        assert_eq!(v, TC_ACT_REDIRECT, "delivered into the task");
+        run(t, PROG_EGRESS, &tcp_frame(GW_MAC, WEB2, IP2, client, 8080, sport, 0x12))
+    };
+    let (v, out) = through_node1(&mut t, CLIENT, 40004);
     assert_eq!(v, TC_ACT_REDIRECT, "the task's reply is encapsulated");
     assert_eq!((out[30..34].to_vec(), out[49]), (VTEP1.octets().to_vec(), 2), "back to node1, marked MESH_OUT");
 
@@ -994,10 +998,7 @@ fn a_published_port_forwards_with_the_clients_address_and_replies_leave_from_the
     // underlay with the receiving node's address and the published port its request carried.
     state.config.flags |= NODE_F_MESH_DIRECT;
     t.dp.apply(&state).expect("apply");
-    let direct_in = tcp_frame(WEB2, GW_MAC, CLIENT, IP2, 40002, 8080, 0x02);
-    let (v, _) = run(&mut t, PROG_INGRESS, &mesh_frame_port(VTEP1, 1, 30080, &direct_in));
-    assert_eq!(v, TC_ACT_REDIRECT, "delivered into the task");
-    let (v, out) = run(&mut t, PROG_EGRESS, &tcp_frame(GW_MAC, WEB2, IP2, CLIENT, 8080, 40002, 0x12));
+    let (v, out) = through_node1(&mut t, CLIENT, 40002);
     assert_eq!(v, TC_ACT_REDIRECT, "the reply leaves by the underlay");
     let mut want = tcp_frame(GW_MAC, WEB2, VTEP1, CLIENT, 30080, 40002, 0x12);
     want[0..12].copy_from_slice(&out[0..12]);
@@ -1008,10 +1009,7 @@ fn a_published_port_forwards_with_the_clients_address_and_replies_leave_from_the
     assert_eq!((out[30..34].to_vec(), out[49]), (VTEP1.octets().to_vec(), 2), "back to node1, marked MESH_OUT");
     // A client that is the receiving node itself: back through it too (its own address as
     // source would be a martian there).
-    let from_node1 = tcp_frame(WEB2, GW_MAC, VTEP1, IP2, 40003, 8080, 0x02);
-    let (v, _) = run(&mut t, PROG_INGRESS, &mesh_frame_port(VTEP1, 1, 30080, &from_node1));
-    assert_eq!(v, TC_ACT_REDIRECT, "delivered into the task");
-    let (v, out) = run(&mut t, PROG_EGRESS, &tcp_frame(GW_MAC, WEB2, IP2, VTEP1, 8080, 40003, 0x12));
+    let (v, out) = through_node1(&mut t, VTEP1, 40003);
     assert_eq!(v, TC_ACT_REDIRECT, "the task's reply is encapsulated");
     assert_eq!((out[30..34].to_vec(), out[49]), (VTEP1.octets().to_vec(), 2), "back to node1, marked MESH_OUT");
 }

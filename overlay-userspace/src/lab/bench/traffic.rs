@@ -360,26 +360,12 @@ fn wait_bounded(mut child: Child, limit: Duration) -> anyhow::Result<std::proces
         let _ = stdout.read_to_end(&mut buf);
         buf
     });
-    let t0 = Instant::now();
-    let status = loop {
-        let st = match child.try_wait() {
-            Ok(st) => st,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e.into());
-            }
-        };
-        if let Some(st) = st {
-            break st;
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("still running after {limit:?}: ended");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    if !crate::lab::sim::wait_for(limit, || !matches!(child.try_wait(), Ok(None))) {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("still running after {limit:?}: ended");
+    }
+    let status = child.wait()?;
     let stdout = reader.join().map_err(|_| anyhow::anyhow!("reading the child's output"))?;
     Ok(std::process::Output { status, stdout, stderr: Vec::new() })
 }
@@ -425,9 +411,10 @@ const CPU_WARMUP: Duration = Duration::from_millis(1200);
 /// One iperf3 stream paced at `rate_mbps`, with the busy time of all CPUs measured over `secs`
 /// seconds of its steady state: wall time times the online CPUs minus the idle time the kernel
 /// kept ([`all_idle_ns`]) over a window that starts [`CPU_WARMUP`] into the run and ends before
-/// it does, per Gbit carried at the steady rate. Starting and ending processes (`ip netns exec`, iperf3's own start) stay outside the
-/// window: at 2 Gbit/s the path itself keeps the CPUs only a few percent busy, and the
-/// processes' start, counted before, made the figure swing tenfold between rounds.
+/// it does, per Gbit carried at the steady rate. Starting and ending processes (`ip netns
+/// exec`, iperf3's own start) stay outside the window: at 2 Gbit/s the path itself keeps the
+/// CPUs only a few percent busy, and the processes' start, counted before, made the figure
+/// swing tenfold between rounds.
 pub fn tcp_cpu(client_ns: &str, server_ns: &str, server: Ipv4Addr, rate_mbps: u32, secs: u32) -> anyhow::Result<TcpCpu> {
     let window = Duration::from_secs(u64::from(secs.max(1)));
     let sample = || Some((Instant::now(), all_idle_ns()?));

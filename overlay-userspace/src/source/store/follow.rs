@@ -510,8 +510,6 @@ mod incremental {
         (endpoint_key(&format!("n{net}"), &name), v.into_bytes())
     }
 
-    /// Random endpoint adds and removes, each applied the agent's way (the mirror's step on the
-    /// published cluster, planned by the agent's one planner that reuses unchanged networks),
     /// Which of the four kinds of step this is (an index for counting them).
     fn kind(step: &Step) -> usize {
         match step {
@@ -534,6 +532,8 @@ mod incremental {
         }
     }
 
+    /// Random endpoint adds and removes, each applied the agent's way (the mirror's step on the
+    /// published cluster, planned by the agent's one planner that reuses unchanged networks),
     /// always plan exactly what a full rebuild planned from scratch does.
     #[test]
     fn incremental_plans_equal_full_rebuilds() {
